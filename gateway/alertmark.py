@@ -1,0 +1,39 @@
+"""Marks the gateway's own alerts so they are recognised when they come back.
+
+The mark is `EVENT-ID.HMAC`, keyed with a secret made at first start and kept
+in the store: a sender who forges the header cannot make a customer's mail
+vanish, since a mark that does not verify is ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+import aiosqlite
+
+from gateway.store import queries
+
+SECRET_KEY = "alert_mark_secret"
+
+
+async def load_secret(conn: aiosqlite.Connection) -> bytes:
+    return bytes.fromhex(await queries.put_meta_once(conn, SECRET_KEY, secrets.token_hex(32)))
+
+
+def _signature(secret: bytes, event_id: int) -> str:
+    return hmac.new(secret, str(event_id).encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def mark(secret: bytes, event_id: int) -> str:
+    return f"{event_id}.{_signature(secret, event_id)}"
+
+
+def is_ours(secret: bytes, value: str | None) -> bool:
+    if not value:
+        return False
+    event_id, _, signature = value.strip().partition(".")
+    if not event_id.isdigit():
+        return False
+    return hmac.compare_digest(signature, _signature(secret, int(event_id)))

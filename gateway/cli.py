@@ -1,0 +1,287 @@
+"""The `gateway` command. Exit 0 done, 1 refused (one line on stderr), 2 misuse."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway import admin, config, logs, views
+from gateway.clock import utcnow
+from gateway.config import Settings
+from gateway.errors import ConfigError, GatewayError
+from gateway.model import STATUSES
+from gateway.store.db import Database
+
+T = TypeVar("T")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: object) -> str:
+    """Control characters shown escaped, so a subject cannot move the terminal around."""
+    if text is None:
+        return "-"
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(text))
+
+
+def waited(since: str, now: datetime) -> str:
+    seconds = max((now - datetime.fromisoformat(since)).total_seconds(), 0)
+    if seconds < 60:
+        return "<1 min"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min"
+    if seconds < 86400:
+        return f"{int(seconds // 3600)} h"
+    return f"{int(seconds // 86400)} d"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+             for r in [header, *rows]]
+    return "\n".join(lines)
+
+
+def _short(text: object, width: int = 50) -> str:
+    shown = printable(text)
+    return shown if len(shown) <= width else shown[: width - 1] + "…"
+
+
+# --- commands -----------------------------------------------------------------
+
+
+def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from gateway.daemon import Daemon  # the daemon's imports are needed only here
+
+    asyncio.run(Daemon(settings).run())
+    return 0
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
+    s = settings
+    rotation = ", ".join(s.round_robin.agents) if s.round_robin.enabled else "off"
+    notify = (
+        f"{s.notify.backend} → {s.notify.file_dir if s.notify.backend == 'file' else s.notify.smtp_host}"
+        if s.notify.enabled
+        else "off"
+    )
+    print(f"configuration is valid: {args.config_path}")
+    print(f"  database:    {s.gateway.database}")
+    print(f"  smtp listen: {', '.join(s.smtp.listen)} (max {s.smtp.max_message_size} bytes)")
+    print(f"  inboxes:     {', '.join(i.address for i in s.inboxes) or 'none'}")
+    print(f"  agents:      {', '.join(a.id for a in s.agents) or 'none'}")
+    print(f"  teams:       {', '.join(t.id for t in s.teams) or 'none'}")
+    print(f"  rules:       {len(s.rules)}")
+    print(f"  round-robin: {rotation}")
+    print(f"  alerts:      {notify}")
+    return 0
+
+
+def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
+    status = None if args.status == "all" else args.status
+    found = _with_db(
+        settings,
+        lambda db: views.conversations(
+            db, status=status, assignee=args.agent, team=args.team, unassigned=args.unassigned
+        ),
+    )
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+        return 0
+    if not found:
+        print("No conversations.")
+        return 0
+    now = utcnow()
+    rows = [
+        [
+            str(c["id"]),
+            waited(c["last_message_at"], now),
+            _short(c["customer"], 30),
+            _short(c["subject"]),
+            printable(c["assignee"]),
+            printable(c["team"]),
+            c["status"],
+            printable(",".join(c["tags"]) or "-"),
+        ]
+        for c in found
+    ]
+    print(table(["ID", "WAITING", "CUSTOMER", "SUBJECT", "ASSIGNEE", "TEAM", "STATUS", "TAGS"],
+                rows))
+    return 0
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One line of the timeline, as a sentence."""
+    kind, detail = event["kind"], event["detail"]
+    agent, actor = printable(event["agent"]), printable(event["actor"])
+    if kind == "received":
+        return f"received from {printable(detail.get('from'))} ({detail.get('source')})"
+    if kind == "assigned":
+        via = detail.get("via")
+        if via == "rule":
+            how = f"by rule '{printable(event['rule'])}'"
+        elif via == "team":
+            how = f"by team {printable(detail.get('team'))}'s rotation (rule '{printable(event['rule'])}')"
+        elif via == "round_robin":
+            how = "by round-robin"
+        else:
+            how = f"by {actor}"
+        return f"assigned to {agent} {how}"
+    if kind == "reassigned":
+        return f"reassigned from {printable(event['previous_agent'])} to {agent} by {actor}"
+    if kind == "tagged":
+        return f"tagged {', '.join(printable(t) for t in detail.get('tags', []))}"
+    if kind == "notified":
+        return f"{agent} notified ({detail.get('reason')})"
+    if kind == "notify_failed":
+        retry = detail.get("retry_at")
+        then = f"; retrying at {retry}" if retry else "; given up"
+        return f"alert to {agent} failed: {printable(detail.get('error'))}{then}"
+    if kind in {"reopened", "closed"}:
+        return f"{kind} by {actor}" + (f" ({detail['reason']})" if "reason" in detail else "")
+    return f"{kind} {agent if event['agent'] else ''} by {actor}".replace("  ", " ")
+
+
+def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
+    view = _with_db(settings, lambda db: views.show(db, args.id))
+    if args.json:
+        print(json.dumps(view, ensure_ascii=False, indent=2))
+        return 0
+    print(f"#{view['id']}  {printable(view['subject'])}  ({view['status']})")
+    print(f"inbox:    {view['inbox']}")
+    print(f"customer: {printable(view['customer'])}")
+    print(
+        f"assignee: {printable(view['assignee'])}   team: {printable(view['team'])}"
+        f"   tags: {printable(', '.join(view['tags']) or '-')}"
+    )
+    print("\nMessages")
+    print(table(
+        ["RECEIVED", "SOURCE", "FROM", "SUBJECT"],
+        [[m["received_at"][:19].replace("T", " "), m["source"], _short(m["from"], 30),
+          _short(m["subject"])] for m in view["messages"]],
+    ))
+    print("\nTimeline")
+    for event in view["events"]:
+        print(f"  {event['at'][:19].replace('T', ' ')}  {describe(event)}")
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    _with_db(settings, lambda db: admin.set_status(db, settings, args.agent, args.status))
+    print(f"{args.agent} is now {args.status}.")
+    return 0
+
+
+def cmd_shunted(settings: Settings, args: argparse.Namespace) -> int:
+    found = _with_db(settings, views.shunted)
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+    elif not found:
+        print("No shunted messages.")
+    else:
+        print(table(
+            ["ID", "RECEIVED", "INBOX", "SOURCE", "ERROR"],
+            [[str(m["id"]), m["received_at"][:19].replace("T", " "), m["inbox"], m["source"],
+              _short(m["error"], 70)] for m in found],
+        ))
+    return 0
+
+
+def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
+    outcome = _with_db(settings, lambda db: admin.retry(db, settings, args.id))
+    if outcome.state == "shunted":
+        print(f"Message {args.id} failed again and stays shunted: {outcome.error}", file=sys.stderr)
+        return 1
+    if outcome.state == "routed" and outcome.decision is not None:
+        print(f"Message {args.id} opened conversation {outcome.conversation_id}: "
+              f"{outcome.decision.reason}.")
+    elif outcome.state == "routed":
+        print(f"Message {args.id} joined conversation {outcome.conversation_id}.")
+    else:
+        print(f"Message {args.id}: {outcome.state}.")
+    return 0
+
+
+# --- plumbing -----------------------------------------------------------------
+
+
+def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+    async def go() -> T:
+        db = await Database.open(settings.gateway.database, create=False)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return asyncio.run(go())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=argparse.SUPPRESS, metavar="PATH",
+        help="the configuration file (default: $GATEWAY_CONFIG)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="gateway", parents=[common],
+        description="Turns shared support addresses into assigned email conversations.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run: Callable[[Settings, argparse.Namespace], int], text: str,
+                json_output: bool = False) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=text, description=text)
+        p.set_defaults(run=run)
+        if json_output:
+            p.add_argument("--json", action="store_true", help="print JSON")
+        return p
+
+    command("run", cmd_run, "run the daemon")
+    command("check", cmd_check, "validate the configuration and print a summary")
+    p = command("conversations", cmd_conversations, "list conversations, oldest waiting first",
+                json_output=True)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--unassigned", action="store_true", help="the unassigned queue")
+    which.add_argument("--agent", metavar="ID", help="an agent's queue")
+    which.add_argument("--team", metavar="ID", help="a team's queue")
+    p.add_argument("--status", choices=["open", "closed", "all"], default="open")
+    p = command("show", cmd_show, "a conversation: messages and activity timeline",
+                json_output=True)
+    p.add_argument("id", type=int, metavar="ID")
+    p = command("status", cmd_status, "set an agent's availability")
+    p.add_argument("agent", metavar="AGENT")
+    p.add_argument("status", choices=STATUSES)
+    command("shunted", cmd_shunted, "messages intake failed on, with the error", json_output=True)
+    p = command("retry", cmd_retry, "run intake again on a shunted message")
+    p.add_argument("id", type=int, metavar="ID")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    path = getattr(args, "config", None) or os.environ.get("GATEWAY_CONFIG")
+    if not path:
+        parser.error("no configuration: pass --config PATH or set GATEWAY_CONFIG")
+    args.config_path = path
+    logs.configure(logging.INFO if args.command == "run" else logging.WARNING)
+    try:
+        settings = config.load(Path(path))
+        code: int = args.run(settings, args)
+        return code
+    except ConfigError as error:
+        print(str(error), file=sys.stderr)
+        return 1
+    except GatewayError as error:
+        print(str(error), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,337 @@
+"""Settings: one TOML file, every key overridable by GATEWAY_<SECTION>__<KEY>.
+
+Validation happens here, at the edge: the rest of the code receives a
+`Settings` it can trust. Every error names the key path, the value and why.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from gateway.errors import ConfigError
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re.IGNORECASE)
+_UNITS = {
+    "B": 1,
+    "KB": 10**3,
+    "MB": 10**6,
+    "GB": 10**9,
+    "KIB": 2**10,
+    "MIB": 2**20,
+    "GIB": 2**30,
+}
+
+
+def parse_size(value: object) -> int:
+    """'25MB' → 25_000_000; KB/MB are powers of ten, KiB/MiB of two."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ValueError("must be a positive size")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a size such as 25MB or 10MiB")
+    match = _SIZE.match(value)
+    if match is None:
+        raise ValueError("must be a size such as 25MB or 10MiB")
+    number, unit = match.groups()
+    size = int(number) * _UNITS[(unit or "B").upper()]
+    if size <= 0:
+        raise ValueError("must be a positive size")
+    return size
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r} must be HOST:PORT, such as 127.0.0.1:2525")
+    return host.strip("[]"), int(port)
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class GatewaySection(BaseModel):
+    model_config = _STRICT
+    database: str = "gateway.db"
+    hostname: str = "localhost"
+
+
+class SmtpSection(BaseModel):
+    model_config = _STRICT
+    listen: list[str] = ["127.0.0.1:2525"]
+    max_message_size: Size = 25_000_000
+    allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    auth_users_file: str | None = None
+    require_auth: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("needs at least one HOST:PORT")
+        for item in value:
+            parse_listen(item)
+        return value
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network such as 127.0.0.0/8") from None
+        return value
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        return [parse_listen(item) for item in self.listen]
+
+    def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(item, strict=False) for item in self.allowed_networks]
+
+
+class NotifySection(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    enabled: bool = True
+    backend: Literal["smtp", "file"] = "smtp"
+    from_: str = Field("Assignments <gateway@localhost>", alias="from")
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    starttls: bool = False
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+    password_file: str | None = None
+    file_dir: str = "alerts"
+    on_reply: bool = True
+
+    def secret(self) -> str | None:
+        """The smarthost password, from the environment or its file."""
+        if self.password is not None:
+            return self.password
+        if self.password_file is not None:
+            return Path(self.password_file).read_text().rstrip("\r\n")
+        return None
+
+
+class RoundRobinSection(BaseModel):
+    model_config = _STRICT
+    enabled: bool = False
+    agents: list[str] = []
+
+
+class ThreadingSection(BaseModel):
+    model_config = _STRICT
+    subject_fallback_days: int = Field(14, ge=0)
+
+
+class Agent(BaseModel):
+    model_config = _STRICT
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    name: str = ""
+    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    notify: bool = True
+
+
+class Team(BaseModel):
+    model_config = _STRICT
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    agents: list[str]
+
+
+class ImapSection(BaseModel):
+    """The connected mailbox; the poller itself is a later issue."""
+
+    model_config = _STRICT
+    host: str
+    port: int | None = None
+    tls: bool = True
+    starttls: bool = False
+    username: str
+    password: str | None = None
+    password_file: str | None = None
+    folder: str = "INBOX"
+    mode: Literal["idle", "poll"] = "idle"
+    poll_interval: int = Field(30, ge=1)
+    initial_sync: Literal["new", "all"] = "new"
+
+
+class Inbox(BaseModel):
+    model_config = _STRICT
+    address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    aliases: list[str] = []
+    imap: ImapSection | None = None
+
+
+class Rule(BaseModel):
+    model_config = _STRICT
+    name: str
+    sender_domain: list[str] = []
+    subject_keywords: list[str] = []
+    recipient: list[str] = []
+    assign_to: str | None = Field(None, pattern=r"^(agent|team):.+$")
+    tags: list[str] = []
+
+    @model_validator(mode="after")
+    def _has_action(self) -> Rule:
+        if self.assign_to is None and not self.tags:
+            raise ValueError("a rule needs assign_to, tags, or both")
+        return self
+
+    @field_validator("subject_keywords")
+    @classmethod
+    def _keywords(cls, value: list[str]) -> list[str]:
+        if any(not keyword.strip() for keyword in value):
+            raise ValueError("a keyword cannot be empty")
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="GATEWAY_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+    gateway: GatewaySection = GatewaySection()
+    smtp: SmtpSection = SmtpSection()
+    notify: NotifySection = NotifySection()  # type: ignore[call-arg]
+    round_robin: RoundRobinSection = RoundRobinSection()
+    threading: ThreadingSection = ThreadingSection()
+    agents: list[Agent] = []
+    teams: list[Team] = []
+    inboxes: list[Inbox] = []
+    rules: list[Rule] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_file = settings_cls.model_config.get("toml_file")
+        return (env_settings, init_settings, TomlConfigSettingsSource(settings_cls, toml_file))
+
+    @model_validator(mode="after")
+    def _references(self) -> Settings:
+        agent_ids = [agent.id for agent in self.agents]
+        team_ids = [team.id for team in self.teams]
+        _unique("agents", agent_ids)
+        _unique("teams", team_ids)
+        known_agents = set(agent_ids)
+        for i, team in enumerate(self.teams):
+            for name in team.agents:
+                if name not in known_agents:
+                    raise ValueError(f"teams[{i}].agents: {name!r} is not a configured agent")
+        for name in self.round_robin.agents:
+            if name not in known_agents:
+                raise ValueError(f"round_robin.agents: {name!r} is not a configured agent")
+        for i, rule in enumerate(self.rules):
+            if rule.assign_to is None:
+                continue
+            kind, _, target = rule.assign_to.partition(":")
+            known = known_agents if kind == "agent" else set(team_ids)
+            if target not in known:
+                raise ValueError(
+                    f"rules[{i}].assign_to: {rule.assign_to!r} names no configured {kind}"
+                )
+        addresses = [a.lower() for inbox in self.inboxes for a in (inbox.address, *inbox.aliases)]
+        _unique("inboxes (addresses and aliases)", addresses)
+        return self
+
+    def agent(self, agent_id: str) -> Agent | None:
+        return next((agent for agent in self.agents if agent.id == agent_id), None)
+
+
+def _unique(what: str, values: list[str]) -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what}: {value!r} appears twice")
+        seen.add(value)
+
+
+def load(path: Path) -> Settings:
+    """Read and validate the configuration; relative paths are made relative to its folder."""
+    path = path.resolve()
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such configuration file")
+    try:
+        tomllib.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{path}: cannot be read: {error}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: is not valid TOML: {error}") from None
+
+    bound = type("FileSettings", (Settings,), {})
+    bound.model_config = {**Settings.model_config, "toml_file": path}
+    try:
+        settings: Settings = bound()
+    except ValidationError as error:
+        raise ConfigError(f"{path}: invalid configuration", _describe(error)) from None
+    return _anchor(settings, path.parent)
+
+
+def _anchor(settings: Settings, folder: Path) -> Settings:
+    database = settings.gateway.database
+    if "://" not in database and not Path(database).is_absolute():
+        database = str(folder / database)
+    file_dir = settings.notify.file_dir
+    if not Path(file_dir).is_absolute():
+        file_dir = str(folder / file_dir)
+    return settings.model_copy(
+        update={
+            "gateway": settings.gateway.model_copy(update={"database": database}),
+            "notify": settings.notify.model_copy(update={"file_dir": file_dir}),
+        }
+    )
+
+
+def _describe(error: ValidationError) -> list[str]:
+    lines = []
+    for item in error.errors(include_url=False):
+        key = ".".join(str(part) for part in item["loc"])
+        reason = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (a typo? it would be ignored otherwise)")
+        elif item["type"] == "missing":
+            lines.append(f"{key}: required, but missing")
+        elif not key:
+            lines.append(reason)
+        elif isinstance(item.get("input"), dict):
+            lines.append(f"{key}: {reason}")
+        else:
+            lines.append(f"{key} = {_short(item.get('input'))}: {reason}")
+    return lines
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

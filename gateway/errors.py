@@ -1,0 +1,26 @@
+"""The few kinds of error, each with what the caller does about it."""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Base: a sentence a person can act on."""
+
+
+class ConfigError(GatewayError):
+    """Bad configuration: refuse to start, name each key and why."""
+
+    def __init__(self, message: str, details: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.details = details or []
+
+    def __str__(self) -> str:
+        return "\n".join([self.args[0], *(f"  {line}" for line in self.details)])
+
+
+class StoreUnavailable(GatewayError):
+    """The store could not commit: SMTP answers 451, ingest exits 75; the sender retries."""
+
+
+class Refused(GatewayError):
+    """A person's action that cannot be done (unknown conversation, agent...): exit 1."""

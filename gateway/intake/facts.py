@@ -1,0 +1,175 @@
+"""Raw bytes → MailFacts, with the standard `email` package, tolerant of broken mail.
+
+Every header is read defensively: policy.default parses lazily and can raise on
+hostile input, so each access falls back to the raw header text. Nothing here
+raises for a malformed message; the worst case is empty facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from email import policy
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+from email.utils import getaddresses
+
+import idna
+
+from gateway.model import MailFacts
+
+_ID = re.compile(r"<([^<>]*)>")
+_WS = re.compile(r"\s+")
+_HEADER_PARSER = BytesParser(policy=policy.default)
+_REPLY_PREFIX = re.compile(
+    r"^(?:\s*(?:re|fwd?|aw|sv|wg|tr|antw|vs)\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+", re.IGNORECASE
+)
+_TOKEN = re.compile(r"\[#(\d+)\]")
+
+
+def parse_headers(raw: bytes) -> Message:
+    return _HEADER_PARSER.parsebytes(raw, headersonly=True)
+
+
+def clean_text(text: str) -> str:
+    """Make header text storable: undecodable bytes become UTF-8 or Latin-1 characters."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "surrogateescape")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("cp1252", "replace")
+
+
+def _raw_values(msg: Message, name: str) -> list[str]:
+    wanted = name.lower()
+    return [clean_text(str(value)) for key, value in msg.raw_items() if key.lower() == wanted]
+
+
+def header_text(msg: Message, name: str) -> str | None:
+    """The first `name` header, decoded (RFC 2047) when it can be, raw text otherwise."""
+    try:
+        value = msg.get(name)
+    except Exception:  # the header parser itself failed on this input
+        value = None
+        raw = _raw_values(msg, name)
+        return _WS.sub(" ", raw[0]).strip() if raw else None
+    if value is None:
+        return None
+    return _WS.sub(" ", clean_text(str(value))).strip()
+
+
+def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
+    """(display name, addr-spec) pairs of every `name` header."""
+    try:
+        headers = msg.get_all(name) or []
+        pairs = [(a.display_name, a.addr_spec) for h in headers for a in h.addresses]
+    except Exception:  # unparseable: fall back to the permissive old parser
+        pairs = getaddresses(_raw_values(msg, name))
+    return [
+        (clean_text(display), clean_text(spec).strip())
+        for display, spec in pairs
+        if "@" in spec and not spec.startswith("@")
+    ]
+
+
+def normalize_message_id(text: str) -> str | None:
+    """The text between < and >, white space removed; the whole text when unbracketed."""
+    found = _ID.search(text)
+    value = found.group(1) if found else text
+    value = _WS.sub("", value)
+    return value or None
+
+
+def message_ids(text: str) -> list[str]:
+    return [v for v in (_WS.sub("", m) for m in _ID.findall(text)) if v]
+
+
+def dedup_key(msg: Message, raw: bytes) -> str:
+    """Message-ID where there is one; the raw message's SHA-256 stands in otherwise."""
+    ids = _raw_values(msg, "Message-ID")
+    message_id = normalize_message_id(ids[0]) if ids else None
+    return message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
+
+
+def normalize_domain(domain: str) -> str:
+    """One form for a domain: Unicode (IDNA 2008 with UTS 46 mapping), case-folded."""
+    domain = domain.strip().rstrip(".")
+    try:
+        return idna.decode(domain, uts46=True).casefold()
+    except (idna.IDNAError, UnicodeError, ValueError):
+        return domain.casefold()
+
+
+def normalize_address(address: str) -> str:
+    """Compare addresses case-insensitively, with the +tag subaddress ignored."""
+    local, _, domain = address.strip().strip("<>").rpartition("@")
+    if not local:
+        return address.strip().casefold()
+    return f"{local.split('+', 1)[0].casefold()}@{normalize_domain(domain)}"
+
+
+def thread_subject(subject: str) -> str:
+    """The subject as threads compare it: no Re:/Fwd:/AW:/SV:, no [#ID], folded."""
+    subject = _TOKEN.sub(" ", subject)
+    subject = _REPLY_PREFIX.sub("", subject)
+    return _WS.sub(" ", subject).strip().casefold()
+
+
+def conversation_token(subject: str) -> int | None:
+    found = _TOKEN.search(subject)
+    return int(found.group(1)) if found else None
+
+
+def _automatic(msg: Message, envelope_from: str | None) -> str | None:
+    if envelope_from == "":
+        return "bounce"
+    content_type = (header_text(msg, "Content-Type") or "").lower()
+    if "multipart/report" in content_type and "delivery-status" in content_type:
+        return "bounce"
+    auto_submitted = (header_text(msg, "Auto-Submitted") or "no").strip().lower()
+    if not auto_submitted.startswith("no"):
+        return "auto-submitted"
+    precedence = (header_text(msg, "Precedence") or "").strip().lower()
+    if precedence in {"bulk", "junk", "list"}:
+        return "precedence"
+    if header_text(msg, "X-Autoreply") is not None or header_text(msg, "X-Autorespond"):
+        return "auto-reply"
+    return None
+
+
+def extract(raw: bytes, envelope_from: str | None = None) -> MailFacts:
+    """Decode what routing and threading need. Never raises on a malformed message."""
+    msg = parse_headers(raw)
+    return facts_of(msg, envelope_from)
+
+
+def facts_of(msg: Message | EmailMessage, envelope_from: str | None) -> MailFacts:
+    senders = _addresses(msg, "From")
+    if senders:
+        sender_name, sender = senders[0][0], senders[0][1].lower()
+    elif envelope_from:
+        sender_name, sender = "", envelope_from.strip("<>").lower()
+    else:
+        sender_name, sender = "", None
+    domain = sender.rpartition("@")[2] if sender and "@" in sender else None
+    id_values = _raw_values(msg, "Message-ID")
+    references: list[str] = []
+    for name in ("In-Reply-To", "References"):
+        for value in _raw_values(msg, name):
+            references.extend(i for i in message_ids(value) if i not in references)
+    return MailFacts(
+        message_id=normalize_message_id(id_values[0]) if id_values else None,
+        sender=sender,
+        sender_name=sender_name,
+        sender_domain=normalize_domain(domain) if domain else None,
+        subject=header_text(msg, "Subject") or "",
+        recipients=tuple(spec.lower() for name in ("To", "Cc") for _, spec in _addresses(msg, name)),
+        references=tuple(references),
+        auto=_automatic(msg, envelope_from),
+        notification=header_text(msg, "X-Gateway-Notification"),
+        date=header_text(msg, "Date"),
+    )

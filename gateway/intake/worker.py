@@ -1,0 +1,267 @@
+"""Intake: pending messages, in arrival order → parse → thread → route → one transaction.
+
+A message that makes intake raise is shunted (kept, with its error) and the
+rest flow on; `gateway retry` runs it again. A store that cannot commit is not
+the message's fault: the message stays pending and intake tries again later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiosqlite
+import structlog
+
+from gateway import alertmark
+from gateway.clock import Clock, stamp, utcnow
+from gateway.config import Settings
+from gateway.errors import StoreUnavailable
+from gateway.intake.facts import extract, normalize_address, thread_subject
+from gateway.intake.threads import find_conversation
+from gateway.model import Decision, Delivery, MailFacts
+from gateway.routing.router import Policy, route
+from gateway.store import queries
+from gateway.store.db import Database
+from gateway.store.queries import StoredMail
+
+log = structlog.get_logger("gateway.intake")
+
+ACTOR = "gateway"
+BATCH = 100
+POLL_SECONDS = 1.0  # also picks up what other processes stored (ingest, retry)
+STORE_RETRY_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # routed, dropped, shunted, skipped (taken by another intake meanwhile)
+    conversation_id: int | None = None
+    new: bool = False
+    decision: Decision | None = None
+    error: str | None = None
+
+
+class Intake:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        secret: bytes,
+        *,
+        clock: Clock = utcnow,
+        on_routed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._policy = Policy.from_settings(settings)
+        self._secret = secret
+        self._clock = clock
+        self._on_routed = on_routed
+        self._agent_addresses = {normalize_address(a.email) for a in settings.agents}
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                await self.drain()
+            except StoreUnavailable as error:
+                log.warning("intake.store_unavailable", error=str(error))
+                await asyncio.sleep(STORE_RETRY_SECONDS)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
+
+    async def drain(self) -> int:
+        """Handle every pending message; the count handled."""
+        handled = 0
+        while not self._stopping:
+            async with self._db.reading() as conn:
+                batch = await queries.pending_messages(conn, BATCH)
+            if not batch:
+                break
+            for stored in batch:
+                if self._stopping:
+                    break
+                await self.process(stored)
+                handled += 1
+        return handled
+
+    async def process(self, stored: StoredMail) -> Outcome:
+        started = time.perf_counter()
+        with structlog.contextvars.bound_contextvars(message=stored.id, inbox=stored.mail.inbox):
+            try:
+                facts = extract(stored.mail.raw, stored.mail.envelope_from)
+                outcome = await self._handle(stored, facts)
+            except StoreUnavailable:
+                raise
+            except Exception as error:
+                reason = f"{type(error).__name__}: {error}"
+                async with self._db.transaction() as conn:
+                    await queries.shunt(conn, stored.id, reason)
+                log.error("message.shunted", error=reason, traceback=traceback.format_exc())
+                return Outcome("shunted", error=reason)
+            decision = outcome.decision
+            log.info(
+                f"message.{outcome.state}",
+                message_id=facts.message_id,
+                conversation=outcome.conversation_id,
+                new=outcome.new,
+                rule=decision.rule if decision else None,
+                assignee=decision.assignee if decision else None,
+                reason=decision.reason if decision else None,
+                ms=round((time.perf_counter() - started) * 1000, 2),
+            )
+        if outcome.state == "routed":
+            self._on_routed()
+        return outcome
+
+    async def _handle(self, stored: StoredMail, facts: MailFacts) -> Outcome:
+        at = stamp(self._clock())
+        async with self._db.transaction() as conn:
+            if not await queries.claim_pending(conn, stored.id):
+                return Outcome("skipped")
+            if alertmark.is_ours(self._secret, facts.notification):
+                await queries.finish_message(
+                    conn, stored.id, "dropped", facts, None, "the gateway's own alert"
+                )
+                return Outcome("dropped")
+            found = await find_conversation(
+                conn,
+                stored.mail.inbox,
+                facts,
+                self._clock(),
+                self._settings.threading.subject_fallback_days,
+            )
+            if found is None:
+                found, decision = await self._open(conn, stored, facts, at)
+                outcome = Outcome("routed", found, True, decision)
+            else:
+                await self._join(conn, found, stored, facts, at)
+                outcome = Outcome("routed", found)
+            await queries.finish_message(conn, stored.id, "routed", facts, found)
+        return outcome
+
+    async def _open(
+        self, conn: aiosqlite.Connection, stored: StoredMail, facts: MailFacts, at: str
+    ) -> tuple[int, Decision]:
+        state = await queries.routing_state(conn)
+        delivery = Delivery(facts, stored.mail.inbox, stored.mail.envelope_to)
+        decision = route(delivery, self._policy, state)
+        conversation_id = await queries.create_conversation(
+            conn,
+            inbox=stored.mail.inbox,
+            customer=facts.sender,
+            subject=facts.subject,
+            thread_subject=thread_subject(facts.subject),
+            assignee=decision.assignee,
+            team=decision.team,
+            at=at,
+        )
+        await queries.add_event(
+            conn, conversation_id, at, "received", ACTOR,
+            detail=_received(stored, facts) | {"route": decision.reason},
+        )
+        if decision.tags:
+            await queries.add_tags(conn, conversation_id, decision.tags)
+            await queries.add_event(
+                conn, conversation_id, at, "tagged", ACTOR,
+                rule=decision.rule, detail={"tags": list(decision.tags)},
+            )
+        if decision.rotation is not None:
+            await queries.set_rotation(conn, *decision.rotation)
+        if decision.assignee is not None:
+            event_id = await queries.add_event(
+                conn, conversation_id, at, "assigned", ACTOR,
+                agent=decision.assignee,
+                rule=decision.rule,
+                detail={
+                    "via": decision.via,
+                    "team": decision.team,
+                    "status": state.statuses.get(decision.assignee, "available"),
+                    "reason": decision.reason,
+                    "matched": [list(pair) for pair in decision.matched],
+                },
+            )
+            await self._alert(
+                conn, conversation_id, event_id, decision.assignee, "assigned",
+                decision.reason, stored.id, at,
+            )
+        return conversation_id, decision
+
+    async def _join(
+        self,
+        conn: aiosqlite.Connection,
+        conversation_id: int,
+        stored: StoredMail,
+        facts: MailFacts,
+        at: str,
+    ) -> None:
+        row = await queries.conversation(conn, conversation_id)
+        assert row is not None
+        await queries.add_message_to(conn, conversation_id, at)
+        event_id = await queries.add_event(
+            conn, conversation_id, at, "received", ACTOR, detail=_received(stored, facts)
+        )
+        if row["status"] == "closed":
+            await queries.set_conversation_status(conn, conversation_id, "open")
+            await queries.add_event(
+                conn, conversation_id, at, "reopened", ACTOR,
+                agent=row["assignee"], detail={"reason": "a new message arrived"},
+            )
+        assignee = row["assignee"]
+        from_agent = facts.sender is not None and (
+            normalize_address(facts.sender) in self._agent_addresses
+        )
+        if (
+            assignee is not None
+            and self._settings.notify.on_reply
+            and facts.auto is None
+            and not from_agent
+        ):
+            await self._alert(
+                conn, conversation_id, event_id, assignee, "reply",
+                "the customer wrote again", stored.id, at,
+            )
+
+    async def _alert(
+        self,
+        conn: aiosqlite.Connection,
+        conversation_id: int,
+        event_id: int,
+        agent_id: str,
+        reason: str,
+        how: str,
+        message_pk: int,
+        at: str,
+    ) -> None:
+        agent = self._settings.agent(agent_id)
+        if not self._settings.notify.enabled or agent is None or not agent.notify:
+            return
+        await queries.enqueue(
+            conn, "alert", event_id, conversation_id,
+            {"agent": agent_id, "reason": reason, "how": how, "message": message_pk},
+            at,
+        )
+
+
+def _received(stored: StoredMail, facts: MailFacts) -> dict[str, object]:
+    return {
+        "message_id": facts.message_id,
+        "from": facts.sender,
+        "source": stored.mail.source,
+        "auto": facts.auto,
+    }

@@ -1,0 +1,67 @@
+"""What flows between the stages: plain frozen values, no behaviour, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Source = Literal["smtp", "imap", "ingest"]
+Via = Literal["rule", "team", "round_robin"]
+Status = Literal["available", "away", "dnd"]
+STATUSES: tuple[Status, ...] = ("available", "away", "dnd")
+
+
+@dataclass(frozen=True)
+class RawMail:
+    """One accepted message for one inbox, exactly as received."""
+
+    inbox: str
+    raw: bytes
+    source: Source
+    envelope_from: str | None  # "" is the null sender (a bounce); None when unknown
+    envelope_to: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class MailFacts:
+    """What routing and threading need of a message, decoded once from its headers."""
+
+    message_id: str | None
+    sender: str | None  # addr-spec, lower-cased
+    sender_name: str
+    sender_domain: str | None  # Unicode form, case-folded
+    subject: str
+    recipients: tuple[str, ...]  # To and Cc addr-specs
+    references: tuple[str, ...]  # In-Reply-To then References, normalised ids
+    auto: str | None  # why this is automatic mail (auto-reply, bounce), or None
+    notification: str | None  # the X-Gateway-Notification value, unverified
+    date: str | None
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """A message as routing sees it: its facts and where it was delivered."""
+
+    facts: MailFacts
+    inbox: str
+    envelope_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """Everything routing depends on besides the message and the rules."""
+
+    statuses: dict[str, Status] = field(default_factory=dict)  # absent means available
+    last_served: dict[str, str] = field(default_factory=dict)  # rotation key → agent
+
+
+@dataclass(frozen=True)
+class Decision:
+    assignee: str | None
+    team: str | None
+    tags: tuple[str, ...]
+    via: Via | None
+    rule: str | None
+    rotation: tuple[str, str] | None  # (rotation key, agent served) to persist
+    reason: str  # one sentence: why this assignee, or why nobody
+    matched: tuple[tuple[str, str], ...] = ()  # (condition, value) of the assigning rule

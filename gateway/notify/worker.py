@@ -1,0 +1,179 @@
+"""The outbox worker: due rows → render → send → `notified`; failures back off.
+
+Side effects happen here only, after the transaction that queued them has
+committed. Delivery is at least once: a crash between sending and recording
+sends the alert again, with the same Message-ID (derived from the event id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import structlog
+
+from gateway import alertmark
+from gateway.clock import Clock, stamp, utcnow
+from gateway.config import Settings
+from gateway.errors import StoreUnavailable
+from gateway.notify.render import AlertInput, render
+from gateway.notify.transports import Transport, transport_for
+from gateway.store import queries
+from gateway.store.db import Database
+
+log = structlog.get_logger("gateway.notify")
+
+ACTOR = "gateway"
+BATCH = 20
+POLL_SECONDS = 1.0  # picks up alerts queued by other processes (the `gateway` command)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: first, first*2, ... capped; given up after `deadline`."""
+
+    first: timedelta = timedelta(seconds=30)
+    cap: timedelta = timedelta(hours=1)
+    deadline: timedelta = timedelta(days=2, hours=1)
+
+    def next_attempt(self, attempts: int, created: datetime, now: datetime) -> datetime | None:
+        delay = min(self.first * (2 ** max(attempts - 1, 0)), self.cap)
+        if now + delay > created + self.deadline:
+            return None
+        return now + delay
+
+
+class Outbox:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        secret: bytes,
+        *,
+        clock: Clock = utcnow,
+        retry: RetryPolicy = RetryPolicy(),
+        transport: Transport | None = None,
+    ) -> None:
+        self._db = db
+        self._settings = settings
+        self._secret = secret
+        self._clock = clock
+        self._retry = retry
+        self._transport = transport or transport_for(settings.notify)
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+
+    def wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            self._wakeup.clear()
+            try:
+                await self.drain()
+                async with self._db.reading() as conn:
+                    due = await queries.next_due(conn)
+            except StoreUnavailable as error:
+                log.warning("outbox.store_unavailable", error=str(error))
+                due = None
+            wait = POLL_SECONDS
+            if due is not None:
+                ahead = (datetime.fromisoformat(due) - self._clock()).total_seconds()
+                wait = min(max(ahead, 0.0), POLL_SECONDS)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
+
+    async def drain(self) -> int:
+        """Attempt every row that is due now; the count attempted."""
+        attempted = 0
+        while not self._stopping:
+            async with self._db.reading() as conn:
+                rows = await queries.due_outbox(conn, stamp(self._clock()), BATCH)
+            if not rows:
+                break
+            for row in rows:
+                await self._attempt(row)
+                attempted += 1
+        return attempted
+
+    async def _attempt(self, row: queries.Row) -> None:
+        payload = json.loads(row["payload"])
+        agent = self._settings.agent(payload["agent"])
+        event_id = int(row["event_id"])
+        with structlog.contextvars.bound_contextvars(
+            conversation=row["conversation_id"], event=event_id, agent=payload["agent"]
+        ):
+            try:
+                if agent is None:
+                    raise LookupError(f"agent {payload['agent']!r} is no longer configured")
+                message = await self._render(row, payload, agent.name or agent.id, agent.email)
+                await self._transport.send(message, agent.email, f"alert-{event_id}")
+            except Exception as error:
+                await self._failed(row, payload, f"{type(error).__name__}: {error}")
+                return
+            async with self._db.transaction() as conn:
+                await queries.outbox_done(conn, row["id"])
+                await queries.add_event(
+                    conn, row["conversation_id"], stamp(self._clock()), "notified", ACTOR,
+                    agent=payload["agent"],
+                    detail={"reason": payload["reason"], "message_id": message["Message-ID"]},
+                )
+            log.info("alert.sent", reason=payload["reason"], to=agent.email)
+
+    async def _render(
+        self, row: queries.Row, payload: dict[str, str], name: str, email: str
+    ) -> object:
+        async with self._db.reading() as conn:
+            conversation = await queries.conversation(conn, row["conversation_id"])
+            stored = await queries.message(conn, int(payload["message"]))
+        if conversation is None or stored is None:
+            raise LookupError("the conversation or its message is gone")
+        return render(
+            AlertInput(
+                event_id=int(row["event_id"]),
+                reason=payload["reason"],
+                how=payload["how"],
+                conversation_id=conversation["id"],
+                subject=conversation["subject"],
+                customer=conversation["customer"],
+                inbox=conversation["inbox"],
+                agent_name=name,
+                agent_email=email,
+                sender=self._settings.notify.from_,
+                hostname=self._settings.gateway.hostname,
+                mark=alertmark.mark(self._secret, int(row["event_id"])),
+                raw=stored.mail.raw,
+                date=self._clock(),
+            )
+        )
+
+    async def _failed(self, row: queries.Row, payload: dict[str, str], error: str) -> None:
+        now = self._clock()
+        attempts = int(row["attempts"]) + 1
+        retry_at = self._retry.next_attempt(
+            attempts, datetime.fromisoformat(row["created_at"]), now
+        )
+        async with self._db.transaction() as conn:
+            await queries.outbox_failed(
+                conn, row["id"], error, None if retry_at is None else stamp(retry_at)
+            )
+            # The timeline says it once when it starts failing and once when it gives up.
+            if attempts == 1 or retry_at is None:
+                await queries.add_event(
+                    conn, row["conversation_id"], stamp(now), "notify_failed", ACTOR,
+                    agent=payload["agent"],
+                    detail={
+                        "reason": payload["reason"],
+                        "error": error,
+                        "attempts": attempts,
+                        "retry_at": None if retry_at is None else stamp(retry_at),
+                    },
+                )
+        log.warning("alert.failed", error=error, attempts=attempts, gave_up=retry_at is None)

@@ -1,0 +1,27 @@
+"""Round-robin: the next available agent after the last one served, cyclically."""
+
+from __future__ import annotations
+
+from collections.abc import Container, Sequence
+
+GLOBAL = "round_robin"
+
+
+def team_key(team: str) -> str:
+    return f"team:{team}"
+
+
+def next_agent(order: Sequence[str], last: str | None, available: Container[str]) -> str | None:
+    """Unavailable agents are skipped, not lost: their turn comes when they are back.
+
+    When the last one served is no longer in the order (the list changed), the
+    turn starts again from the top.
+    """
+    if not order:
+        return None
+    start = order.index(last) + 1 if last in order else 0
+    for step in range(len(order)):
+        agent = order[(start + step) % len(order)]
+        if agent in available:
+            return agent
+    return None

@@ -1,0 +1,87 @@
+"""route(delivery, policy, state) → Decision. Pure: no I/O, no clock, no randomness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config import Settings
+from gateway.model import Decision, Delivery, RoutingState
+from gateway.routing.rotation import GLOBAL, next_agent, team_key
+from gateway.routing.rules import CompiledRule, compile_rules
+
+AUTO_TAG = "auto"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The routing half of the configuration, compiled once per (re)load."""
+
+    rules: tuple[CompiledRule, ...]
+    teams: dict[str, tuple[str, ...]]
+    round_robin: tuple[str, ...] | None  # None when round-robin is off
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Policy:
+        rotation = settings.round_robin
+        return cls(
+            rules=compile_rules(settings.rules),
+            teams={team.id: tuple(team.agents) for team in settings.teams},
+            round_robin=tuple(rotation.agents) if rotation.enabled else None,
+        )
+
+
+def _available(state: RoutingState, agents: tuple[str, ...]) -> set[str]:
+    return {a for a in agents if state.statuses.get(a, "available") == "available"}
+
+
+def route(delivery: Delivery, policy: Policy, state: RoutingState) -> Decision:
+    facts = delivery.facts
+    if facts.auto is not None:
+        return Decision(
+            None, None, (AUTO_TAG,), None, None, None,
+            f"automatic mail ({facts.auto}) goes to the unassigned queue",
+        )
+    tags: list[str] = []
+    for rule in policy.rules:
+        matched = rule.check(delivery)
+        if matched is None:
+            continue
+        tags.extend(t for t in rule.tags if t not in tags)
+        if rule.assign_to is None:
+            continue
+        kind, target = rule.assign_to
+        if kind == "agent":
+            return Decision(
+                target, None, tuple(tags), "rule", rule.name, None,
+                f"rule '{rule.name}' assigns it to {target}", matched,
+            )
+        members = policy.teams[target]
+        key = team_key(target)
+        pick = next_agent(members, state.last_served.get(key), _available(state, members))
+        if pick is None:
+            return Decision(
+                None, target, tuple(tags), None, rule.name, None,
+                f"rule '{rule.name}' gives it to team {target}, but no member is available",
+                matched,
+            )
+        return Decision(
+            pick, target, tuple(tags), "team", rule.name, (key, pick),
+            f"rule '{rule.name}' gives it to team {target}, whose rotation picks {pick}",
+            matched,
+        )
+    if policy.round_robin is None:
+        return Decision(
+            None, None, tuple(tags), None, None, None,
+            "no rule assigns it and round-robin is off",
+        )
+    order = policy.round_robin
+    pick = next_agent(order, state.last_served.get(GLOBAL), _available(state, order))
+    if pick is None:
+        return Decision(
+            None, None, tuple(tags), None, None, None,
+            "no rule assigns it and no agent of the rotation is available",
+        )
+    return Decision(
+        pick, None, tuple(tags), "round_robin", None, (GLOBAL, pick),
+        f"no rule assigns it; the rotation picks {pick}",
+    )

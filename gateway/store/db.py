@@ -1,0 +1,114 @@
+"""The SQLite connection: PRAGMAs, migrations, and one writer at a time.
+
+One aiosqlite connection is shared by the daemon's tasks; a lock keeps their
+transactions from interleaving on it. Other processes (the `gateway` command)
+open their own connection; WAL, `BEGIN IMMEDIATE` and the busy timeout make
+them wait their turn rather than fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from importlib import resources
+from pathlib import Path
+
+import aiosqlite
+
+from gateway.errors import StoreUnavailable
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+def _migrations() -> list[tuple[int, str]]:
+    folder = resources.files("gateway.store") / "migrations"
+    found = []
+    for item in folder.iterdir():
+        if item.name.endswith(".sql"):
+            found.append((int(item.name.split("_", 1)[0]), item.read_text()))
+    return sorted(found)
+
+
+class Database:
+    def __init__(self, conn: aiosqlite.Connection, path: str) -> None:
+        self._conn = conn
+        self._lock = asyncio.Lock()
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: str, *, create: bool = True) -> Database:
+        if "://" in path:
+            raise StoreUnavailable(f"{path}: only SQLite files are supported so far")
+        if not create and not Path(path).exists():
+            raise StoreUnavailable(f"{path}: no database here (has `gateway run` started yet?)")
+        try:
+            # Mail is private: the file (and SQLite's -wal/-shm, which copy its mode) is 0600.
+            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            conn = await aiosqlite.connect(path, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+        except (OSError, sqlite3.Error) as error:
+            raise StoreUnavailable(f"{path}: cannot open the database: {error}") from None
+        try:
+            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = FULL")
+            await conn.execute("PRAGMA foreign_keys = ON")
+            await _migrate(conn)
+        except sqlite3.Error as error:
+            await conn.close()
+            raise StoreUnavailable(f"{path}: cannot prepare the database: {error}") from None
+        return cls(conn, path)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; StoreUnavailable when SQLite cannot take or commit it."""
+        async with self._lock:
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as error:
+                raise StoreUnavailable(f"the database is unavailable: {error}") from None
+            try:
+                yield self._conn
+            except BaseException:
+                await self._rollback()
+                raise
+            try:
+                await self._conn.execute("COMMIT")
+            except sqlite3.Error as error:
+                await self._rollback()
+                raise StoreUnavailable(f"the database could not commit: {error}") from None
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._lock:
+            yield self._conn
+
+    async def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            await self._conn.execute("ROLLBACK")
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+
+async def _migrate(conn: aiosqlite.Connection) -> None:
+    for version, script in _migrations():
+        async with conn.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        if row is not None and row[0] >= version:
+            continue
+        try:
+            await conn.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
+            )
+        except sqlite3.OperationalError:
+            if conn.in_transaction:
+                await conn.execute("ROLLBACK")
+            # Another process may have applied it first; that is fine.
+            async with conn.execute("PRAGMA user_version") as cursor:
+                row = await cursor.fetchone()
+            if row is None or row[0] < version:
+                raise

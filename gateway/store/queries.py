@@ -1,0 +1,403 @@
+"""Every read and write of the store, one function each. SQL lives here only.
+
+Functions take a connection inside `Database.transaction()` (writes) or
+`Database.reading()` (reads); none of them commits.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+
+from gateway.model import STATUSES, MailFacts, RawMail, RoutingState, Status
+
+Row = sqlite3.Row
+
+
+async def _one(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> Row | None:
+    async with conn.execute(sql, args) as cursor:
+        row: Row | None = await cursor.fetchone()
+        return row
+
+
+async def _all(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> list[Row]:
+    async with conn.execute(sql, args) as cursor:
+        return list(await cursor.fetchall())
+
+
+# --- meta ---------------------------------------------------------------------
+
+
+async def get_meta(conn: aiosqlite.Connection, key: str) -> str | None:
+    row = await _one(conn, "SELECT value FROM meta WHERE key = ?", (key,))
+    return None if row is None else str(row["value"])
+
+
+async def put_meta_once(conn: aiosqlite.Connection, key: str, value: str) -> str:
+    """Store `value` unless the key has one; return the value that stands."""
+    await conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+    stored = await get_meta(conn, key)
+    assert stored is not None
+    return stored
+
+
+# --- messages -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoredMail:
+    id: int
+    mail: RawMail
+    received_at: str
+    state: str
+
+
+def _stored(row: Row) -> StoredMail:
+    return StoredMail(
+        id=row["id"],
+        mail=RawMail(
+            inbox=row["inbox"],
+            raw=bytes(row["raw"]),
+            source=row["source"],
+            envelope_from=row["envelope_from"],
+            envelope_to=tuple(json.loads(row["envelope_to"])),
+        ),
+        received_at=row["received_at"],
+        state=row["state"],
+    )
+
+
+async def insert_message(
+    conn: aiosqlite.Connection, mail: RawMail, dedup_key: str, at: str
+) -> int | None:
+    """The new message's id, or None when (inbox, dedup key) is stored already."""
+    cursor = await conn.execute(
+        "INSERT INTO messages (inbox, dedup_key, source, envelope_from, envelope_to, raw,"
+        " received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (inbox, dedup_key) DO NOTHING",
+        (
+            mail.inbox,
+            dedup_key,
+            mail.source,
+            mail.envelope_from,
+            json.dumps(list(mail.envelope_to)),
+            mail.raw,
+            at,
+        ),
+    )
+    return cursor.lastrowid if cursor.rowcount == 1 else None
+
+
+async def pending_messages(conn: aiosqlite.Connection, limit: int) -> list[StoredMail]:
+    rows = await _all(
+        conn, "SELECT * FROM messages WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,)
+    )
+    return [_stored(row) for row in rows]
+
+
+async def message(conn: aiosqlite.Connection, message_pk: int) -> StoredMail | None:
+    row = await _one(conn, "SELECT * FROM messages WHERE id = ?", (message_pk,))
+    return None if row is None else _stored(row)
+
+
+async def claim_pending(conn: aiosqlite.Connection, message_pk: int) -> bool:
+    """True when the message is still pending (no other intake took it meanwhile)."""
+    row = await _one(conn, "SELECT state FROM messages WHERE id = ?", (message_pk,))
+    return row is not None and row["state"] == "pending"
+
+
+async def finish_message(
+    conn: aiosqlite.Connection,
+    message_pk: int,
+    state: str,
+    facts: MailFacts,
+    conversation_id: int | None,
+    error: str | None = None,
+) -> None:
+    await conn.execute(
+        "UPDATE messages SET state = ?, conversation_id = ?, message_id = ?, sender = ?,"
+        " subject = ?, error = ? WHERE id = ?",
+        (state, conversation_id, facts.message_id, facts.sender, facts.subject, error, message_pk),
+    )
+
+
+async def shunt(conn: aiosqlite.Connection, message_pk: int, error: str) -> None:
+    await conn.execute(
+        "UPDATE messages SET state = 'shunted', error = ? WHERE id = ?", (error, message_pk)
+    )
+
+
+async def unshunt(conn: aiosqlite.Connection, message_pk: int) -> bool:
+    cursor = await conn.execute(
+        "UPDATE messages SET state = 'pending' WHERE id = ? AND state = 'shunted'", (message_pk,)
+    )
+    return cursor.rowcount == 1
+
+
+async def shunted(conn: aiosqlite.Connection) -> list[Row]:
+    return await _all(
+        conn,
+        "SELECT id, inbox, source, received_at, error, envelope_from FROM messages"
+        " WHERE state = 'shunted' ORDER BY id",
+    )
+
+
+async def conversation_of_message_ids(
+    conn: aiosqlite.Connection, inbox: str, message_ids: Sequence[str]
+) -> int | None:
+    """The conversation of the most recent stored message named in `message_ids`."""
+    if not message_ids:
+        return None
+    marks = ",".join("?" * len(message_ids))
+    row = await _one(
+        conn,
+        f"SELECT conversation_id FROM messages WHERE inbox = ? AND message_id IN ({marks})"
+        " AND conversation_id IS NOT NULL ORDER BY id DESC LIMIT 1",
+        (inbox, *message_ids),
+    )
+    return None if row is None else int(row["conversation_id"])
+
+
+async def messages_of(conn: aiosqlite.Connection, conversation_id: int) -> list[Row]:
+    return await _all(
+        conn,
+        "SELECT id, message_id, sender, subject, received_at, source FROM messages"
+        " WHERE conversation_id = ? ORDER BY id",
+        (conversation_id,),
+    )
+
+
+# --- conversations ------------------------------------------------------------
+
+
+async def conversation(conn: aiosqlite.Connection, conversation_id: int) -> Row | None:
+    return await _one(conn, "SELECT * FROM conversations WHERE id = ?", (conversation_id,))
+
+
+async def conversation_by_subject(
+    conn: aiosqlite.Connection, inbox: str, customer: str, thread_subject: str, since: str
+) -> int | None:
+    row = await _one(
+        conn,
+        "SELECT id FROM conversations WHERE inbox = ? AND customer = ? AND thread_subject = ?"
+        " AND last_message_at >= ? ORDER BY last_message_at DESC LIMIT 1",
+        (inbox, customer, thread_subject, since),
+    )
+    return None if row is None else int(row["id"])
+
+
+async def create_conversation(
+    conn: aiosqlite.Connection,
+    *,
+    inbox: str,
+    customer: str | None,
+    subject: str,
+    thread_subject: str,
+    assignee: str | None,
+    team: str | None,
+    at: str,
+) -> int:
+    cursor = await conn.execute(
+        "INSERT INTO conversations (inbox, customer, subject, thread_subject, assignee, team,"
+        " created_at, last_message_at, message_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+        (inbox, customer, subject, thread_subject, assignee, team, at, at),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+async def add_message_to(conn: aiosqlite.Connection, conversation_id: int, at: str) -> None:
+    await conn.execute(
+        "UPDATE conversations SET message_count = message_count + 1, last_message_at = ?"
+        " WHERE id = ?",
+        (at, conversation_id),
+    )
+
+
+async def set_conversation_status(
+    conn: aiosqlite.Connection, conversation_id: int, status: str
+) -> None:
+    await conn.execute(
+        "UPDATE conversations SET status = ? WHERE id = ?", (status, conversation_id)
+    )
+
+
+async def add_tags(conn: aiosqlite.Connection, conversation_id: int, tags: Iterable[str]) -> None:
+    await conn.executemany(
+        "INSERT OR IGNORE INTO tags (conversation_id, tag) VALUES (?, ?)",
+        [(conversation_id, tag) for tag in tags],
+    )
+
+
+async def tags_of(conn: aiosqlite.Connection, conversation_ids: Sequence[int]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {cid: [] for cid in conversation_ids}
+    if not conversation_ids:
+        return found
+    marks = ",".join("?" * len(conversation_ids))
+    rows = await _all(
+        conn,
+        f"SELECT conversation_id, tag FROM tags WHERE conversation_id IN ({marks})"
+        " ORDER BY conversation_id, rowid",
+        tuple(conversation_ids),
+    )
+    for row in rows:
+        found[row["conversation_id"]].append(row["tag"])
+    return found
+
+
+async def list_conversations(
+    conn: aiosqlite.Connection,
+    *,
+    status: str | None,
+    assignee: str | None = None,
+    team: str | None = None,
+    unassigned: bool = False,
+) -> list[Row]:
+    """Oldest waiting first: the conversation whose last message is oldest."""
+    where, args = [], []
+    if status is not None:
+        where.append("status = ?")
+        args.append(status)
+    if assignee is not None:
+        where.append("assignee = ?")
+        args.append(assignee)
+    if team is not None:
+        where.append("team = ?")
+        args.append(team)
+    if unassigned:
+        where.append("assignee IS NULL")
+    clause = f"WHERE {' AND '.join(where)}" if where else ""
+    return await _all(
+        conn, f"SELECT * FROM conversations {clause} ORDER BY last_message_at, id", args
+    )
+
+
+# --- events -------------------------------------------------------------------
+
+
+async def add_event(
+    conn: aiosqlite.Connection,
+    conversation_id: int,
+    at: str,
+    kind: str,
+    actor: str,
+    *,
+    agent: str | None = None,
+    previous_agent: str | None = None,
+    rule: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> int:
+    cursor = await conn.execute(
+        "INSERT INTO events (conversation_id, at, kind, actor, agent, previous_agent, rule,"
+        " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (conversation_id, at, kind, actor, agent, previous_agent, rule,
+         json.dumps(detail or {}, ensure_ascii=False)),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+async def events_of(conn: aiosqlite.Connection, conversation_id: int) -> list[Row]:
+    return await _all(
+        conn, "SELECT * FROM events WHERE conversation_id = ? ORDER BY id", (conversation_id,)
+    )
+
+
+# --- agents and rotations -----------------------------------------------------
+
+
+async def routing_state(conn: aiosqlite.Connection) -> RoutingState:
+    statuses: dict[str, Status] = {}
+    for row in await _all(conn, "SELECT agent, status FROM agent_status"):
+        if row["status"] in STATUSES:
+            statuses[row["agent"]] = row["status"]
+    rotations = await _all(conn, "SELECT key, last_agent FROM rotations")
+    return RoutingState(
+        statuses=statuses, last_served={row["key"]: row["last_agent"] for row in rotations}
+    )
+
+
+async def set_agent_status(conn: aiosqlite.Connection, agent: str, status: str, at: str) -> None:
+    await conn.execute(
+        "INSERT INTO agent_status (agent, status, changed_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (agent) DO UPDATE SET status = excluded.status,"
+        " changed_at = excluded.changed_at",
+        (agent, status, at),
+    )
+
+
+async def open_counts(conn: aiosqlite.Connection) -> dict[str, int]:
+    rows = await _all(
+        conn,
+        "SELECT assignee, count(*) AS n FROM conversations WHERE status = 'open'"
+        " AND assignee IS NOT NULL GROUP BY assignee",
+    )
+    return {row["assignee"]: row["n"] for row in rows}
+
+
+async def set_rotation(conn: aiosqlite.Connection, key: str, agent: str) -> None:
+    await conn.execute(
+        "INSERT INTO rotations (key, last_agent) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET last_agent = excluded.last_agent",
+        (key, agent),
+    )
+
+
+# --- outbox -------------------------------------------------------------------
+
+
+async def enqueue(
+    conn: aiosqlite.Connection,
+    kind: str,
+    event_id: int,
+    conversation_id: int,
+    payload: dict[str, Any],
+    at: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO outbox (kind, event_id, conversation_id, payload, created_at, due_at)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (kind, event_id, conversation_id, json.dumps(payload, ensure_ascii=False), at, at),
+    )
+
+
+async def due_outbox(conn: aiosqlite.Connection, now: str, limit: int) -> list[Row]:
+    return await _all(
+        conn,
+        "SELECT * FROM outbox WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id LIMIT ?",
+        (now, limit),
+    )
+
+
+async def next_due(conn: aiosqlite.Connection) -> str | None:
+    row = await _one(conn, "SELECT min(due_at) AS due FROM outbox WHERE state = 'pending'")
+    return None if row is None or row["due"] is None else str(row["due"])
+
+
+async def outbox_done(conn: aiosqlite.Connection, outbox_id: int) -> None:
+    await conn.execute(
+        "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL"
+        " WHERE id = ?",
+        (outbox_id,),
+    )
+
+
+async def outbox_failed(
+    conn: aiosqlite.Connection, outbox_id: int, error: str, retry_at: str | None
+) -> None:
+    """Count the failed attempt; retry at `retry_at`, or give up (dead) when it is None."""
+    if retry_at is None:
+        await conn.execute(
+            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?"
+            " WHERE id = ?",
+            (error, outbox_id),
+        )
+    else:
+        await conn.execute(
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, due_at = ? WHERE id = ?",
+            (error, retry_at, outbox_id),
+        )
