@@ -1,0 +1,238 @@
+"""Fixtures: a configuration per test, the real daemon on free ports, a real SMTP sink.
+
+The daemon runs in a thread with its own event loop, exactly as `gateway run`
+runs it, so tests drive it with the blocking `smtplib` and read the store with
+`sqlite3`. Waiting is by polling the store for a condition (drain), never by
+sleeping a fixed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from copy import deepcopy
+from dataclasses import dataclass, field
+from datetime import timedelta
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
+from email.utils import make_msgid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import Envelope
+
+from gateway import config
+from gateway.clock import Clock, utcnow
+from gateway.config import Settings
+from gateway.daemon import Daemon
+from gateway.notify.worker import RetryPolicy
+
+FAST_RETRY = RetryPolicy(
+    first=timedelta(milliseconds=200), cap=timedelta(milliseconds=500), deadline=timedelta(days=2)
+)
+
+BASE: dict[str, Any] = {
+    "gateway": {"database": "gateway.db", "hostname": "gw.test"},
+    "smtp": {"listen": ["127.0.0.1:0"], "max_message_size": "100KB"},
+    "notify": {"enabled": True, "backend": "file", "file_dir": "alerts",
+               "from": "Assignments <gateway@gw.test>"},
+    "round_robin": {"enabled": True, "agents": ["alice", "bob", "carol"]},
+    "agents": [
+        {"id": "alice", "name": "Alice Doe", "email": "alice@agents.test"},
+        {"id": "bob", "name": "Bob Roe", "email": "bob@agents.test"},
+        {"id": "carol", "name": "Carol Poe", "email": "carol@agents.test"},
+    ],
+    "teams": [{"id": "billing", "agents": ["alice", "bob"]}],
+    "inboxes": [
+        {"address": "support@example.com", "aliases": ["support@gw.test"]},
+        {"address": "sales@example.com"},
+    ],
+    "rules": [],
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def make_settings(tmp_path: Path) -> Callable[..., Settings]:
+    """Write a configuration file from BASE with top-level keys replaced, and load it."""
+
+    def make(**sections: Any) -> Settings:
+        data = deepcopy(BASE)
+        data.update(sections)
+        path = tmp_path / "gateway.toml"
+        path.write_text(tomli_w.dumps(data))
+        return config.load(path)
+
+    return make
+
+
+@dataclass
+class RunningDaemon:
+    daemon: Daemon
+    thread: threading.Thread
+    settings: Settings
+    errors: list[BaseException] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.daemon.bound[0][1]
+
+    def stop(self) -> None:
+        self.daemon.request_stop()
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the daemon did not stop"
+        if self.errors:
+            raise self.errors[0]
+
+    def send(
+        self,
+        message: EmailMessage | bytes,
+        to: list[str] | None = None,
+        sender: str = "customer@example.org",
+    ) -> dict[str, tuple[int, bytes]]:
+        raw = message if isinstance(message, bytes) else message.as_bytes(policy=SMTP_POLICY)
+        recipients = to or ["support@example.com"]
+        with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
+            return client.sendmail(sender, recipients, raw)
+
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with sqlite3.connect(self.settings.gateway.database, timeout=10) as conn:
+            conn.row_factory = sqlite3.Row
+            return list(conn.execute(sql, args))
+
+    def drain(self, timeout: float = 15.0) -> None:
+        """Wait until intake has taken every message and no alert is due now."""
+
+        def idle() -> bool:
+            rows = self.query(
+                "SELECT (SELECT count(*) FROM messages WHERE state = 'pending')"
+                " + (SELECT count(*) FROM outbox WHERE state = 'pending' AND attempts = 0)"
+            )
+            return rows[0][0] == 0
+
+        wait_until(idle, timeout, "intake and the outbox to drain")
+
+    def conversations(self) -> list[sqlite3.Row]:
+        return self.query("SELECT * FROM conversations ORDER BY id")
+
+    def events(self, conversation_id: int, kind: str | None = None) -> list[sqlite3.Row]:
+        sql = "SELECT * FROM events WHERE conversation_id = ?"
+        args: tuple[Any, ...] = (conversation_id,)
+        if kind is not None:
+            sql += " AND kind = ?"
+            args += (kind,)
+        return self.query(sql + " ORDER BY id", args)
+
+
+@pytest.fixture
+def start_daemon() -> Iterator[Callable[..., RunningDaemon]]:
+    running: list[RunningDaemon] = []
+
+    def start(settings: Settings, clock: Clock = utcnow) -> RunningDaemon:
+        daemon = Daemon(settings, clock=clock, retry=FAST_RETRY, grace=5)
+        ready = threading.Event()
+        handle = RunningDaemon(daemon, threading.Thread(daemon=True), settings)
+
+        def main() -> None:
+            try:
+                asyncio.run(daemon.run(ready=lambda _: ready.set()))
+            except BaseException as error:
+                handle.errors.append(error)
+                ready.set()
+
+        handle.thread = threading.Thread(target=main, name="gateway-daemon", daemon=True)
+        handle.thread.start()
+        ready.wait(30)
+        if handle.errors:
+            raise handle.errors[0]
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        if handle.thread.is_alive():
+            handle.stop()
+
+
+@pytest.fixture
+def daemon(make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+           ) -> RunningDaemon:
+    return start_daemon(make_settings())
+
+
+class Sink:
+    """A real SMTP server standing in as smarthost; keeps what it receives."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.received: list[Envelope] = []
+        self._controller: Controller | None = None
+
+    async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
+        self.received.append(envelope)
+        return "250 OK"
+
+    def start(self) -> None:
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+
+    def stop(self) -> None:
+        if self._controller is not None:
+            self._controller.stop()
+            self._controller = None
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    server = Sink(free_port())
+    server.start()
+    yield server
+    server.stop()
+
+
+def smtp_notify(port: int, **extra: Any) -> dict[str, Any]:
+    return {"enabled": True, "backend": "smtp", "smtp_host": "127.0.0.1", "smtp_port": port,
+            "from": "Assignments <gateway@gw.test>", **extra}
+
+
+def mail(
+    subject: str = "Hello",
+    sender: str = "Customer <customer@example.org>",
+    to: str = "support@example.com",
+    body: str = "Please help.\n",
+    **headers: str,
+) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = to
+    message["Subject"] = subject
+    for name, value in headers.items():
+        message[name.replace("_", "-")] = value
+    if "Message-ID" not in message:
+        message["Message-ID"] = make_msgid(domain="example.org")
+    message.set_content(body)
+    return message

@@ -1,0 +1,130 @@
+"""The SMTP relay: what it takes, what it refuses, and that taken means stored."""
+
+from __future__ import annotations
+
+import smtplib
+import sqlite3
+from collections.abc import Callable
+
+import pytest
+from email.policy import SMTP
+
+from gateway.config import Settings
+from tests.conftest import RunningDaemon, mail
+
+pytestmark = pytest.mark.integration
+
+
+def test_mail_sent_over_smtp_is_in_the_store_byte_for_byte(daemon: RunningDaemon) -> None:
+    message = mail("Where is my order?")
+    raw = message.as_bytes(policy=SMTP)
+    assert daemon.send(raw) == {}
+    # 250 was answered: the raw message must already be committed, before intake.
+    rows = daemon.query("SELECT raw, inbox, source, envelope_from FROM messages")
+    assert len(rows) == 1
+    assert bytes(rows[0]["raw"]) == raw
+    assert (rows[0]["inbox"], rows[0]["source"]) == ("support@example.com", "smtp")
+    assert rows[0]["envelope_from"] == "customer@example.org"
+
+
+def test_unknown_recipient_is_refused_with_550_and_nothing_stored(daemon: RunningDaemon) -> None:
+    with pytest.raises(smtplib.SMTPRecipientsRefused) as refused:
+        daemon.send(mail(), to=["nobody@example.com"])
+    code, text = refused.value.recipients["nobody@example.com"]
+    assert code == 550 and text.startswith(b"5.1.1")
+    assert daemon.query("SELECT count(*) FROM messages")[0][0] == 0
+
+
+def test_relay_to_a_foreign_domain_is_refused(daemon: RunningDaemon) -> None:
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        daemon.send(mail(), to=["someone@elsewhere.net"])
+    assert daemon.query("SELECT count(*) FROM messages")[0][0] == 0
+
+
+def test_oversized_message_gets_552_and_nothing_stored(daemon: RunningDaemon) -> None:
+    big = mail(body=("y" * 900 + "\n") * 150).as_bytes(policy=SMTP)  # > 100KB configured
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.ehlo()
+        client.mail("customer@example.org")  # no SIZE declared: caught during DATA
+        client.rcpt("support@example.com")
+        code, _ = client.data(big)
+    assert code == 552
+    assert daemon.query("SELECT count(*) FROM messages")[0][0] == 0
+
+
+def test_declared_size_over_the_limit_gets_552_before_data(daemon: RunningDaemon) -> None:
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.ehlo()
+        assert "size" in client.esmtp_features
+        code, _ = client.mail("customer@example.org", ["SIZE=5000000"])
+    assert code == 552
+    assert daemon.query("SELECT count(*) FROM messages")[0][0] == 0
+
+
+def test_client_outside_allowed_networks_gets_554_and_nothing_stored(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    settings = make_settings(
+        smtp={"listen": ["127.0.0.1:0"], "allowed_networks": ["10.0.0.0/8"]}
+    )
+    running = start_daemon(settings)
+    with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+        running.send(mail())
+    assert refused.value.smtp_code == 554
+    assert running.query("SELECT count(*) FROM messages")[0][0] == 0
+
+
+def test_alias_and_plus_tag_recipients_reach_their_inbox(daemon: RunningDaemon) -> None:
+    daemon.send(mail("one"), to=["support@gw.test"])
+    daemon.send(mail("two"), to=["Support+urgent@Example.com"])
+    rows = daemon.query("SELECT inbox FROM messages ORDER BY id")
+    assert [r["inbox"] for r in rows] == ["support@example.com", "support@example.com"]
+
+
+def test_a_message_to_two_inboxes_is_stored_once_per_inbox(daemon: RunningDaemon) -> None:
+    daemon.send(mail(), to=["support@example.com", "support@gw.test", "sales@example.com"])
+    daemon.drain()
+    rows = daemon.query("SELECT inbox FROM messages ORDER BY inbox")
+    assert [r["inbox"] for r in rows] == ["sales@example.com", "support@example.com"]
+    assert len(daemon.conversations()) == 2
+
+
+def test_the_same_message_sent_twice_is_stored_once(daemon: RunningDaemon) -> None:
+    message = mail("Twice")
+    assert daemon.send(message) == {}
+    assert daemon.send(message) == {}  # still 250: the sender must not retry
+    daemon.drain()
+    assert daemon.query("SELECT count(*) FROM messages")[0][0] == 1
+    assert len(daemon.conversations()) == 1
+
+
+def test_a_message_without_message_id_is_deduplicated_by_its_content(
+    daemon: RunningDaemon,
+) -> None:
+    raw = b"From: a@example.org\r\nTo: support@example.com\r\nSubject: no id\r\n\r\nbody\r\n"
+    daemon.send(raw)
+    daemon.send(raw)
+    daemon.send(raw.replace(b"body", b"other body"))
+    assert daemon.query("SELECT count(*) FROM messages")[0][0] == 2
+
+
+def test_store_failure_answers_451_and_the_sender_can_retry(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("gateway.store.db.BUSY_TIMEOUT_MS", 300)
+    daemon = start_daemon(make_settings())
+    # Another process holds the write lock longer than the busy timeout allows.
+    blocker = sqlite3.connect(daemon.settings.gateway.database, timeout=1)
+    blocker.execute("PRAGMA busy_timeout = 0")
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            daemon.send(mail("held up"))
+        assert refused.value.smtp_code == 451
+    finally:
+        blocker.rollback()
+        blocker.close()
+    assert daemon.query("SELECT count(*) FROM messages")[0][0] == 0
+    assert daemon.send(mail("held up")) == {}
