@@ -198,7 +198,7 @@ class Intake:
             )
             await self._alert(
                 conn, conversation_id, event_id, decision.assignee, "assigned",
-                decision.reason, stored.id, at,
+                _how(decision), stored.id, at,
             )
         return conversation_id, decision
 
@@ -256,6 +256,14 @@ class Intake:
             {"agent": agent_id, "reason": reason, "how": how, "message": message_pk},
             at,
         )
+
+
+def _how(decision: Decision) -> str:
+    if decision.via == "rule":
+        return f"by rule '{decision.rule}'"
+    if decision.via == "team":
+        return f"by team {decision.team}'s rotation (rule '{decision.rule}')"
+    return "by round-robin"
 
 
 def _received(stored: StoredMail, facts: MailFacts) -> dict[str, object]:

@@ -30,7 +30,7 @@ def _one_line(text: str) -> str:
 class AlertInput:
     event_id: int
     reason: str  # assigned, reassigned, reply
-    how: str  # the sentence saying how it came to the agent
+    how: str  # how it came to the agent: "by rule 'X'", "by round-robin", "by carol"
     conversation_id: int
     subject: str
     customer: str | None
@@ -85,13 +85,17 @@ def render(alert: AlertInput) -> EmailMessage:
         except Exception:  # an unparseable header: say nothing rather than fail the alert
             return ""
 
+    if alert.reason == "reply":
+        opening = f"The customer wrote again in conversation #{alert.conversation_id}, yours."
+    else:
+        opening = f"Conversation #{alert.conversation_id} was {alert.reason} to you {alert.how}."
     lines = [
-        f"{alert.how[:1].upper()}{alert.how[1:]}.",
+        opening,
         "",
         f"From:    {field('From') or alert.customer or '(unknown)'}",
         f"To:      {field('To') or alert.inbox}",
         f"Subject: {subject}",
-        f"Date:    {field('Date')}",
+        f"Date:    {field('Date') or '(not given)'}",
         "",
         *_preview(original),
         "",

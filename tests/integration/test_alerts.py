@@ -1,0 +1,193 @@
+"""Assignment alerts at a real SMTP sink, and the mail that must not be routed like a customer's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+
+import pytest
+
+from gateway.config import Settings
+from tests.conftest import RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
+
+pytestmark = pytest.mark.integration
+
+RULES = [
+    {"name": "ACME is Alice's", "sender_domain": ["acme.com"], "assign_to": "agent:alice"},
+    {"name": "Quiet Carol", "sender_domain": ["quiet.test"], "assign_to": "agent:carol"},
+]
+
+
+def parsed(envelope: object) -> EmailMessage:
+    data = envelope.original_content  # type: ignore[attr-defined]
+    result = message_from_bytes(data, policy=policy.default)
+    assert isinstance(result, EmailMessage)
+    return result
+
+
+@pytest.fixture
+def alerting(make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon],
+             sink: Sink) -> RunningDaemon:
+    return start_daemon(make_settings(notify=smtp_notify(sink.port), rules=RULES))
+
+
+def test_alert_has_the_designed_headers_and_contents(alerting: RunningDaemon, sink: Sink) -> None:
+    alerting.send(mail("Rocket exploded", sender="Wile E. <wile@acme.com>",
+                       body="It went boom.\nTwice.\n"))
+    alerting.drain()
+    [envelope] = wait_until(lambda: sink.received, what="the alert")
+    assert envelope.rcpt_tos == ["alice@agents.test"]
+    alert = parsed(envelope)
+    [assigned] = alerting.events(1, "assigned")
+    assert alert["Subject"] == "[#1] Assigned: Rocket exploded"
+    assert alert["To"].addresses[0].addr_spec == "alice@agents.test"
+    assert alert["Reply-To"].addresses[0].addr_spec == "wile@acme.com"
+    assert alert["Auto-Submitted"] == "auto-generated"
+    assert alert["X-Gateway-Conversation"] == "1"
+    assert alert["X-Gateway-Notification"].startswith(f"{assigned['id']}.")
+    assert alert["Message-ID"] == f"<alert.{assigned['id']}@gw.test>"
+    text = alert.get_body(preferencelist=("plain",)).get_content()
+    assert "assigned to you by rule 'ACME is Alice's'" in text
+    assert "wile@acme.com" in text and "It went boom." in text
+    assert "gateway show 1" in text
+    [attached] = [part for part in alert.iter_attachments()]
+    assert attached.get_content_type() == "message/rfc822"
+    assert attached.get_content()["Subject"] == "Rocket exploded"
+    [notified] = alerting.events(1, "notified")
+    assert notified["agent"] == "alice"
+
+
+def test_subject_with_cr_lf_cannot_inject_a_header(alerting: RunningDaemon, sink: Sink) -> None:
+    raw = (
+        b"From: wile@acme.com\r\nTo: support@example.com\r\nMessage-ID: <inj@acme.com>\r\n"
+        b"Subject: =?utf-8?q?Hi=0D=0ABcc:_evil@attacker.test=0D=0AX-Evil:_1?=\r\n\r\nbody\r\n"
+    )
+    alerting.send(raw)
+    alerting.drain()
+    [envelope] = wait_until(lambda: sink.received, what="the alert")
+    assert envelope.rcpt_tos == ["alice@agents.test"]
+    alert = parsed(envelope)
+    assert alert["Bcc"] is None and alert["X-Evil"] is None
+    assert "\n" not in alert["Subject"] and "\r" not in alert["Subject"]
+    assert alert["Subject"].startswith("[#1] Assigned: Hi")
+
+
+def test_agent_with_notify_false_gets_no_alert(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], sink: Sink
+) -> None:
+    agents = [{"id": "alice", "email": "alice@agents.test"},
+              {"id": "bob", "email": "bob@agents.test"},
+              {"id": "carol", "email": "carol@agents.test", "notify": False}]
+    running = start_daemon(make_settings(notify=smtp_notify(sink.port), rules=RULES,
+                                         agents=agents))
+    running.send(mail(sender="someone@quiet.test"))
+    running.send(mail(sender="wile@acme.com"))  # alice's alert shows the worker ran
+    running.drain()
+    wait_until(lambda: sink.received, what="alice's alert")
+    assert [e.rcpt_tos for e in sink.received] == [["alice@agents.test"]]
+    assert running.conversations()[0]["assignee"] == "carol"
+
+
+def test_global_switch_off_sends_no_alert(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], sink: Sink
+) -> None:
+    running = start_daemon(make_settings(notify=smtp_notify(sink.port, enabled=False),
+                                         rules=RULES))
+    running.send(mail(sender="wile@acme.com"))
+    running.drain()
+    assert running.conversations()[0]["assignee"] == "alice"
+    assert running.query("SELECT count(*) FROM outbox")[0][0] == 0
+    assert sink.received == []
+
+
+def test_alert_is_retried_while_the_smarthost_is_down_and_delivered_once_back(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    port = free_port()
+    running = start_daemon(make_settings(notify=smtp_notify(port), rules=RULES))
+    running.send(mail(sender="wile@acme.com"))
+    wait_until(lambda: running.events(1, "notify_failed"), what="a failed attempt")
+    wait_until(lambda: running.query("SELECT attempts FROM outbox")[0][0] >= 2,
+               what="a second attempt")
+    late = Sink(port)
+    late.start()
+    try:
+        wait_until(lambda: late.received, what="the alert once the sink is up")
+        wait_until(lambda: running.events(1, "notified"), what="the notified event")
+        assert len(late.received) == 1
+        assert [e.rcpt_tos for e in late.received] == [["alice@agents.test"]]
+        assert running.query("SELECT state FROM outbox")[0][0] == "done"
+    finally:
+        late.stop()
+
+
+def test_customer_reply_alerts_the_assignee(alerting: RunningDaemon, sink: Sink) -> None:
+    alerting.send(mail("Broken", sender="wile@acme.com", Message_ID="<a1@acme.com>"))
+    alerting.drain()
+    alerting.send(mail("Re: Broken", sender="wile@acme.com", In_Reply_To="<a1@acme.com>"))
+    alerting.drain()
+    wait_until(lambda: len(sink.received) == 2, what="two alerts")
+    assert parsed(sink.received[1])["Subject"] == "[#1] New reply: Broken"
+
+
+def test_the_gateways_own_alert_coming_back_is_dropped(alerting: RunningDaemon, sink: Sink) -> None:
+    alerting.send(mail("Loop?", sender="wile@acme.com"))
+    alerting.drain()
+    [envelope] = wait_until(lambda: sink.received, what="the alert")
+    alerting.send(envelope.original_content, sender="gateway@gw.test")  # forwarded back in
+    alerting.drain()
+    assert len(alerting.conversations()) == 1
+    states = [r["state"] for r in alerting.query("SELECT state FROM messages ORDER BY id")]
+    assert states == ["routed", "dropped"]
+    assert len(sink.received) == 1
+
+
+def test_a_forged_notification_header_is_routed_like_any_mail(alerting: RunningDaemon) -> None:
+    alerting.send(mail("Not really an alert", X_Gateway_Notification="1.00000000deadbeef"))
+    alerting.drain()
+    [conversation] = alerting.conversations()
+    assert conversation["assignee"] == "alice"  # round-robin's first
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"Auto_Submitted": "auto-replied"}, {"Precedence": "bulk"}, {"X_Autoreply": "yes"}],
+    ids=["auto-submitted", "precedence", "x-autoreply"],
+)
+def test_auto_reply_goes_unassigned_tagged_auto_without_a_turn_or_alert(
+    alerting: RunningDaemon, sink: Sink, headers: dict[str, str]
+) -> None:
+    alerting.send(mail("Out of office", **headers))
+    alerting.send(mail("A real question"))
+    alerting.drain()
+    first, second = alerting.conversations()
+    assert first["assignee"] is None
+    assert [r["tag"] for r in alerting.query("SELECT tag FROM tags WHERE conversation_id = 1")] \
+        == ["auto"]
+    assert second["assignee"] == "alice"  # the auto-reply took no turn
+    wait_until(lambda: sink.received, what="the real question's alert")
+    assert len(sink.received) == 1
+
+
+def test_bounce_with_null_sender_goes_unassigned_tagged_auto(alerting: RunningDaemon) -> None:
+    alerting.send(mail("Undelivered Mail Returned to Sender"), sender="")
+    alerting.drain()
+    [conversation] = alerting.conversations()
+    assert conversation["assignee"] is None
+    assert alerting.query("SELECT envelope_from FROM messages")[0][0] == ""
+    assert alerting.query("SELECT tag FROM tags")[0][0] == "auto"
+
+
+def test_delivery_status_report_is_a_bounce(alerting: RunningDaemon) -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.org\r\nTo: support@example.com\r\n"
+        b"Message-ID: <dsn-1@mx>\r\nSubject: failure notice\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/report; report-type=delivery-status; boundary=b\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain\r\n\r\nfailed\r\n--b--\r\n"
+    )
+    alerting.send(raw, sender="postmaster@mx.example.org")
+    alerting.drain()
+    [conversation] = alerting.conversations()
+    assert conversation["assignee"] is None
+    assert alerting.query("SELECT tag FROM tags")[0][0] == "auto"
