@@ -50,16 +50,19 @@ def _raw_values(msg: Message, name: str) -> list[str]:
 
 
 def header_text(msg: Message, name: str) -> str | None:
-    """The first `name` header, decoded (RFC 2047) when it can be, raw text otherwise."""
-    try:
-        value = msg.get(name)
-    except Exception:  # the header parser itself failed on this input
-        value = None
-        raw = _raw_values(msg, name)
-        return _WS.sub(" ", raw[0]).strip() if raw else None
-    if value is None:
+    """The first `name` header, decoded (RFC 2047, or raw 8-bit as UTF-8 else Latin-1)."""
+    wanted = name.lower()
+    raw = next((str(v) for k, v in msg.raw_items() if k.lower() == wanted), None)
+    if raw is None:
         return None
-    return _WS.sub(" ", clean_text(str(value))).strip()
+    # 8-bit bytes arrive as surrogates; the email package would turn them into U+FFFD.
+    if clean_text(raw) != raw:
+        return _WS.sub(" ", clean_text(raw)).strip()
+    try:
+        value = str(msg.get(name))
+    except Exception:  # the header parser itself failed on this input
+        value = raw
+    return _WS.sub(" ", clean_text(value)).strip()
 
 
 def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:

@@ -1,0 +1,93 @@
+"""Broken mail is stored and routed; a message intake fails on is shunted, not lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main as gateway
+from gateway.model import Decision
+from tests.conftest import RunningDaemon, mail
+
+pytestmark = pytest.mark.integration
+
+MALFORMED = sorted((Path(__file__).parent.parent / "data" / "malformed").glob("*.eml"))
+
+
+def config_of(running: RunningDaemon) -> str:
+    return str(Path(running.settings.gateway.database).with_name("gateway.toml"))
+
+
+@pytest.mark.parametrize("sample", MALFORMED, ids=[p.stem for p in MALFORMED])
+def test_malformed_message_is_stored_and_routed(daemon: RunningDaemon, sample: Path) -> None:
+    assert daemon.send(sample.read_bytes(), sender="sender@example.org") == {}
+    daemon.drain()
+    [message] = daemon.query("SELECT state, error, conversation_id FROM messages")
+    assert (message["state"], message["error"]) == ("routed", None)
+    [conversation] = daemon.conversations()
+    assert conversation["assignee"] == "alice"  # the rotation took it like any mail
+
+
+def test_message_without_from_falls_back_to_the_envelope_sender(daemon: RunningDaemon) -> None:
+    daemon.send((MALFORMED[0].parent / "no-from.eml").read_bytes(), sender="env@example.org")
+    daemon.drain()
+    assert daemon.conversations()[0]["customer"] == "env@example.org"
+
+
+@pytest.mark.parametrize(
+    ("sample", "subject"),
+    [("eight-bit-headers.eml", "Grüße aus München €"), ("latin1-headers.eml", "Grüße aus München")],
+)
+def test_eight_bit_headers_keep_their_characters(
+    daemon: RunningDaemon, sample: str, subject: str
+) -> None:
+    daemon.send((MALFORMED[0].parent / sample).read_bytes())
+    daemon.drain()
+    [conversation] = daemon.conversations()
+    assert conversation["subject"] == subject
+
+
+def test_failing_message_is_shunted_the_rest_flow_and_retry_routes_it(
+    daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.intake import worker
+
+    real_route = worker.route
+
+    def faulty(delivery, policy, state) -> Decision:  # type: ignore[no-untyped-def]
+        if "explode" in delivery.facts.subject:
+            raise RuntimeError("injected fault")
+        return real_route(delivery, policy, state)
+
+    monkeypatch.setattr(worker, "route", faulty)
+    daemon.send(mail("before"))
+    daemon.send(mail("please explode"))
+    daemon.send(mail("after"))
+    daemon.drain()
+    states = [r["state"] for r in daemon.query("SELECT state FROM messages ORDER BY id")]
+    assert states == ["routed", "shunted", "routed"]
+    assert len(daemon.conversations()) == 2
+
+    capsys.readouterr()
+    assert gateway(["shunted", "--json", "--config", config_of(daemon)]) == 0
+    [listed] = json.loads(capsys.readouterr().out)
+    assert listed["id"] == 2 and "injected fault" in listed["error"]
+
+    assert gateway(["retry", "2", "--config", config_of(daemon)]) == 1  # the fault is still there
+    monkeypatch.setattr(worker, "route", real_route)
+    assert gateway(["retry", "2", "--config", config_of(daemon)]) == 0
+    assert "opened conversation 3" in capsys.readouterr().out
+    states = [r["state"] for r in daemon.query("SELECT state FROM messages ORDER BY id")]
+    assert states == ["routed", "routed", "routed"]
+    assert [c["subject"] for c in daemon.conversations()] == ["before", "after", "please explode"]
+
+
+def test_retry_of_a_message_that_is_not_shunted_is_refused(
+    daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.send(mail())
+    daemon.drain()
+    assert gateway(["retry", "1", "--config", config_of(daemon)]) == 1
+    assert "not shunted" in capsys.readouterr().err
