@@ -1,0 +1,223 @@
+"""The first commands, in-process and as the real `gateway` executable."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from gateway.cli import main as gateway
+from gateway.config import Settings
+from tests.conftest import RunningDaemon, free_port, mail, wait_until
+
+pytestmark = pytest.mark.integration
+
+CONVERSATION_FIELDS = {"id", "subject", "customer", "inbox", "assignee", "team", "status", "tags",
+                       "created_at", "last_message_at", "message_count"}
+RULES = [{"name": "Money to billing", "subject_keywords": ["refund"], "assign_to": "team:billing",
+          "tags": ["billing"]}]
+
+
+def run(running: RunningDaemon, *args: str) -> int:
+    config = str(Path(running.settings.gateway.database).with_name("gateway.toml"))
+    return gateway([*args, "--config", config])
+
+
+@pytest.fixture
+def populated(make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+              ) -> RunningDaemon:
+    running = start_daemon(make_settings(rules=RULES))
+    running.send(mail("first question", sender="Ann <ann@example.org>"))
+    for agent in ("alice", "bob", "carol"):
+        assert run(running, "status", agent, "away") == 0
+    running.send(mail("nobody there", sender="ben@example.org"))
+    running.send(mail("refund me", sender="cy@example.org"))
+    running.drain()
+    return running
+
+
+def output_json(capsys: pytest.CaptureFixture[str]) -> object:
+    return json.loads(capsys.readouterr().out)
+
+
+def test_conversations_json_has_the_contract_fields_oldest_waiting_first(
+    populated: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run(populated, "conversations", "--json") == 0
+    found = output_json(capsys)
+    assert isinstance(found, list)
+    assert [c["subject"] for c in found] == ["first question", "nobody there", "refund me"]
+    assert all(set(c) >= CONVERSATION_FIELDS for c in found)
+    first = found[0]
+    assert (first["id"], first["customer"], first["inbox"], first["assignee"], first["status"]) \
+        == (1, "ann@example.org", "support@example.com", "alice", "open")
+    assert first["message_count"] == 1 and first["created_at"].endswith("+00:00")
+    assert found[2]["tags"] == ["billing"] and found[2]["team"] == "billing"
+
+
+def test_conversations_filters_by_queue(
+    populated: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    run(populated, "conversations", "--unassigned", "--json")
+    assert [c["id"] for c in output_json(capsys)] == [2, 3]  # type: ignore[union-attr]
+    run(populated, "conversations", "--agent", "alice", "--json")
+    assert [c["id"] for c in output_json(capsys)] == [1]  # type: ignore[union-attr]
+    run(populated, "conversations", "--team", "billing", "--json")
+    assert [c["id"] for c in output_json(capsys)] == [3]  # type: ignore[union-attr]
+    run(populated, "conversations", "--status", "closed", "--json")
+    assert output_json(capsys) == []
+
+
+def test_conversations_table_for_people(
+    populated: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run(populated, "conversations", "--unassigned") == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["ID", "WAITING", "CUSTOMER", "SUBJECT", "ASSIGNEE", "TEAM",
+                                "STATUS", "TAGS"]
+    assert "nobody there" in lines[1] and "<1 min" in lines[1]
+    assert len(lines) == 3
+
+
+def test_show_json_has_messages_and_the_timeline(
+    populated: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run(populated, "show", "3", "--json") == 0
+    view = output_json(capsys)
+    assert isinstance(view, dict)
+    assert set(view) >= CONVERSATION_FIELDS | {"messages", "events"}
+    [message] = view["messages"]
+    assert set(message) == {"message_id", "from", "subject", "received_at", "source"}
+    assert (message["from"], message["source"]) == ("cy@example.org", "smtp")
+    kinds = [e["kind"] for e in view["events"]]
+    assert kinds == ["received", "tagged"]
+    assert set(view["events"][0]) == {"at", "kind", "actor", "agent", "previous_agent", "rule",
+                                      "detail"}
+
+
+def test_show_prints_the_timeline_as_sentences(
+    populated: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run(populated, "show", "1") == 0
+    out = capsys.readouterr().out
+    assert "#1  first question  (open)" in out
+    assert "assigned to alice by round-robin" in out
+
+
+def test_control_characters_are_shown_escaped(
+    daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.send(b"From: a@example.org\r\nTo: support@example.com\r\nMessage-ID: <c@x>\r\n"
+                b"Subject: =?utf-8?q?bell=07_and_escape=1B[31m?=\r\n\r\nx\r\n")
+    daemon.drain()
+    capsys.readouterr()
+    run(daemon, "conversations")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "bell\\x07 and escape\\x1b[31m" in out
+
+
+def test_unknown_conversation_is_refused_with_a_sentence(
+    daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(daemon, "show", "42") == 1
+    assert capsys.readouterr().err.strip() == "There is no conversation 42."
+
+
+def test_unknown_agent_status_is_refused(
+    daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(daemon, "status", "zed", "away") == 1
+    assert "no agent 'zed'" in capsys.readouterr().err
+
+
+def test_misuse_exits_2(daemon: RunningDaemon) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(daemon, "status", "alice", "sleeping")
+    assert exited.value.code == 2
+
+
+def test_missing_database_is_one_line_and_exit_1(
+    make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_settings()
+    assert gateway(["conversations", "--config", str(tmp_path / "gateway.toml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "no database" in err and len(err.splitlines()) == 1
+
+
+def test_config_option_goes_before_or_after_the_command(
+    daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(Path(daemon.settings.gateway.database).with_name("gateway.toml"))
+    assert gateway(["--config", config, "conversations"]) == 0
+    assert gateway(["conversations", "--config", config]) == 0
+
+
+def test_check_prints_a_summary(daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(daemon, "check") == 0
+    out = capsys.readouterr().out
+    assert "configuration is valid" in out and "support@example.com" in out
+
+
+# --- the real executable --------------------------------------------------------
+
+
+def gateway_process(config: Path, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args, "--config", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def test_run_routes_mail_and_exits_0_on_sigterm(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    port = free_port()
+    settings = make_settings(smtp={"listen": [f"127.0.0.1:{port}"]})
+    process = gateway_process(tmp_path / "gateway.toml", "run")
+    try:
+        import smtplib
+
+        def sent() -> bool:
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+                    client.sendmail("c@example.org", ["support@example.com"],
+                                    mail("over the wire").as_bytes())
+                return True
+            except OSError:
+                return False
+
+        wait_until(sent, what="the daemon to listen")
+        alerts = Path(settings.notify.file_dir)
+        wait_until(lambda: alerts.is_dir() and list(alerts.glob("*.eml")), what="the alert file")
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0
+    lines = [json.loads(line) for line in err.splitlines()]  # JSON when not on a terminal
+    events = [line["event"] for line in lines]
+    assert "message.routed" in events and events[-1] == "gateway.stopped"
+
+
+def test_run_with_a_bad_configuration_names_the_key_and_exits_1(tmp_path: Path) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[smtp]\nmax_message_size = "lots"\n')
+    process = gateway_process(config, "run")
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "smtp.max_message_size = 'lots'" in err
