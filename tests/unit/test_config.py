@@ -1,0 +1,98 @@
+"""Configuration: a bad file fails at start naming the key, the value and why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.config import load, parse_size
+from gateway.errors import ConfigError
+
+VALID = """
+[[agents]]
+id = "alice"
+email = "alice@example.com"
+
+[[inboxes]]
+address = "support@example.com"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as failed:
+        load(write(tmp_path, text))
+    return str(failed.value)
+
+
+def test_defaults_and_relative_paths_from_the_config_folder(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, VALID))
+    assert settings.gateway.database == str(tmp_path / "gateway.db")
+    assert settings.notify.file_dir == str(tmp_path / "alerts")
+    assert settings.round_robin.enabled is False
+    assert settings.notify.enabled and settings.notify.on_reply and settings.agents[0].notify
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_SMTP__MAX_MESSAGE_SIZE", "2MiB")
+    monkeypatch.setenv("GATEWAY_NOTIFY__ENABLED", "false")
+    settings = load(write(tmp_path, VALID + '[smtp]\nmax_message_size = "1MB"\n'))
+    assert settings.smtp.max_message_size == 2 * 1024 * 1024
+    assert settings.notify.enabled is False
+
+
+def test_bad_value_names_key_value_and_reason(tmp_path: Path) -> None:
+    message = error_of(tmp_path, VALID + '[smtp]\nmax_message_size = "huge"\n')
+    assert "smtp.max_message_size = 'huge': must be a size" in message
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    message = error_of(tmp_path, VALID + "[round_robin]\nenabeld = true\n")
+    assert "round_robin.enabeld: unknown key" in message
+
+
+def test_rule_naming_an_unknown_agent_is_an_error(tmp_path: Path) -> None:
+    message = error_of(
+        tmp_path, VALID + '[[rules]]\nname = "x"\nassign_to = "agent:zed"\n'
+    )
+    assert "rules[0].assign_to: 'agent:zed' names no configured agent" in message
+
+
+def test_team_and_rotation_with_unknown_agents_are_errors(tmp_path: Path) -> None:
+    assert "teams[0].agents: 'bob' is not a configured agent" in error_of(
+        tmp_path, VALID + '[[teams]]\nid = "t"\nagents = ["alice", "bob"]\n'
+    )
+    assert "round_robin.agents: 'bob' is not a configured agent" in error_of(
+        tmp_path, VALID + '[round_robin]\nenabled = true\nagents = ["bob"]\n'
+    )
+
+
+def test_rule_without_an_action_is_an_error(tmp_path: Path) -> None:
+    assert "needs assign_to, tags, or both" in error_of(
+        tmp_path, VALID + '[[rules]]\nname = "idle"\nsender_domain = ["a.com"]\n'
+    )
+
+
+def test_invalid_toml_is_reported_as_such(tmp_path: Path) -> None:
+    assert "is not valid TOML" in error_of(tmp_path, "[smtp\n")
+
+
+def test_bad_listen_and_network_are_errors(tmp_path: Path) -> None:
+    assert "must be HOST:PORT" in error_of(tmp_path, VALID + '[smtp]\nlisten = ["localhost"]\n')
+    assert "is not a network" in error_of(
+        tmp_path, VALID + '[smtp]\nallowed_networks = ["10.0.0.0/33"]\n'
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("25MB", 25_000_000), ("10KB", 10_000), ("1KiB", 1024), ("2 MiB", 2 * 2**20), (512, 512)],
+)
+def test_sizes(text: str | int, size: int) -> None:
+    assert parse_size(text) == size

@@ -1,0 +1,88 @@
+"""Mail facts: decoding never fails, and the normalisations threads and rules rely on."""
+
+from __future__ import annotations
+
+from email.message import EmailMessage
+from email.policy import SMTP
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.intake.facts import (
+    conversation_token,
+    extract,
+    normalize_address,
+    normalize_message_id,
+    thread_subject,
+)
+
+PREFIXES = st.lists(st.sampled_from(["Re: ", "RE:", "Fwd: ", "FW: ", "AW: ", "SV: ", "Re[2]: "]),
+                    max_size=4)
+
+
+@given(st.binary(max_size=2000))
+def test_extract_never_raises_on_arbitrary_bytes(raw: bytes) -> None:
+    found = extract(raw, envelope_from=None)
+    found.subject.encode("utf-8")  # storable as text, whatever came in
+
+
+@given(st.text(max_size=200), st.text(max_size=40))
+def test_extract_never_raises_on_arbitrary_headers(subject: str, name: str) -> None:
+    raw = (f"From: {name} <x@example.org>\r\nSubject: {subject}\r\n\r\nbody\r\n").encode(
+        "utf-8", "surrogatepass"
+    )
+    extract(raw).subject.encode("utf-8")
+
+
+@given(PREFIXES, st.text(min_size=1, max_size=60).filter(lambda s: s.strip()))
+def test_thread_subject_strips_reply_prefixes(prefixes: list[str], subject: str) -> None:
+    assert thread_subject("".join(prefixes) + subject) == thread_subject(subject)
+
+
+@given(st.text(max_size=80))
+def test_thread_subject_is_idempotent(subject: str) -> None:
+    once = thread_subject(subject)
+    assert thread_subject(once) == once
+
+
+def test_thread_subject_ignores_the_conversation_token() -> None:
+    assert thread_subject("Re: [#12] Printer  JAMS") == "printer jams"
+    assert conversation_token("Re: [#12] Assigned: x") == 12
+    assert conversation_token("[#x] nope") is None
+
+
+@given(st.from_regex(r"[a-z0-9.]{1,10}@[a-z0-9]{1,10}\.[a-z]{2,4}", fullmatch=True))
+def test_message_id_normalisation_removes_brackets_and_white_space(ident: str) -> None:
+    assert normalize_message_id(f"  <{ident[:3]} {ident[3:]}>  ") == ident
+    assert normalize_message_id(ident) == ident
+
+
+@given(local=st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+       tag=st.from_regex(r"[a-z0-9]{0,8}", fullmatch=True))
+def test_address_normalisation_folds_case_and_drops_the_plus_tag(local: str, tag: str) -> None:
+    assert normalize_address(f"{local.upper()}+{tag}@Example.COM") == f"{local}@example.com"
+
+
+def test_encoded_subject_and_sender_are_decoded() -> None:
+    message = EmailMessage()
+    message["From"] = "Jörg <Joerg@Mail.Example.COM>"
+    message["Subject"] = "Grüße, refund"
+    message["Cc"] = "a@x.org, B <b@y.org>"
+    message["In-Reply-To"] = "<one@x>"
+    message["References"] = "<zero@x> <one@x>"
+    message.set_content("x")
+    found = extract(message.as_bytes(policy=SMTP))
+    assert found.subject == "Grüße, refund"
+    assert (found.sender, found.sender_name, found.sender_domain) == (
+        "joerg@mail.example.com", "Jörg", "mail.example.com")
+    assert found.recipients == ("a@x.org", "b@y.org")
+    assert found.references == ("one@x", "zero@x")
+
+
+def test_auto_mail_is_recognised() -> None:
+    base = b"From: a@b.c\r\nSubject: x\r\n"
+    assert extract(base + b"Auto-Submitted: auto-replied\r\n\r\n").auto == "auto-submitted"
+    assert extract(base + b"Auto-Submitted: no\r\n\r\n").auto is None
+    assert extract(base + b"Precedence: junk\r\n\r\n").auto == "precedence"
+    assert extract(base + b"\r\n", envelope_from="").auto == "bounce"
+    assert extract(base + b"\r\n", envelope_from="a@b.c").auto is None

@@ -1,0 +1,39 @@
+"""Alerts: customer text never becomes a header or a recipient."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email import message_from_bytes, policy
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.notify.render import AlertInput, render
+
+ORIGINAL = b"From: c@example.org\r\nTo: support@example.com\r\nSubject: x\r\n\r\nhello\r\n"
+
+
+def alert(subject: str, customer: str = "c@example.org", name: str = "Alice") -> AlertInput:
+    return AlertInput(
+        event_id=7, reason="assigned", how="by round-robin", conversation_id=3, subject=subject,
+        customer=customer, inbox="support@example.com", agent_name=name,
+        agent_email="alice@agents.test", sender="Gateway <gw@gw.test>", hostname="gw.test",
+        mark="7.abc", raw=ORIGINAL, date=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+
+
+@given(subject=st.text(max_size=120), name=st.text(max_size=40))
+def test_no_customer_text_adds_a_header(subject: str, name: str) -> None:
+    data = render(alert(subject, name=name)).as_bytes(policy=policy.SMTP)
+    parsed = message_from_bytes(data, policy=policy.default)
+    assert sorted(parsed.keys()) == sorted([
+        "Subject", "From", "To", "Reply-To", "Date", "Message-ID", "Auto-Submitted",
+        "X-Gateway-Conversation", "X-Gateway-Notification", "MIME-Version", "Content-Type",
+    ])
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["alice@agents.test"]
+    assert parsed["Message-ID"] == "<alert.7@gw.test>"
+
+
+def test_bare_lf_never_leaves_in_an_alert() -> None:
+    data = render(alert("x" * 2000)).as_bytes(policy=policy.SMTP)
+    assert b"\n" not in data.replace(b"\r\n", b"")

@@ -1,0 +1,154 @@
+"""The pure router: properties over generated messages, rules and availability."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway.config import Rule
+from gateway.intake.facts import normalize_domain
+from gateway.model import Delivery, MailFacts, RoutingState
+from gateway.routing.rotation import GLOBAL, next_agent
+from gateway.routing.router import Policy, route
+from gateway.routing.rules import compile_rules
+
+AGENTS = ["a1", "a2", "a3", "a4", "a5"]
+STATUS = st.sampled_from(["available", "away", "dnd"])
+
+
+def facts(subject: str = "", sender: str | None = "c@example.org", auto: str | None = None,
+          recipients: tuple[str, ...] = ()) -> MailFacts:
+    domain = sender.rpartition("@")[2] if sender else None
+    return MailFacts(None, sender, "", domain, subject, recipients, (), auto, None, None)
+
+
+def delivery(**kwargs: object) -> Delivery:
+    return Delivery(facts(**kwargs), "support@example.com")  # type: ignore[arg-type]
+
+
+def policy(rules: list[Rule] | None = None, rotation: list[str] | None = None,
+           teams: dict[str, tuple[str, ...]] | None = None) -> Policy:
+    return Policy(compile_rules(rules or []), teams or {},
+                  tuple(rotation) if rotation is not None else None)
+
+
+def serve(order: list[str], n: int, statuses: dict[str, str] | None = None) -> list[str | None]:
+    state_last: dict[str, str] = {}
+    served: list[str | None] = []
+    for _ in range(n):
+        decision = route(delivery(), policy(rotation=order),
+                         RoutingState(statuses=dict(statuses or {}),  # type: ignore[arg-type]
+                                      last_served=dict(state_last)))
+        served.append(decision.assignee)
+        if decision.rotation:
+            state_last[decision.rotation[0]] = decision.rotation[1]
+    return served
+
+
+@given(k=st.integers(1, 5), n=st.integers(0, 60))
+def test_round_robin_gives_each_agent_floor_or_ceiling(k: int, n: int) -> None:
+    served = serve(AGENTS[:k], n)
+    counts = Counter(served)
+    assert sum(counts.values()) == n
+    assert all(n // k <= counts[a] <= -(-n // k) for a in AGENTS[:k])
+
+
+@given(statuses=st.dictionaries(st.sampled_from(AGENTS), STATUS), n=st.integers(1, 30))
+def test_round_robin_never_picks_an_unavailable_agent(statuses: dict[str, str], n: int) -> None:
+    served = serve(AGENTS, n, statuses)
+    available = {a for a in AGENTS if statuses.get(a, "available") == "available"}
+    if available:
+        assert set(served) <= available
+        assert len(set(served)) == min(len(available), n)
+    else:
+        assert served == [None] * n
+
+
+@given(order=st.lists(st.sampled_from(AGENTS), min_size=1, unique=True),
+       last=st.sampled_from(AGENTS), available=st.sets(st.sampled_from(AGENTS)))
+def test_next_agent_is_the_first_available_after_the_last_one_served(
+    order: list[str], last: str, available: set[str]
+) -> None:
+    pick = next_agent(order, last, available)
+    start = order.index(last) + 1 if last in order else 0
+    cyclic = order[start:] + order[:start]
+    assert pick == next((a for a in cyclic if a in available), None)
+
+
+def test_auto_mail_is_unassigned_tagged_auto_and_takes_no_turn() -> None:
+    decision = route(delivery(auto="bounce"), policy(rotation=AGENTS), RoutingState())
+    assert (decision.assignee, decision.tags, decision.rotation) == (None, ("auto",), None)
+
+
+RULE_VALUES = st.fixed_dictionaries(
+    {},
+    optional={
+        "sender_domain": st.lists(st.sampled_from(["acme.com", "b.org", "mail.acme.com"]),
+                                  min_size=1, max_size=2),
+        "subject_keywords": st.lists(st.sampled_from(["refund", "late invoice", "ÄRGER"]),
+                                     min_size=1, max_size=2),
+        "recipient": st.lists(st.sampled_from(["support@example.com", "sales@example.com"]),
+                              min_size=1, max_size=2),
+    },
+)
+SUBJECTS = st.sampled_from(["", "Refund!", "refunded", "a LATE  invoice", "ärger", "Re: x"])
+SENDERS = st.sampled_from(["x@acme.com", "y@mail.acme.com", "z@b.org", "w@notacme.com", None])
+
+
+@given(
+    rules=st.lists(st.tuples(RULE_VALUES, st.sampled_from(["agent:a1", "agent:a2", None])),
+                   max_size=6),
+    subject=SUBJECTS,
+    sender=SENDERS,
+)
+def test_the_first_assigning_rule_that_matches_wins(
+    rules: list[tuple[dict[str, list[str]], str | None]], subject: str, sender: str | None
+) -> None:
+    configured = [
+        Rule(name=f"r{i}", assign_to=target, tags=[] if target else [f"t{i}"], **values)
+        for i, (values, target) in enumerate(rules)
+    ]
+    compiled = compile_rules(configured)
+    d = delivery(subject=subject, sender=sender)
+    decision = route(d, policy(configured, rotation=["a3"]), RoutingState())
+    hits = [r for r in compiled if r.check(d) is not None]
+    assigning = next((r for r in hits if r.assign_to is not None), None)
+    if assigning is None:
+        assert (decision.via, decision.assignee) == ("round_robin", "a3")
+    else:
+        assert (decision.rule, decision.assignee) == (assigning.name, assigning.assign_to[1])
+    last = len(compiled) if assigning is None else compiled.index(assigning)
+    assert set(decision.tags) == {t for r in hits if compiled.index(r) <= last for t in r.tags}
+
+
+def test_keyword_is_whole_words_casefolded() -> None:
+    [rule] = compile_rules([Rule(name="k", subject_keywords=["refund", "straße"], tags=["x"])])
+    assert rule.check(delivery(subject="Re: REFUND please")) is not None
+    assert rule.check(delivery(subject="STRASSE closed")) is not None
+    assert rule.check(delivery(subject="refunded")) is None
+    assert rule.check(delivery(subject="nonrefund")) is None
+
+
+def test_sender_domain_idna_and_unicode_forms_are_the_same() -> None:
+    [rule] = compile_rules([Rule(name="d", sender_domain=["xn--bcher-kva.example"], tags=["x"])])
+    for sender_domain in ("BÜCHER.example", "xn--bcher-kva.example", "mail.bücher.example"):
+        found = MailFacts(None, "a@x", "", normalize_domain(sender_domain), "", (), (), None,
+                          None, None)
+        assert rule.check(Delivery(found, "support@example.com")) is not None
+
+
+def test_recipient_ignores_case_and_plus_tag() -> None:
+    [rule] = compile_rules([Rule(name="r", recipient=["Sales@Example.com"], tags=["x"])])
+    assert rule.check(delivery(recipients=("sales+promo@example.com",))) is not None
+    assert rule.check(delivery(recipients=("sales2@example.com",))) is None
+
+
+def test_team_rotation_is_separate_from_the_global_one() -> None:
+    rules = [Rule(name="t", subject_keywords=["refund"], assign_to="team:billing")]
+    p = policy(rules, rotation=AGENTS, teams={"billing": ("a4", "a5")})
+    state = RoutingState(last_served={GLOBAL: "a1", "team:billing": "a4"})
+    decision = route(delivery(subject="refund"), p, state)
+    assert (decision.assignee, decision.team, decision.rotation) == ("a5", "billing",
+                                                                      ("team:billing", "a5"))
