@@ -23,7 +23,9 @@ async def set_status(
         await queries.set_agent_status(conn, agent, status, stamp(clock()))
 
 
-async def retry(db: Database, settings: Settings, message_pk: int, clock: Clock = utcnow) -> Outcome:
+async def retry(
+    db: Database, settings: Settings, message_pk: int, clock: Clock = utcnow
+) -> Outcome:
     """Put a shunted message back and run intake on it now, in this process."""
     async with db.transaction() as conn:
         if not await queries.unshunt(conn, message_pk):

@@ -45,8 +45,10 @@ def waited(since: str, now: datetime) -> str:
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-             for r in [header, *rows]]
+    lines = [
+        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        for r in [header, *rows]
+    ]
     return "\n".join(lines)
 
 
@@ -68,11 +70,8 @@ def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     s = settings
     rotation = ", ".join(s.round_robin.agents) if s.round_robin.enabled else "off"
-    notify = (
-        f"{s.notify.backend} → {s.notify.file_dir if s.notify.backend == 'file' else s.notify.smtp_host}"
-        if s.notify.enabled
-        else "off"
-    )
+    target = s.notify.file_dir if s.notify.backend == "file" else s.notify.smtp_host
+    notify = f"{s.notify.backend} → {target}" if s.notify.enabled else "off"
     print(f"configuration is valid: {args.config_path}")
     print(f"  database:    {s.gateway.database}")
     print(f"  smtp listen: {', '.join(s.smtp.listen)} (max {s.smtp.max_message_size} bytes)")
@@ -113,8 +112,9 @@ def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
         ]
         for c in found
     ]
-    print(table(["ID", "WAITING", "CUSTOMER", "SUBJECT", "ASSIGNEE", "TEAM", "STATUS", "TAGS"],
-                rows))
+    print(
+        table(["ID", "WAITING", "CUSTOMER", "SUBJECT", "ASSIGNEE", "TEAM", "STATUS", "TAGS"], rows)
+    )
     return 0
 
 
@@ -129,7 +129,8 @@ def describe(event: dict[str, Any]) -> str:
         if via == "rule":
             how = f"by rule '{printable(event['rule'])}'"
         elif via == "team":
-            how = f"by team {printable(detail.get('team'))}'s rotation (rule '{printable(event['rule'])}')"
+            team, rule = printable(detail.get("team")), printable(event["rule"])
+            how = f"by team {team}'s rotation (rule '{rule}')"
         elif via == "round_robin":
             how = "by round-robin"
         else:
@@ -163,11 +164,20 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
         f"   tags: {printable(', '.join(view['tags']) or '-')}"
     )
     print("\nMessages")
-    print(table(
-        ["RECEIVED", "SOURCE", "FROM", "SUBJECT"],
-        [[m["received_at"][:19].replace("T", " "), m["source"], _short(m["from"], 30),
-          _short(m["subject"])] for m in view["messages"]],
-    ))
+    print(
+        table(
+            ["RECEIVED", "SOURCE", "FROM", "SUBJECT"],
+            [
+                [
+                    m["received_at"][:19].replace("T", " "),
+                    m["source"],
+                    _short(m["from"], 30),
+                    _short(m["subject"]),
+                ]
+                for m in view["messages"]
+            ],
+        )
+    )
     print("\nTimeline")
     for event in view["events"]:
         print(f"  {event['at'][:19].replace('T', ' ')}  {describe(event)}")
@@ -187,11 +197,21 @@ def cmd_shunted(settings: Settings, args: argparse.Namespace) -> int:
     elif not found:
         print("No shunted messages.")
     else:
-        print(table(
-            ["ID", "RECEIVED", "INBOX", "SOURCE", "ERROR"],
-            [[str(m["id"]), m["received_at"][:19].replace("T", " "), m["inbox"], m["source"],
-              _short(m["error"], 70)] for m in found],
-        ))
+        print(
+            table(
+                ["ID", "RECEIVED", "INBOX", "SOURCE", "ERROR"],
+                [
+                    [
+                        str(m["id"]),
+                        m["received_at"][:19].replace("T", " "),
+                        m["inbox"],
+                        m["source"],
+                        _short(m["error"], 70),
+                    ]
+                    for m in found
+                ],
+            )
+        )
     return 0
 
 
@@ -201,8 +221,10 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
         print(f"Message {args.id} failed again and stays shunted: {outcome.error}", file=sys.stderr)
         return 1
     if outcome.state == "routed" and outcome.decision is not None:
-        print(f"Message {args.id} opened conversation {outcome.conversation_id}: "
-              f"{outcome.decision.reason}.")
+        print(
+            f"Message {args.id} opened conversation {outcome.conversation_id}: "
+            f"{outcome.decision.reason}."
+        )
     elif outcome.state == "routed":
         print(f"Message {args.id} joined conversation {outcome.conversation_id}.")
     else:
@@ -227,17 +249,24 @@ def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", default=argparse.SUPPRESS, metavar="PATH",
+        "--config",
+        default=argparse.SUPPRESS,
+        metavar="PATH",
         help="the configuration file (default: $GATEWAY_CONFIG)",
     )
     parser = argparse.ArgumentParser(
-        prog="gateway", parents=[common],
+        prog="gateway",
+        parents=[common],
         description="Turns shared support addresses into assigned email conversations.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, run: Callable[[Settings, argparse.Namespace], int], text: str,
-                json_output: bool = False) -> argparse.ArgumentParser:
+    def command(
+        name: str,
+        run: Callable[[Settings, argparse.Namespace], int],
+        text: str,
+        json_output: bool = False,
+    ) -> argparse.ArgumentParser:
         p = sub.add_parser(name, parents=[common], help=text, description=text)
         p.set_defaults(run=run)
         if json_output:
@@ -246,15 +275,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("run", cmd_run, "run the daemon")
     command("check", cmd_check, "validate the configuration and print a summary")
-    p = command("conversations", cmd_conversations, "list conversations, oldest waiting first",
-                json_output=True)
+    p = command(
+        "conversations",
+        cmd_conversations,
+        "list conversations, oldest waiting first",
+        json_output=True,
+    )
     which = p.add_mutually_exclusive_group()
     which.add_argument("--unassigned", action="store_true", help="the unassigned queue")
     which.add_argument("--agent", metavar="ID", help="an agent's queue")
     which.add_argument("--team", metavar="ID", help="a team's queue")
     p.add_argument("--status", choices=["open", "closed", "all"], default="open")
-    p = command("show", cmd_show, "a conversation: messages and activity timeline",
-                json_output=True)
+    p = command(
+        "show", cmd_show, "a conversation: messages and activity timeline", json_output=True
+    )
     p.add_argument("id", type=int, metavar="ID")
     p = command("status", cmd_status, "set an agent's availability")
     p.add_argument("agent", metavar="AGENT")

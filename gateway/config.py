@@ -219,7 +219,7 @@ class Settings(BaseSettings):
     )
     gateway: GatewaySection = GatewaySection()
     smtp: SmtpSection = SmtpSection()
-    notify: NotifySection = NotifySection()  # type: ignore[call-arg]
+    notify: NotifySection = NotifySection()
     round_robin: RoundRobinSection = RoundRobinSection()
     threading: ThreadingSection = ThreadingSection()
     agents: list[Agent] = []
@@ -290,10 +290,11 @@ def load(path: Path) -> Settings:
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: is not valid TOML: {error}") from None
 
-    bound = type("FileSettings", (Settings,), {})
-    bound.model_config = {**Settings.model_config, "toml_file": path}
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})
+
     try:
-        settings: Settings = bound()
+        settings: Settings = FileSettings()
     except ValidationError as error:
         raise ConfigError(f"{path}: invalid configuration", _describe(error)) from None
     return _anchor(settings, path.parent)

@@ -15,7 +15,7 @@ from gateway.config import Settings
 from gateway.ingress.accept import Accept
 from gateway.ingress.smtp import Relay, SmtpServer
 from gateway.intake.worker import Intake
-from gateway.notify.worker import Outbox, RetryPolicy
+from gateway.notify.worker import DEFAULT_RETRY, Outbox, RetryPolicy
 from gateway.store.db import Database
 
 log = structlog.get_logger("gateway.daemon")
@@ -29,7 +29,7 @@ class Daemon:
         settings: Settings,
         *,
         clock: Clock = utcnow,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         grace: float = GRACE_SECONDS,
     ) -> None:
         self.settings = settings

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import tomli_w
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
@@ -42,8 +43,12 @@ FAST_RETRY = RetryPolicy(
 BASE: dict[str, Any] = {
     "gateway": {"database": "gateway.db", "hostname": "gw.test"},
     "smtp": {"listen": ["127.0.0.1:0"], "max_message_size": "100KB"},
-    "notify": {"enabled": True, "backend": "file", "file_dir": "alerts",
-               "from": "Assignments <gateway@gw.test>"},
+    "notify": {
+        "enabled": True,
+        "backend": "file",
+        "file_dir": "alerts",
+        "from": "Assignments <gateway@gw.test>",
+    },
     "round_robin": {"enabled": True, "agents": ["alice", "bob", "carol"]},
     "agents": [
         {"id": "alice", "name": "Alice Doe", "email": "alice@agents.test"},
@@ -74,6 +79,13 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or condition}")
         time.sleep(0.02)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """In-process `gateway` commands configure logging onto a captured stderr; undo it."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
@@ -179,8 +191,9 @@ def start_daemon() -> Iterator[Callable[..., RunningDaemon]]:
 
 
 @pytest.fixture
-def daemon(make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
-           ) -> RunningDaemon:
+def daemon(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> RunningDaemon:
     return start_daemon(make_settings())
 
 
@@ -215,8 +228,14 @@ def sink() -> Iterator[Sink]:
 
 
 def smtp_notify(port: int, **extra: Any) -> dict[str, Any]:
-    return {"enabled": True, "backend": "smtp", "smtp_host": "127.0.0.1", "smtp_port": port,
-            "from": "Assignments <gateway@gw.test>", **extra}
+    return {
+        "enabled": True,
+        "backend": "smtp",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": port,
+        "from": "Assignments <gateway@gw.test>",
+        **extra,
+    }
 
 
 def mail(

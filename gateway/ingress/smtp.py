@@ -112,9 +112,7 @@ class Relay:
         self._idle.clear()
         try:
             for inbox, recipients in by_inbox.items():
-                await self._accept(
-                    RawMail(inbox, bytes(raw), "smtp", sender, tuple(recipients))
-                )
+                await self._accept(RawMail(inbox, bytes(raw), "smtp", sender, tuple(recipients)))
         except StoreUnavailable as error:
             log.error("smtp.store_failed", error=str(error), peer=str(session.peer))
             return "451 4.3.0 The message could not be stored; please try again later"

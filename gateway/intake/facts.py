@@ -22,7 +22,7 @@ _ID = re.compile(r"<([^<>]*)>")
 _WS = re.compile(r"\s+")
 _HEADER_PARSER = BytesParser(policy=policy.default)
 _REPLY_PREFIX = re.compile(
-    r"^(?:\s*(?:re|fwd?|aw|sv|wg|tr|antw|vs)\s*(?:\[\d+\]|\(\d+\))?\s*[:：]\s*)+", re.IGNORECASE
+    r"^(?:\s*(?:re|fwd?|aw|sv|wg|tr|antw|vs)\s*(?:\[\d+\]|\(\d+\))?\s*[:\uff1a]\s*)+", re.IGNORECASE
 )
 _TOKEN = re.compile(r"\[#(\d+)\]")
 
@@ -69,7 +69,9 @@ def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     """(display name, addr-spec) pairs of every `name` header."""
     try:
         headers = msg.get_all(name) or []
-        pairs = [(a.display_name, a.addr_spec) for h in headers for a in h.addresses]
+        pairs = [
+            (a.display_name, a.addr_spec) for h in headers for a in getattr(h, "addresses", ())
+        ]
     except Exception:  # unparseable: fall back to the permissive old parser
         pairs = getaddresses(_raw_values(msg, name))
     return [
@@ -170,7 +172,9 @@ def facts_of(msg: Message | EmailMessage, envelope_from: str | None) -> MailFact
         sender_name=sender_name,
         sender_domain=normalize_domain(domain) if domain else None,
         subject=header_text(msg, "Subject") or "",
-        recipients=tuple(spec.lower() for name in ("To", "Cc") for _, spec in _addresses(msg, name)),
+        recipients=tuple(
+            spec.lower() for name in ("To", "Cc") for _, spec in _addresses(msg, name)
+        ),
         references=tuple(references),
         auto=_automatic(msg, envelope_from),
         notification=header_text(msg, "X-Gateway-Notification"),

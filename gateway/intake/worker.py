@@ -82,6 +82,10 @@ class Intake:
                 log.warning("intake.store_unavailable", error=str(error))
                 await asyncio.sleep(STORE_RETRY_SECONDS)
                 continue
+            except Exception:  # a bug outside any one message: keep the daemon up, retry
+                log.exception("intake.failed")
+                await asyncio.sleep(STORE_RETRY_SECONDS)
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
 
@@ -172,20 +176,33 @@ class Intake:
             at=at,
         )
         await queries.add_event(
-            conn, conversation_id, at, "received", ACTOR,
+            conn,
+            conversation_id,
+            at,
+            "received",
+            ACTOR,
             detail=_received(stored, facts) | {"route": decision.reason},
         )
         if decision.tags:
             await queries.add_tags(conn, conversation_id, decision.tags)
             await queries.add_event(
-                conn, conversation_id, at, "tagged", ACTOR,
-                rule=decision.rule, detail={"tags": list(decision.tags)},
+                conn,
+                conversation_id,
+                at,
+                "tagged",
+                ACTOR,
+                rule=decision.rule,
+                detail={"tags": list(decision.tags)},
             )
         if decision.rotation is not None:
             await queries.set_rotation(conn, *decision.rotation)
         if decision.assignee is not None:
             event_id = await queries.add_event(
-                conn, conversation_id, at, "assigned", ACTOR,
+                conn,
+                conversation_id,
+                at,
+                "assigned",
+                ACTOR,
                 agent=decision.assignee,
                 rule=decision.rule,
                 detail={
@@ -197,8 +214,14 @@ class Intake:
                 },
             )
             await self._alert(
-                conn, conversation_id, event_id, decision.assignee, "assigned",
-                _how(decision), stored.id, at,
+                conn,
+                conversation_id,
+                event_id,
+                decision.assignee,
+                "assigned",
+                _how(decision),
+                stored.id,
+                at,
             )
         return conversation_id, decision
 
@@ -219,8 +242,13 @@ class Intake:
         if row["status"] == "closed":
             await queries.set_conversation_status(conn, conversation_id, "open")
             await queries.add_event(
-                conn, conversation_id, at, "reopened", ACTOR,
-                agent=row["assignee"], detail={"reason": "a new message arrived"},
+                conn,
+                conversation_id,
+                at,
+                "reopened",
+                ACTOR,
+                agent=row["assignee"],
+                detail={"reason": "a new message arrived"},
             )
         assignee = row["assignee"]
         from_agent = facts.sender is not None and (
@@ -233,8 +261,14 @@ class Intake:
             and not from_agent
         ):
             await self._alert(
-                conn, conversation_id, event_id, assignee, "reply",
-                "the customer wrote again", stored.id, at,
+                conn,
+                conversation_id,
+                event_id,
+                assignee,
+                "reply",
+                "the customer wrote again",
+                stored.id,
+                at,
             )
 
     async def _alert(
@@ -252,7 +286,10 @@ class Intake:
         if not self._settings.notify.enabled or agent is None or not agent.notify:
             return
         await queries.enqueue(
-            conn, "alert", event_id, conversation_id,
+            conn,
+            "alert",
+            event_id,
+            conversation_id,
             {"agent": agent_id, "reason": reason, "how": how, "message": message_pk},
             at,
         )

@@ -7,14 +7,15 @@ subject or name holding CR/LF cannot add a header or a recipient.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.parser import BytesParser
 from email.utils import format_datetime, parseaddr
-from datetime import datetime
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _PREVIEW_LINES = 8
@@ -69,10 +70,9 @@ def render(alert: AlertInput) -> EmailMessage:
     msg["To"] = Address(_one_line(alert.agent_name), addr_spec=alert.agent_email)
     customer = alert.customer and parseaddr(alert.customer)[1]
     if customer and "@" in customer:
-        try:
+        # Not a usable address: the agent replies from the conversation instead.
+        with contextlib.suppress(ValueError, IndexError):
             msg["Reply-To"] = Address(addr_spec=_one_line(customer))
-        except (ValueError, IndexError):
-            pass  # not a usable address: the agent replies from the conversation instead
     msg["Date"] = format_datetime(alert.date)
     msg["Message-ID"] = message_id(alert.event_id, alert.hostname)
     msg["Auto-Submitted"] = "auto-generated"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import tempfile
 from email import policy
@@ -48,8 +49,10 @@ class FileTransport:
         self._folder = Path(folder)
 
     async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
+        await asyncio.to_thread(self._write, message.as_bytes(policy=policy.SMTP), name)
+
+    def _write(self, data: bytes, name: str) -> None:
         self._folder.mkdir(parents=True, exist_ok=True)
-        data = message.as_bytes(policy=policy.SMTP)
         fd, temporary = tempfile.mkstemp(dir=self._folder, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:

@@ -12,6 +12,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from email.message import EmailMessage
 
 import structlog
 
@@ -41,9 +42,11 @@ class RetryPolicy:
 
     def next_attempt(self, attempts: int, created: datetime, now: datetime) -> datetime | None:
         delay = min(self.first * (2 ** max(attempts - 1, 0)), self.cap)
-        if now + delay > created + self.deadline:
-            return None
-        return now + delay
+        retry_at: datetime = now + delay
+        return None if retry_at > created + self.deadline else retry_at
+
+
+DEFAULT_RETRY = RetryPolicy()
 
 
 class Outbox:
@@ -54,7 +57,7 @@ class Outbox:
         secret: bytes,
         *,
         clock: Clock = utcnow,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy = DEFAULT_RETRY,
         transport: Transport | None = None,
     ) -> None:
         self._db = db
@@ -82,6 +85,9 @@ class Outbox:
                     due = await queries.next_due(conn)
             except StoreUnavailable as error:
                 log.warning("outbox.store_unavailable", error=str(error))
+                due = None
+            except Exception:  # a bug outside any one alert: keep the daemon up, retry
+                log.exception("outbox.failed")
                 due = None
             wait = POLL_SECONDS
             if due is not None:
@@ -121,7 +127,11 @@ class Outbox:
             async with self._db.transaction() as conn:
                 await queries.outbox_done(conn, row["id"])
                 await queries.add_event(
-                    conn, row["conversation_id"], stamp(self._clock()), "notified", ACTOR,
+                    conn,
+                    row["conversation_id"],
+                    stamp(self._clock()),
+                    "notified",
+                    ACTOR,
                     agent=payload["agent"],
                     detail={"reason": payload["reason"], "message_id": message["Message-ID"]},
                 )
@@ -129,7 +139,7 @@ class Outbox:
 
     async def _render(
         self, row: queries.Row, payload: dict[str, str], name: str, email: str
-    ) -> object:
+    ) -> EmailMessage:
         async with self._db.reading() as conn:
             conversation = await queries.conversation(conn, row["conversation_id"])
             stored = await queries.message(conn, int(payload["message"]))
@@ -167,7 +177,11 @@ class Outbox:
             # The timeline says it once when it starts failing and once when it gives up.
             if attempts == 1 or retry_at is None:
                 await queries.add_event(
-                    conn, row["conversation_id"], stamp(now), "notify_failed", ACTOR,
+                    conn,
+                    row["conversation_id"],
+                    stamp(now),
+                    "notify_failed",
+                    ACTOR,
                     agent=payload["agent"],
                     detail={
                         "reason": payload["reason"],

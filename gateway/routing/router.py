@@ -38,7 +38,12 @@ def route(delivery: Delivery, policy: Policy, state: RoutingState) -> Decision:
     facts = delivery.facts
     if facts.auto is not None:
         return Decision(
-            None, None, (AUTO_TAG,), None, None, None,
+            None,
+            None,
+            (AUTO_TAG,),
+            None,
+            None,
+            None,
             f"automatic mail ({facts.auto}) goes to the unassigned queue",
         )
     tags: list[str] = []
@@ -52,36 +57,67 @@ def route(delivery: Delivery, policy: Policy, state: RoutingState) -> Decision:
         kind, target = rule.assign_to
         if kind == "agent":
             return Decision(
-                target, None, tuple(tags), "rule", rule.name, None,
-                f"rule '{rule.name}' assigns it to {target}", matched,
+                target,
+                None,
+                tuple(tags),
+                "rule",
+                rule.name,
+                None,
+                f"rule '{rule.name}' assigns it to {target}",
+                matched,
             )
         members = policy.teams[target]
         key = team_key(target)
         pick = next_agent(members, state.last_served.get(key), _available(state, members))
         if pick is None:
             return Decision(
-                None, target, tuple(tags), None, rule.name, None,
+                None,
+                target,
+                tuple(tags),
+                None,
+                rule.name,
+                None,
                 f"rule '{rule.name}' gives it to team {target}, but no member is available",
                 matched,
             )
         return Decision(
-            pick, target, tuple(tags), "team", rule.name, (key, pick),
+            pick,
+            target,
+            tuple(tags),
+            "team",
+            rule.name,
+            (key, pick),
             f"rule '{rule.name}' gives it to team {target}, whose rotation picks {pick}",
             matched,
         )
     if policy.round_robin is None:
         return Decision(
-            None, None, tuple(tags), None, None, None,
+            None,
+            None,
+            tuple(tags),
+            None,
+            None,
+            None,
             "no rule assigns it and round-robin is off",
         )
     order = policy.round_robin
     pick = next_agent(order, state.last_served.get(GLOBAL), _available(state, order))
     if pick is None:
         return Decision(
-            None, None, tuple(tags), None, None, None,
+            None,
+            None,
+            tuple(tags),
+            None,
+            None,
+            None,
             "no rule assigns it and no agent of the rotation is available",
         )
     return Decision(
-        pick, None, tuple(tags), "round_robin", None, (GLOBAL, pick),
+        pick,
+        None,
+        tuple(tags),
+        "round_robin",
+        None,
+        (GLOBAL, pick),
         f"no rule assigns it; the rotation picks {pick}",
     )

@@ -14,7 +14,6 @@ import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from pathlib import Path
 
 import aiosqlite
 
@@ -42,11 +41,16 @@ class Database:
     async def open(cls, path: str, *, create: bool = True) -> Database:
         if "://" in path:
             raise StoreUnavailable(f"{path}: only SQLite files are supported so far")
-        if not create and not Path(path).exists():
-            raise StoreUnavailable(f"{path}: no database here (has `gateway run` started yet?)")
         try:
             # Mail is private: the file (and SQLite's -wal/-shm, which copy its mode) is 0600.
-            os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+            os.close(os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600))
+        except FileNotFoundError:
+            raise StoreUnavailable(
+                f"{path}: no database here (has `gateway run` started yet?)"
+            ) from None
+        except OSError as error:
+            raise StoreUnavailable(f"{path}: cannot open the database: {error}") from None
+        try:
             conn = await aiosqlite.connect(path, isolation_level=None)
             conn.row_factory = sqlite3.Row
         except (OSError, sqlite3.Error) as error:

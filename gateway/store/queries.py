@@ -233,7 +233,9 @@ async def add_tags(conn: aiosqlite.Connection, conversation_id: int, tags: Itera
     )
 
 
-async def tags_of(conn: aiosqlite.Connection, conversation_ids: Sequence[int]) -> dict[int, list[str]]:
+async def tags_of(
+    conn: aiosqlite.Connection, conversation_ids: Sequence[int]
+) -> dict[int, list[str]]:
     found: dict[int, list[str]] = {cid: [] for cid in conversation_ids}
     if not conversation_ids:
         return found
@@ -294,8 +296,16 @@ async def add_event(
     cursor = await conn.execute(
         "INSERT INTO events (conversation_id, at, kind, actor, agent, previous_agent, rule,"
         " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (conversation_id, at, kind, actor, agent, previous_agent, rule,
-         json.dumps(detail or {}, ensure_ascii=False)),
+        (
+            conversation_id,
+            at,
+            kind,
+            actor,
+            agent,
+            previous_agent,
+            rule,
+            json.dumps(detail or {}, ensure_ascii=False),
+        ),
     )
     assert cursor.lastrowid is not None
     return cursor.lastrowid
@@ -380,8 +390,7 @@ async def next_due(conn: aiosqlite.Connection) -> str | None:
 
 async def outbox_done(conn: aiosqlite.Connection, outbox_id: int) -> None:
     await conn.execute(
-        "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL"
-        " WHERE id = ?",
+        "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL WHERE id = ?",
         (outbox_id,),
     )
 

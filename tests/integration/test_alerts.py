@@ -27,14 +27,16 @@ def parsed(envelope: object) -> EmailMessage:
 
 
 @pytest.fixture
-def alerting(make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon],
-             sink: Sink) -> RunningDaemon:
+def alerting(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], sink: Sink
+) -> RunningDaemon:
     return start_daemon(make_settings(notify=smtp_notify(sink.port), rules=RULES))
 
 
 def test_alert_has_the_designed_headers_and_contents(alerting: RunningDaemon, sink: Sink) -> None:
-    alerting.send(mail("Rocket exploded", sender="Wile E. <wile@acme.com>",
-                       body="It went boom.\nTwice.\n"))
+    alerting.send(
+        mail("Rocket exploded", sender="Wile E. <wile@acme.com>", body="It went boom.\nTwice.\n")
+    )
     alerting.drain()
     [envelope] = wait_until(lambda: sink.received, what="the alert")
     assert envelope.rcpt_tos == ["alice@agents.test"]
@@ -76,11 +78,12 @@ def test_subject_with_cr_lf_cannot_inject_a_header(alerting: RunningDaemon, sink
 def test_agent_with_notify_false_gets_no_alert(
     make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], sink: Sink
 ) -> None:
-    agents = [{"id": "alice", "email": "alice@agents.test"},
-              {"id": "bob", "email": "bob@agents.test"},
-              {"id": "carol", "email": "carol@agents.test", "notify": False}]
-    running = start_daemon(make_settings(notify=smtp_notify(sink.port), rules=RULES,
-                                         agents=agents))
+    agents = [
+        {"id": "alice", "email": "alice@agents.test"},
+        {"id": "bob", "email": "bob@agents.test"},
+        {"id": "carol", "email": "carol@agents.test", "notify": False},
+    ]
+    running = start_daemon(make_settings(notify=smtp_notify(sink.port), rules=RULES, agents=agents))
     running.send(mail(sender="someone@quiet.test"))
     running.send(mail(sender="wile@acme.com"))  # alice's alert shows the worker ran
     running.drain()
@@ -92,8 +95,7 @@ def test_agent_with_notify_false_gets_no_alert(
 def test_global_switch_off_sends_no_alert(
     make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], sink: Sink
 ) -> None:
-    running = start_daemon(make_settings(notify=smtp_notify(sink.port, enabled=False),
-                                         rules=RULES))
+    running = start_daemon(make_settings(notify=smtp_notify(sink.port, enabled=False), rules=RULES))
     running.send(mail(sender="wile@acme.com"))
     running.drain()
     assert running.conversations()[0]["assignee"] == "alice"
@@ -108,8 +110,9 @@ def test_alert_is_retried_while_the_smarthost_is_down_and_delivered_once_back(
     running = start_daemon(make_settings(notify=smtp_notify(port), rules=RULES))
     running.send(mail(sender="wile@acme.com"))
     wait_until(lambda: running.events(1, "notify_failed"), what="a failed attempt")
-    wait_until(lambda: running.query("SELECT attempts FROM outbox")[0][0] >= 2,
-               what="a second attempt")
+    wait_until(
+        lambda: running.query("SELECT attempts FROM outbox")[0][0] >= 2, what="a second attempt"
+    )
     late = Sink(port)
     late.start()
     try:
@@ -163,8 +166,9 @@ def test_auto_reply_goes_unassigned_tagged_auto_without_a_turn_or_alert(
     alerting.drain()
     first, second = alerting.conversations()
     assert first["assignee"] is None
-    assert [r["tag"] for r in alerting.query("SELECT tag FROM tags WHERE conversation_id = 1")] \
-        == ["auto"]
+    assert [r["tag"] for r in alerting.query("SELECT tag FROM tags WHERE conversation_id = 1")] == [
+        "auto"
+    ]
     assert second["assignee"] == "alice"  # the auto-reply took no turn
     wait_until(lambda: sink.received, what="the real question's alert")
     assert len(sink.received) == 1

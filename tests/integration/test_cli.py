@@ -18,10 +18,27 @@ from tests.conftest import RunningDaemon, free_port, mail, wait_until
 
 pytestmark = pytest.mark.integration
 
-CONVERSATION_FIELDS = {"id", "subject", "customer", "inbox", "assignee", "team", "status", "tags",
-                       "created_at", "last_message_at", "message_count"}
-RULES = [{"name": "Money to billing", "subject_keywords": ["refund"], "assign_to": "team:billing",
-          "tags": ["billing"]}]
+CONVERSATION_FIELDS = {
+    "id",
+    "subject",
+    "customer",
+    "inbox",
+    "assignee",
+    "team",
+    "status",
+    "tags",
+    "created_at",
+    "last_message_at",
+    "message_count",
+}
+RULES = [
+    {
+        "name": "Money to billing",
+        "subject_keywords": ["refund"],
+        "assign_to": "team:billing",
+        "tags": ["billing"],
+    }
+]
 
 
 def run(running: RunningDaemon, *args: str) -> int:
@@ -30,8 +47,9 @@ def run(running: RunningDaemon, *args: str) -> int:
 
 
 @pytest.fixture
-def populated(make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
-              ) -> RunningDaemon:
+def populated(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> RunningDaemon:
     running = start_daemon(make_settings(rules=RULES))
     running.send(mail("first question", sender="Ann <ann@example.org>"))
     for agent in ("alice", "bob", "carol"):
@@ -56,8 +74,13 @@ def test_conversations_json_has_the_contract_fields_oldest_waiting_first(
     assert [c["subject"] for c in found] == ["first question", "nobody there", "refund me"]
     assert all(set(c) >= CONVERSATION_FIELDS for c in found)
     first = found[0]
-    assert (first["id"], first["customer"], first["inbox"], first["assignee"], first["status"]) \
-        == (1, "ann@example.org", "support@example.com", "alice", "open")
+    assert (first["id"], first["customer"], first["inbox"], first["assignee"], first["status"]) == (
+        1,
+        "ann@example.org",
+        "support@example.com",
+        "alice",
+        "open",
+    )
     assert first["message_count"] == 1 and first["created_at"].endswith("+00:00")
     assert found[2]["tags"] == ["billing"] and found[2]["team"] == "billing"
 
@@ -82,8 +105,16 @@ def test_conversations_table_for_people(
     capsys.readouterr()
     assert run(populated, "conversations", "--unassigned") == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["ID", "WAITING", "CUSTOMER", "SUBJECT", "ASSIGNEE", "TEAM",
-                                "STATUS", "TAGS"]
+    assert lines[0].split() == [
+        "ID",
+        "WAITING",
+        "CUSTOMER",
+        "SUBJECT",
+        "ASSIGNEE",
+        "TEAM",
+        "STATUS",
+        "TAGS",
+    ]
     assert "nobody there" in lines[1] and "<1 min" in lines[1]
     assert len(lines) == 3
 
@@ -101,8 +132,15 @@ def test_show_json_has_messages_and_the_timeline(
     assert (message["from"], message["source"]) == ("cy@example.org", "smtp")
     kinds = [e["kind"] for e in view["events"]]
     assert kinds == ["received", "tagged"]
-    assert set(view["events"][0]) == {"at", "kind", "actor", "agent", "previous_agent", "rule",
-                                      "detail"}
+    assert set(view["events"][0]) == {
+        "at",
+        "kind",
+        "actor",
+        "agent",
+        "previous_agent",
+        "rule",
+        "detail",
+    }
 
 
 def test_show_prints_the_timeline_as_sentences(
@@ -118,8 +156,10 @@ def test_show_prints_the_timeline_as_sentences(
 def test_control_characters_are_shown_escaped(
     daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    daemon.send(b"From: a@example.org\r\nTo: support@example.com\r\nMessage-ID: <c@x>\r\n"
-                b"Subject: =?utf-8?q?bell=07_and_escape=1B[31m?=\r\n\r\nx\r\n")
+    daemon.send(
+        b"From: a@example.org\r\nTo: support@example.com\r\nMessage-ID: <c@x>\r\n"
+        b"Subject: =?utf-8?q?bell=07_and_escape=1B[31m?=\r\n\r\nx\r\n"
+    )
     daemon.drain()
     capsys.readouterr()
     run(daemon, "conversations")
@@ -177,7 +217,9 @@ def test_check_prints_a_summary(daemon: RunningDaemon, capsys: pytest.CaptureFix
 def gateway_process(config: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "gateway", *args, "--config", str(config)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 
@@ -194,8 +236,9 @@ def test_run_routes_mail_and_exits_0_on_sigterm(
         def sent() -> bool:
             try:
                 with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
-                    client.sendmail("c@example.org", ["support@example.com"],
-                                    mail("over the wire").as_bytes())
+                    client.sendmail(
+                        "c@example.org", ["support@example.com"], mail("over the wire").as_bytes()
+                    )
                 return True
             except OSError:
                 return False

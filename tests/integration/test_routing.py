@@ -15,18 +15,26 @@ pytestmark = pytest.mark.integration
 
 RULES = [
     {"name": "ACME is Alice's", "sender_domain": ["acme.com"], "assign_to": "agent:alice"},
-    {"name": "Money to billing", "subject_keywords": ["refund", "late invoice"],
-     "assign_to": "team:billing", "tags": ["billing"]},
-    {"name": "Sales address to Carol", "recipient": ["sales@example.com"],
-     "assign_to": "agent:carol"},
+    {
+        "name": "Money to billing",
+        "subject_keywords": ["refund", "late invoice"],
+        "assign_to": "team:billing",
+        "tags": ["billing"],
+    },
+    {
+        "name": "Sales address to Carol",
+        "recipient": ["sales@example.com"],
+        "assign_to": "agent:carol",
+    },
     {"name": "Urgent tag", "subject_keywords": ["urgent"], "tags": ["urgent"]},
     {"name": "Everything else to Bob", "assign_to": "agent:bob"},
 ]
 
 
 @pytest.fixture
-def routed(make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
-           ) -> RunningDaemon:
+def routed(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> RunningDaemon:
     return start_daemon(make_settings(rules=RULES))
 
 
@@ -134,8 +142,9 @@ def test_agent_rule_assigns_whatever_the_agents_status(routed: RunningDaemon) ->
 
 
 @pytest.fixture
-def rotation(make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
-             ) -> RunningDaemon:
+def rotation(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> RunningDaemon:
     return start_daemon(make_settings())
 
 

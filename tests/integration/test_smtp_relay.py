@@ -5,9 +5,9 @@ from __future__ import annotations
 import smtplib
 import sqlite3
 from collections.abc import Callable
+from email.policy import SMTP
 
 import pytest
-from email.policy import SMTP
 
 from gateway.config import Settings
 from tests.conftest import RunningDaemon, mail
@@ -64,9 +64,7 @@ def test_declared_size_over_the_limit_gets_552_before_data(daemon: RunningDaemon
 def test_client_outside_allowed_networks_gets_554_and_nothing_stored(
     make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
 ) -> None:
-    settings = make_settings(
-        smtp={"listen": ["127.0.0.1:0"], "allowed_networks": ["10.0.0.0/8"]}
-    )
+    settings = make_settings(smtp={"listen": ["127.0.0.1:0"], "allowed_networks": ["10.0.0.0/8"]})
     running = start_daemon(settings)
     with pytest.raises(smtplib.SMTPSenderRefused) as refused:
         running.send(mail())

@@ -58,9 +58,7 @@ def test_unknown_key_is_an_error(tmp_path: Path) -> None:
 
 
 def test_rule_naming_an_unknown_agent_is_an_error(tmp_path: Path) -> None:
-    message = error_of(
-        tmp_path, VALID + '[[rules]]\nname = "x"\nassign_to = "agent:zed"\n'
-    )
+    message = error_of(tmp_path, VALID + '[[rules]]\nname = "x"\nassign_to = "agent:zed"\n')
     assert "rules[0].assign_to: 'agent:zed' names no configured agent" in message
 
 

@@ -16,8 +16,9 @@ from gateway.intake.facts import (
     thread_subject,
 )
 
-PREFIXES = st.lists(st.sampled_from(["Re: ", "RE:", "Fwd: ", "FW: ", "AW: ", "SV: ", "Re[2]: "]),
-                    max_size=4)
+PREFIXES = st.lists(
+    st.sampled_from(["Re: ", "RE:", "Fwd: ", "FW: ", "AW: ", "SV: ", "Re[2]: "]), max_size=4
+)
 
 
 @given(st.binary(max_size=2000))
@@ -57,8 +58,10 @@ def test_message_id_normalisation_removes_brackets_and_white_space(ident: str) -
     assert normalize_message_id(ident) == ident
 
 
-@given(local=st.from_regex(r"[a-z]{1,8}", fullmatch=True),
-       tag=st.from_regex(r"[a-z0-9]{0,8}", fullmatch=True))
+@given(
+    local=st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+    tag=st.from_regex(r"[a-z0-9]{0,8}", fullmatch=True),
+)
 def test_address_normalisation_folds_case_and_drops_the_plus_tag(local: str, tag: str) -> None:
     assert normalize_address(f"{local.upper()}+{tag}@Example.COM") == f"{local}@example.com"
 
@@ -74,7 +77,10 @@ def test_encoded_subject_and_sender_are_decoded() -> None:
     found = extract(message.as_bytes(policy=SMTP))
     assert found.subject == "Grüße, refund"
     assert (found.sender, found.sender_name, found.sender_domain) == (
-        "joerg@mail.example.com", "Jörg", "mail.example.com")
+        "joerg@mail.example.com",
+        "Jörg",
+        "mail.example.com",
+    )
     assert found.recipients == ("a@x.org", "b@y.org")
     assert found.references == ("one@x", "zero@x")
 

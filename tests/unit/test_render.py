@@ -15,10 +15,20 @@ ORIGINAL = b"From: c@example.org\r\nTo: support@example.com\r\nSubject: x\r\n\r\
 
 def alert(subject: str, customer: str = "c@example.org", name: str = "Alice") -> AlertInput:
     return AlertInput(
-        event_id=7, reason="assigned", how="by round-robin", conversation_id=3, subject=subject,
-        customer=customer, inbox="support@example.com", agent_name=name,
-        agent_email="alice@agents.test", sender="Gateway <gw@gw.test>", hostname="gw.test",
-        mark="7.abc", raw=ORIGINAL, date=datetime(2026, 1, 2, tzinfo=UTC),
+        event_id=7,
+        reason="assigned",
+        how="by round-robin",
+        conversation_id=3,
+        subject=subject,
+        customer=customer,
+        inbox="support@example.com",
+        agent_name=name,
+        agent_email="alice@agents.test",
+        sender="Gateway <gw@gw.test>",
+        hostname="gw.test",
+        mark="7.abc",
+        raw=ORIGINAL,
+        date=datetime(2026, 1, 2, tzinfo=UTC),
     )
 
 
@@ -26,10 +36,21 @@ def alert(subject: str, customer: str = "c@example.org", name: str = "Alice") ->
 def test_no_customer_text_adds_a_header(subject: str, name: str) -> None:
     data = render(alert(subject, name=name)).as_bytes(policy=policy.SMTP)
     parsed = message_from_bytes(data, policy=policy.default)
-    assert sorted(parsed.keys()) == sorted([
-        "Subject", "From", "To", "Reply-To", "Date", "Message-ID", "Auto-Submitted",
-        "X-Gateway-Conversation", "X-Gateway-Notification", "MIME-Version", "Content-Type",
-    ])
+    assert sorted(parsed.keys()) == sorted(
+        [
+            "Subject",
+            "From",
+            "To",
+            "Reply-To",
+            "Date",
+            "Message-ID",
+            "Auto-Submitted",
+            "X-Gateway-Conversation",
+            "X-Gateway-Notification",
+            "MIME-Version",
+            "Content-Type",
+        ]
+    )
     assert [a.addr_spec for a in parsed["To"].addresses] == ["alice@agents.test"]
     assert parsed["Message-ID"] == "<alert.7@gw.test>"
 

@@ -18,8 +18,12 @@ AGENTS = ["a1", "a2", "a3", "a4", "a5"]
 STATUS = st.sampled_from(["available", "away", "dnd"])
 
 
-def facts(subject: str = "", sender: str | None = "c@example.org", auto: str | None = None,
-          recipients: tuple[str, ...] = ()) -> MailFacts:
+def facts(
+    subject: str = "",
+    sender: str | None = "c@example.org",
+    auto: str | None = None,
+    recipients: tuple[str, ...] = (),
+) -> MailFacts:
     domain = sender.rpartition("@")[2] if sender else None
     return MailFacts(None, sender, "", domain, subject, recipients, (), auto, None, None)
 
@@ -28,19 +32,28 @@ def delivery(**kwargs: object) -> Delivery:
     return Delivery(facts(**kwargs), "support@example.com")  # type: ignore[arg-type]
 
 
-def policy(rules: list[Rule] | None = None, rotation: list[str] | None = None,
-           teams: dict[str, tuple[str, ...]] | None = None) -> Policy:
-    return Policy(compile_rules(rules or []), teams or {},
-                  tuple(rotation) if rotation is not None else None)
+def policy(
+    rules: list[Rule] | None = None,
+    rotation: list[str] | None = None,
+    teams: dict[str, tuple[str, ...]] | None = None,
+) -> Policy:
+    return Policy(
+        compile_rules(rules or []), teams or {}, tuple(rotation) if rotation is not None else None
+    )
 
 
 def serve(order: list[str], n: int, statuses: dict[str, str] | None = None) -> list[str | None]:
     state_last: dict[str, str] = {}
     served: list[str | None] = []
     for _ in range(n):
-        decision = route(delivery(), policy(rotation=order),
-                         RoutingState(statuses=dict(statuses or {}),  # type: ignore[arg-type]
-                                      last_served=dict(state_last)))
+        decision = route(
+            delivery(),
+            policy(rotation=order),
+            RoutingState(
+                statuses=dict(statuses or {}),  # type: ignore[arg-type]
+                last_served=dict(state_last),
+            ),
+        )
         served.append(decision.assignee)
         if decision.rotation:
             state_last[decision.rotation[0]] = decision.rotation[1]
@@ -66,8 +79,11 @@ def test_round_robin_never_picks_an_unavailable_agent(statuses: dict[str, str], 
         assert served == [None] * n
 
 
-@given(order=st.lists(st.sampled_from(AGENTS), min_size=1, unique=True),
-       last=st.sampled_from(AGENTS), available=st.sets(st.sampled_from(AGENTS)))
+@given(
+    order=st.lists(st.sampled_from(AGENTS), min_size=1, unique=True),
+    last=st.sampled_from(AGENTS),
+    available=st.sets(st.sampled_from(AGENTS)),
+)
 def test_next_agent_is_the_first_available_after_the_last_one_served(
     order: list[str], last: str, available: set[str]
 ) -> None:
@@ -85,12 +101,15 @@ def test_auto_mail_is_unassigned_tagged_auto_and_takes_no_turn() -> None:
 RULE_VALUES = st.fixed_dictionaries(
     {},
     optional={
-        "sender_domain": st.lists(st.sampled_from(["acme.com", "b.org", "mail.acme.com"]),
-                                  min_size=1, max_size=2),
-        "subject_keywords": st.lists(st.sampled_from(["refund", "late invoice", "ÄRGER"]),
-                                     min_size=1, max_size=2),
-        "recipient": st.lists(st.sampled_from(["support@example.com", "sales@example.com"]),
-                              min_size=1, max_size=2),
+        "sender_domain": st.lists(
+            st.sampled_from(["acme.com", "b.org", "mail.acme.com"]), min_size=1, max_size=2
+        ),
+        "subject_keywords": st.lists(
+            st.sampled_from(["refund", "late invoice", "ÄRGER"]), min_size=1, max_size=2
+        ),
+        "recipient": st.lists(
+            st.sampled_from(["support@example.com", "sales@example.com"]), min_size=1, max_size=2
+        ),
     },
 )
 SUBJECTS = st.sampled_from(["", "Refund!", "refunded", "a LATE  invoice", "ärger", "Re: x"])
@@ -98,8 +117,9 @@ SENDERS = st.sampled_from(["x@acme.com", "y@mail.acme.com", "z@b.org", "w@notacm
 
 
 @given(
-    rules=st.lists(st.tuples(RULE_VALUES, st.sampled_from(["agent:a1", "agent:a2", None])),
-                   max_size=6),
+    rules=st.lists(
+        st.tuples(RULE_VALUES, st.sampled_from(["agent:a1", "agent:a2", None])), max_size=6
+    ),
     subject=SUBJECTS,
     sender=SENDERS,
 )
@@ -134,8 +154,9 @@ def test_keyword_is_whole_words_casefolded() -> None:
 def test_sender_domain_idna_and_unicode_forms_are_the_same() -> None:
     [rule] = compile_rules([Rule(name="d", sender_domain=["xn--bcher-kva.example"], tags=["x"])])
     for sender_domain in ("BÜCHER.example", "xn--bcher-kva.example", "mail.bücher.example"):
-        found = MailFacts(None, "a@x", "", normalize_domain(sender_domain), "", (), (), None,
-                          None, None)
+        found = MailFacts(
+            None, "a@x", "", normalize_domain(sender_domain), "", (), (), None, None, None
+        )
         assert rule.check(Delivery(found, "support@example.com")) is not None
 
 
@@ -150,5 +171,8 @@ def test_team_rotation_is_separate_from_the_global_one() -> None:
     p = policy(rules, rotation=AGENTS, teams={"billing": ("a4", "a5")})
     state = RoutingState(last_served={GLOBAL: "a1", "team:billing": "a4"})
     decision = route(delivery(subject="refund"), p, state)
-    assert (decision.assignee, decision.team, decision.rotation) == ("a5", "billing",
-                                                                      ("team:billing", "a5"))
+    assert (decision.assignee, decision.team, decision.rotation) == (
+        "a5",
+        "billing",
+        ("team:billing", "a5"),
+    )

@@ -1,0 +1,28 @@
+# One command to try it, one to test it. Needs Python 3.11+ as python3.
+VENV   ?= .venv
+CONFIG ?= config.example.toml
+PYTHON ?= python3
+
+.PHONY: run test lint bench
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --editable .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --editable '.[test]'
+	touch $@ $(VENV)/.runtime
+
+run: $(VENV)/.runtime  ## the daemon on the trial configuration
+	$(VENV)/bin/gateway run --config $(CONFIG)
+
+test: $(VENV)/.test  ## the whole suite
+	$(VENV)/bin/python -m pytest -q
+
+lint: $(VENV)/.test  ## ruff and mypy --strict
+	$(VENV)/bin/ruff check gateway tests
+	$(VENV)/bin/ruff format --check gateway tests
+	$(VENV)/bin/mypy gateway
