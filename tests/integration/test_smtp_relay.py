@@ -126,3 +126,34 @@ def test_store_failure_answers_451_and_the_sender_can_retry(
         blocker.close()
     assert daemon.query("SELECT count(*) FROM messages")[0][0] == 0
     assert daemon.send(mail("held up")) == {}
+
+
+def test_stop_answers_the_data_in_flight_then_refuses_new_connections(
+    daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+    import threading
+
+    from gateway.ingress.accept import Accept
+
+    in_accept = threading.Event()
+    real_call = Accept.__call__
+
+    async def slow(self: Accept, mail_: object) -> int | None:
+        in_accept.set()
+        await asyncio.sleep(0.5)  # the stop request arrives while this DATA is in flight
+        return await real_call(self, mail_)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Accept, "__call__", slow)
+    answers: list[dict[str, tuple[int, bytes]]] = []
+    client = threading.Thread(target=lambda: answers.append(daemon.send(mail("in flight"))))
+    client.start()
+    assert in_accept.wait(10)
+    daemon.daemon.request_stop()
+    client.join(10)
+    assert answers == [{}]  # 250, not a dropped connection
+    daemon.thread.join(10)
+    assert not daemon.thread.is_alive()
+    assert daemon.query("SELECT count(*) FROM messages")[0][0] == 1
+    with pytest.raises(OSError):
+        daemon.send(mail("too late"))
