@@ -328,6 +328,8 @@ def _describe(error: ValidationError) -> list[str]:
             lines.append(reason)
         elif isinstance(item.get("input"), dict):
             lines.append(f"{key}: {reason}")
+        elif "password" in key:  # a secret is never echoed, not even a wrong one
+            lines.append(f"{key}: {reason}")
         else:
             lines.append(f"{key} = {_short(item.get('input'))}: {reason}")
     return lines

@@ -17,7 +17,7 @@ import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from gateway.config import Settings
-from gateway.errors import StoreUnavailable
+from gateway.errors import GatewayError, StoreUnavailable
 from gateway.ingress.accept import Accept
 from gateway.intake.facts import normalize_address
 from gateway.model import RawMail
@@ -140,6 +140,8 @@ class SmtpServer:
         session = SMTP(
             self._relay,
             data_size_limit=self._settings.smtp.max_message_size,
+            # Stored as bytes, never decoded here: international addresses are fine.
+            enable_SMTPUTF8=True,
             hostname=self._settings.gateway.hostname,
             ident="inbox gateway",
             loop=asyncio.get_running_loop(),
@@ -152,7 +154,13 @@ class SmtpServer:
         bound = []
         factory: Callable[[], Any] = self._protocol
         for host, port in self._settings.smtp.endpoints():
-            server = await loop.create_server(factory, host, port)
+            try:
+                server = await loop.create_server(factory, host, port)
+            except OSError as error:
+                await self.stop(0)
+                raise GatewayError(
+                    f"cannot listen for SMTP on {host}:{port}: {error.strerror or error}"
+                ) from None
             self._servers.append(server)
             for sock in server.sockets:
                 address = sock.getsockname()

@@ -264,3 +264,20 @@ def test_run_with_a_bad_configuration_names_the_key_and_exits_1(tmp_path: Path) 
     _, err = process.communicate(timeout=30)
     assert process.returncode == 1
     assert "smtp.max_message_size = 'lots'" in err
+
+
+def test_run_on_a_port_in_use_says_so_and_exits_1(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        make_settings(smtp={"listen": [f"127.0.0.1:{port}"]})
+        process = gateway_process(tmp_path / "gateway.toml", "run")
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert f"cannot listen for SMTP on 127.0.0.1:{port}" in err
+    assert "Traceback" not in err

@@ -157,3 +157,14 @@ def test_stop_answers_the_data_in_flight_then_refuses_new_connections(
     assert daemon.query("SELECT count(*) FROM messages")[0][0] == 1
     with pytest.raises(OSError):
         daemon.send(mail("too late"))
+
+
+def test_smtputf8_sender_is_accepted(daemon: RunningDaemon) -> None:
+    raw = "From: jörg@bücher.example\r\nTo: support@example.com\r\nSubject: ü\r\n\r\nx\r\n"
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        refused = client.sendmail(
+            "jörg@bücher.example", ["support@example.com"], raw.encode(), mail_options=["SMTPUTF8"]
+        )
+    assert refused == {}
+    daemon.drain()
+    assert daemon.conversations()[0]["customer"] == "jörg@bücher.example"

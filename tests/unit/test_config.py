@@ -94,3 +94,8 @@ def test_bad_listen_and_network_are_errors(tmp_path: Path) -> None:
 )
 def test_sizes(text: str | int, size: int) -> None:
     assert parse_size(text) == size
+
+
+def test_a_bad_password_value_is_not_echoed(tmp_path: Path) -> None:
+    message = error_of(tmp_path, VALID + '[notify]\npassword = ["hunter2"]\n')
+    assert "notify.password" in message and "hunter2" not in message
