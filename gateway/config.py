@@ -326,9 +326,7 @@ def _describe(error: ValidationError) -> list[str]:
             lines.append(f"{key}: required, but missing")
         elif not key:
             lines.append(reason)
-        elif isinstance(item.get("input"), dict):
-            lines.append(f"{key}: {reason}")
-        elif "password" in key:  # a secret is never echoed, not even a wrong one
+        elif isinstance(item.get("input"), dict) or "password" in key:
             lines.append(f"{key}: {reason}")
         else:
             lines.append(f"{key} = {_short(item.get('input'))}: {reason}")

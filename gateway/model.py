@@ -55,13 +55,13 @@ class RoutingState:
     last_served: dict[str, str] = field(default_factory=dict)  # rotation key → agent
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
-    assignee: str | None
-    team: str | None
-    tags: tuple[str, ...]
-    via: Via | None
-    rule: str | None
-    rotation: tuple[str, str] | None  # (rotation key, agent served) to persist
     reason: str  # one sentence: why this assignee, or why nobody
+    assignee: str | None = None
+    team: str | None = None
+    tags: tuple[str, ...] = ()
+    via: Via | None = None
+    rule: str | None = None
+    rotation: tuple[str, str] | None = None  # (rotation key, agent served) to persist
     matched: tuple[tuple[str, str], ...] = ()  # (condition, value) of the assigning rule

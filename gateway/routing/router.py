@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.config import Settings
 from gateway.model import Decision, Delivery, RoutingState
@@ -37,15 +37,8 @@ def _available(state: RoutingState, agents: tuple[str, ...]) -> set[str]:
 def route(delivery: Delivery, policy: Policy, state: RoutingState) -> Decision:
     facts = delivery.facts
     if facts.auto is not None:
-        return Decision(
-            None,
-            None,
-            (AUTO_TAG,),
-            None,
-            None,
-            None,
-            f"automatic mail ({facts.auto}) goes to the unassigned queue",
-        )
+        reason = f"automatic mail ({facts.auto}) goes to the unassigned queue"
+        return Decision(reason=reason, tags=(AUTO_TAG,))
     tags: list[str] = []
     for rule in policy.rules:
         matched = rule.check(delivery)
@@ -55,69 +48,31 @@ def route(delivery: Delivery, policy: Policy, state: RoutingState) -> Decision:
         if rule.assign_to is None:
             continue
         kind, target = rule.assign_to
+        hit = Decision(reason="", tags=tuple(tags), rule=rule.name, matched=matched)
         if kind == "agent":
-            return Decision(
-                target,
-                None,
-                tuple(tags),
-                "rule",
-                rule.name,
-                None,
-                f"rule '{rule.name}' assigns it to {target}",
-                matched,
-            )
+            reason = f"rule '{rule.name}' assigns it to {target}"
+            return replace(hit, reason=reason, assignee=target, via="rule")
         members = policy.teams[target]
         key = team_key(target)
         pick = next_agent(members, state.last_served.get(key), _available(state, members))
         if pick is None:
-            return Decision(
-                None,
-                target,
-                tuple(tags),
-                None,
-                rule.name,
-                None,
-                f"rule '{rule.name}' gives it to team {target}, but no member is available",
-                matched,
-            )
-        return Decision(
-            pick,
-            target,
-            tuple(tags),
-            "team",
-            rule.name,
-            (key, pick),
-            f"rule '{rule.name}' gives it to team {target}, whose rotation picks {pick}",
-            matched,
-        )
-    if policy.round_robin is None:
-        return Decision(
-            None,
-            None,
-            tuple(tags),
-            None,
-            None,
-            None,
-            "no rule assigns it and round-robin is off",
+            reason = f"rule '{rule.name}' gives it to team {target}, but no member is available"
+            return replace(hit, reason=reason, team=target)
+        reason = f"rule '{rule.name}' gives it to team {target}, whose rotation picks {pick}"
+        return replace(
+            hit, reason=reason, assignee=pick, team=target, via="team", rotation=(key, pick)
         )
     order = policy.round_robin
+    if order is None:
+        return Decision(reason="no rule assigns it and round-robin is off", tags=tuple(tags))
     pick = next_agent(order, state.last_served.get(GLOBAL), _available(state, order))
     if pick is None:
-        return Decision(
-            None,
-            None,
-            tuple(tags),
-            None,
-            None,
-            None,
-            "no rule assigns it and no agent of the rotation is available",
-        )
+        reason = "no rule assigns it and no agent of the rotation is available"
+        return Decision(reason=reason, tags=tuple(tags))
     return Decision(
-        pick,
-        None,
-        tuple(tags),
-        "round_robin",
-        None,
-        (GLOBAL, pick),
-        f"no rule assigns it; the rotation picks {pick}",
+        reason=f"no rule assigns it; the rotation picks {pick}",
+        assignee=pick,
+        tags=tuple(tags),
+        via="round_robin",
+        rotation=(GLOBAL, pick),
     )
