@@ -7,8 +7,6 @@ the message's fault: the message stays pending and intake tries again later.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import traceback
 from collections.abc import Callable
@@ -20,6 +18,7 @@ import structlog
 from gateway import alertmark
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
+from gateway.drainloop import DrainLoop
 from gateway.errors import StoreUnavailable
 from gateway.intake.facts import extract, normalize_address, thread_subject
 from gateway.intake.threads import find_conversation
@@ -33,8 +32,6 @@ log = structlog.get_logger("gateway.intake")
 
 ACTOR = "gateway"
 BATCH = 100
-POLL_SECONDS = 1.0  # also picks up what other processes stored (ingest, retry)
-STORE_RETRY_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,9 @@ class Outcome:
     error: str | None = None
 
 
-class Intake:
+class Intake(DrainLoop):
+    name = "intake"
+
     def __init__(
         self,
         db: Database,
@@ -56,6 +55,7 @@ class Intake:
         clock: Clock = utcnow,
         on_routed: Callable[[], None] = lambda: None,
     ) -> None:
+        super().__init__()
         self._db = db
         self._settings = settings
         self._policy = Policy.from_settings(settings)
@@ -63,42 +63,17 @@ class Intake:
         self._clock = clock
         self._on_routed = on_routed
         self._agent_addresses = {normalize_address(a.email) for a in settings.agents}
-        self._wakeup = asyncio.Event()
-        self._stopping = False
-
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
-
-    async def run(self) -> None:
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                await self.drain()
-            except StoreUnavailable as error:
-                log.warning("intake.store_unavailable", error=str(error))
-                await asyncio.sleep(STORE_RETRY_SECONDS)
-                continue
-            except Exception:  # a bug outside any one message: keep the daemon up, retry
-                log.exception("intake.failed")
-                await asyncio.sleep(STORE_RETRY_SECONDS)
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
 
     async def drain(self) -> int:
         """Handle every pending message; the count handled."""
         handled = 0
-        while not self._stopping:
+        while not self.stopping:
             async with self._db.reading() as conn:
                 batch = await queries.pending_messages(conn, BATCH)
             if not batch:
                 break
             for stored in batch:
-                if self._stopping:
+                if self.stopping:
                     break
                 await self.process(stored)
                 handled += 1

@@ -7,8 +7,6 @@ sends the alert again, with the same Message-ID (derived from the event id).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -19,7 +17,7 @@ import structlog
 from gateway import alertmark
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
-from gateway.errors import StoreUnavailable
+from gateway.drainloop import POLL_SECONDS, DrainLoop
 from gateway.notify.render import AlertInput, render
 from gateway.notify.transports import Transport, transport_for
 from gateway.store import queries
@@ -29,7 +27,6 @@ log = structlog.get_logger("gateway.notify")
 
 ACTOR = "gateway"
 BATCH = 20
-POLL_SECONDS = 1.0  # picks up alerts queued by other processes (the `gateway` command)
 
 
 @dataclass(frozen=True)
@@ -49,7 +46,9 @@ class RetryPolicy:
 DEFAULT_RETRY = RetryPolicy()
 
 
-class Outbox:
+class Outbox(DrainLoop):
+    name = "outbox"
+
     def __init__(
         self,
         db: Database,
@@ -60,46 +59,26 @@ class Outbox:
         retry: RetryPolicy = DEFAULT_RETRY,
         transport: Transport | None = None,
     ) -> None:
+        super().__init__()
         self._db = db
         self._settings = settings
         self._secret = secret
         self._clock = clock
         self._retry = retry
         self._transport = transport or transport_for(settings.notify)
-        self._wakeup = asyncio.Event()
-        self._stopping = False
 
-    def wake(self) -> None:
-        self._wakeup.set()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wakeup.set()
-
-    async def run(self) -> None:
-        while not self._stopping:
-            self._wakeup.clear()
-            try:
-                await self.drain()
-                async with self._db.reading() as conn:
-                    due = await queries.next_due(conn)
-            except StoreUnavailable as error:
-                log.warning("outbox.store_unavailable", error=str(error))
-                due = None
-            except Exception:  # a bug outside any one alert: keep the daemon up, retry
-                log.exception("outbox.failed")
-                due = None
-            wait = POLL_SECONDS
-            if due is not None:
-                ahead = (datetime.fromisoformat(due) - self._clock()).total_seconds()
-                wait = min(max(ahead, 0.0), POLL_SECONDS)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), wait)
+    async def idle_seconds(self) -> float:
+        async with self._db.reading() as conn:
+            due = await queries.next_due(conn)
+        if due is None:
+            return POLL_SECONDS
+        ahead = (datetime.fromisoformat(due) - self._clock()).total_seconds()
+        return min(max(ahead, 0.0), POLL_SECONDS)
 
     async def drain(self) -> int:
         """Attempt every row that is due now; the count attempted."""
         attempted = 0
-        while not self._stopping:
+        while not self.stopping:
             async with self._db.reading() as conn:
                 rows = await queries.due_outbox(conn, stamp(self._clock()), BATCH)
             if not rows:
