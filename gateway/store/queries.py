@@ -340,15 +340,6 @@ async def set_agent_status(conn: aiosqlite.Connection, agent: str, status: str, 
     )
 
 
-async def open_counts(conn: aiosqlite.Connection) -> dict[str, int]:
-    rows = await _all(
-        conn,
-        "SELECT assignee, count(*) AS n FROM conversations WHERE status = 'open'"
-        " AND assignee IS NOT NULL GROUP BY assignee",
-    )
-    return {row["assignee"]: row["n"] for row in rows}
-
-
 async def set_rotation(conn: aiosqlite.Connection, key: str, agent: str) -> None:
     await conn.execute(
         "INSERT INTO rotations (key, last_agent) VALUES (?, ?)"
