@@ -23,6 +23,9 @@ test: $(VENV)/.test  ## the whole suite
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.test  ## ruff and mypy --strict
-	$(VENV)/bin/ruff check gateway tests
-	$(VENV)/bin/ruff format --check gateway tests
+	$(VENV)/bin/ruff check gateway tests bench
+	$(VENV)/bin/ruff format --check gateway tests bench
 	$(VENV)/bin/mypy gateway
+
+bench: $(VENV)/.test  ## SMTP accept against a bare aiosmtpd server; writes BENCHMARKS.md
+	$(VENV)/bin/python -m bench --write
