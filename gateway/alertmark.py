@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 import aiosqlite
@@ -30,10 +31,12 @@ def mark(secret: bytes, event_id: int) -> str:
     return f"{event_id}.{_signature(secret, event_id)}"
 
 
+_MARK = re.compile(r"([0-9]{1,18})\.([0-9a-f]{32})", re.ASCII)
+
+
 def is_ours(secret: bytes, value: str | None) -> bool:
-    if not value:
+    """True only for a mark this gateway made; anything else, however odd, is not one."""
+    found = _MARK.fullmatch(value.strip()) if value else None
+    if found is None:
         return False
-    event_id, _, signature = value.strip().partition(".")
-    if not event_id.isdigit():
-        return False
-    return hmac.compare_digest(signature, _signature(secret, int(event_id)))
+    return hmac.compare_digest(found.group(2), _signature(secret, int(found.group(1))))

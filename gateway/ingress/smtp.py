@@ -19,7 +19,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from gateway.config import Settings
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.ingress.accept import Accept
-from gateway.intake.facts import normalize_address
+from gateway.intake.facts import clean_text, normalize_address
 from gateway.model import RawMail
 
 log = structlog.get_logger("gateway.smtp")
@@ -103,11 +103,13 @@ class Relay:
         raw = envelope.original_content
         if not isinstance(raw, bytes | bytearray):
             return "451 4.3.0 No message content was received"
-        mail_from = envelope.mail_from
+        # aiosmtpd hands over 8-bit envelope addresses as surrogates: make them storable.
+        mail_from = clean_text(envelope.mail_from or "")
         sender = "" if mail_from in ("<>", "") else mail_from
         by_inbox: dict[str, list[str]] = {}
         for rcpt in envelope.rcpt_tos:
-            by_inbox.setdefault(self._inboxes[normalize_address(rcpt)], []).append(rcpt)
+            inbox = self._inboxes[normalize_address(rcpt)]
+            by_inbox.setdefault(inbox, []).append(clean_text(rcpt))
         self._in_flight += 1
         self._idle.clear()
         try:
@@ -115,6 +117,9 @@ class Relay:
                 await self._accept(RawMail(inbox, bytes(raw), "smtp", sender, tuple(recipients)))
         except StoreUnavailable as error:
             log.error("smtp.store_failed", error=str(error), peer=str(session.peer))
+            return "451 4.3.0 The message could not be stored; please try again later"
+        except Exception:  # not the sender's fault, and never a traceback on the wire
+            log.exception("smtp.accept_failed", peer=str(session.peer))
             return "451 4.3.0 The message could not be stored; please try again later"
         finally:
             self._in_flight -= 1
@@ -127,6 +132,15 @@ class Relay:
         await self._idle.wait()
 
 
+class _Session(SMTP):  # type: ignore[misc]
+    """aiosmtpd's session, with the enhanced status code RFC 3463 gives a too-big message."""
+
+    async def push(self, status: str | bytes) -> None:
+        if isinstance(status, str) and status.startswith("552 Error:"):
+            status = "552 5.3.4 Message too big for this gateway"
+        await super().push(status)
+
+
 class SmtpServer:
     """Listening sockets and open sessions, on the daemon's loop."""
 
@@ -137,7 +151,7 @@ class SmtpServer:
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
     def _protocol(self) -> SMTP:
-        session = SMTP(
+        session = _Session(
             self._relay,
             data_size_limit=self._settings.smtp.max_message_size,
             # Stored as bytes, never decoded here: international addresses are fine.

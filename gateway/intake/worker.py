@@ -7,6 +7,7 @@ the message's fault: the message stays pending and intake tries again later.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import traceback
 from collections.abc import Callable
@@ -83,7 +84,8 @@ class Intake(DrainLoop):
         started = time.perf_counter()
         with structlog.contextvars.bound_contextvars(message=stored.id, inbox=stored.mail.inbox):
             try:
-                facts = extract(stored.mail.raw, stored.mail.envelope_from)
+                # Off the loop: decoding a hostile header can take a while.
+                facts = await asyncio.to_thread(extract, stored.mail.raw, stored.mail.envelope_from)
                 outcome = await self._handle(stored, facts)
             except StoreUnavailable:
                 raise

@@ -91,3 +91,38 @@ def test_retry_of_a_message_that_is_not_shunted_is_refused(
     daemon.drain()
     assert gateway(["retry", "1", "--config", config_of(daemon)]) == 1
     assert "not shunted" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "X-Gateway-Notification: 1.\xe9",
+        "X-Gateway-Notification: \xb2.00000000000000000000000000000000",
+        "X-Gateway-Notification: " + "9" * 900 + ".0",
+        "Subject: about [#99999999999999999999999]",
+    ],
+    ids=["non-ascii-mark", "superscript-digit", "huge-event-id", "huge-token"],
+)
+def test_hostile_header_values_are_routed_not_shunted(daemon: RunningDaemon, header: str) -> None:
+    raw = (
+        f"From: a@example.org\r\nTo: support@example.com\r\nMessage-ID: <h@x>\r\n{header}\r\n"
+        "\r\nbody\r\n"
+    ).encode()
+    daemon.send(raw)
+    daemon.drain()
+    assert [r["state"] for r in daemon.query("SELECT state FROM messages")] == ["routed"]
+
+
+def test_eight_bit_envelope_sender_is_accepted_and_stored(daemon: RunningDaemon) -> None:
+    import smtplib
+
+    raw = b"From: j@example.org\r\nTo: support@example.com\r\nMessage-ID: <e@x>\r\n\r\nx\r\n"
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.ehlo()
+        client.send(b"MAIL FROM:<j\xf6rg@example.org>\r\n")  # Latin-1, not UTF-8
+        assert client.getreply()[0] == 250
+        assert client.rcpt("support@example.com")[0] == 250
+        assert client.data(raw)[0] == 250
+    daemon.drain()
+    [row] = daemon.query("SELECT envelope_from, state FROM messages")
+    assert (row["envelope_from"], row["state"]) == ("jörg@example.org", "routed")

@@ -92,3 +92,10 @@ def test_auto_mail_is_recognised() -> None:
     assert extract(base + b"Precedence: junk\r\n\r\n").auto == "precedence"
     assert extract(base + b"\r\n", envelope_from="").auto == "bounce"
     assert extract(base + b"\r\n", envelope_from="a@b.c").auto is None
+
+
+def test_hostile_subjects_are_handled_in_linear_time() -> None:
+    # With a backtracking prefix pattern these took minutes (quadratic in the spaces).
+    assert thread_subject("re" + " " * 200_000 + ":x") == "re"
+    assert thread_subject("Re" + "[#1]" * 50_000 + "x").startswith("re")
+    assert conversation_token("[#" + "9" * 30 + "]") is None
