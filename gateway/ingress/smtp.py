@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import Any, AnyStr
 
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
@@ -132,13 +132,14 @@ class Relay:
         await self._idle.wait()
 
 
-class _Session(SMTP):  # type: ignore[misc]
+class _Session(SMTP):
     """aiosmtpd's session, with the enhanced status code RFC 3463 gives a too-big message."""
 
-    async def push(self, status: str | bytes) -> None:
+    async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and status.startswith("552 Error:"):
-            status = "552 5.3.4 Message too big for this gateway"
-        await super().push(status)
+            await super().push("552 5.3.4 Message too big for this gateway")
+        else:
+            await super().push(status)
 
 
 class SmtpServer:
