@@ -7,8 +7,10 @@ Validation happens here, at the edge: the rest of the code receives a
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,6 +30,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from gateway.addresses import normalize_address
 from gateway.errors import ConfigError
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re.IGNORECASE)
@@ -105,6 +108,17 @@ class SmtpSection(BaseModel):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(f"{item!r} is not a network such as 127.0.0.0/8") from None
+        return value
+
+    @field_validator("tls_cert", "tls_key", "auth_users_file", "require_auth")
+    @classmethod
+    def _not_yet(cls, value: object) -> object:
+        # Accepting these and ignoring them would run a relay less safe than its file says.
+        if value:
+            raise ValueError(
+                "STARTTLS and SMTP AUTH are not built yet; remove it, or put the gateway behind"
+                " an MTA that does them"
+            )
         return value
 
     def endpoints(self) -> list[tuple[str, int]]:
@@ -262,8 +276,11 @@ class Settings(BaseSettings):
                 raise ValueError(
                     f"rules[{i}].assign_to: {rule.assign_to!r} names no configured {kind}"
                 )
-        addresses = [a.lower() for inbox in self.inboxes for a in (inbox.address, *inbox.aliases)]
-        _unique("inboxes (addresses and aliases)", addresses)
+        # Compared as the relay compares them: case and +tag do not make another address.
+        addresses = [
+            normalize_address(a) for inbox in self.inboxes for a in (inbox.address, *inbox.aliases)
+        ]
+        _unique("inboxes (addresses and aliases, without +tag)", addresses)
         return self
 
     def agent(self, agent_id: str) -> Agent | None:
@@ -278,17 +295,51 @@ def _unique(what: str, values: list[str]) -> None:
         seen.add(value)
 
 
-def load(path: Path) -> Settings:
+def _secrets_in_file(data: dict[str, Any]) -> list[str]:
+    found = []
+    for key in ("password",):
+        if key in data.get("notify", {}):
+            found.append(
+                f"notify.{key}: a secret does not belong in the file; use notify.password_file"
+                " or the environment variable GATEWAY_NOTIFY__PASSWORD"
+            )
+    for i, inbox in enumerate(data.get("inboxes", [])):
+        if isinstance(inbox, dict) and "password" in inbox.get("imap", {}):
+            found.append(
+                f"inboxes[{i}].imap.password: a secret does not belong in the file;"
+                " use password_file"
+            )
+    return found
+
+
+def _unknown_environment(env: Mapping[str, str]) -> list[str]:
+    """GATEWAY_* variables that name no section: a typo would otherwise be ignored."""
+    sections = set(Settings.model_fields)
+    found = []
+    for name in env:
+        upper = name.upper()
+        if not upper.startswith("GATEWAY_") or upper == "GATEWAY_CONFIG":
+            continue
+        section = upper.removeprefix("GATEWAY_").split("__", 1)[0].lower()
+        if section not in sections:
+            found.append(f"{name}: no configuration section {section!r} (a typo?)")
+    return found
+
+
+def load(path: Path, environ: Mapping[str, str] = os.environ) -> Settings:
     """Read and validate the configuration; relative paths are made relative to its folder."""
     path = path.resolve()
     if not path.is_file():
         raise ConfigError(f"{path}: no such configuration file")
     try:
-        tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"{path}: cannot be read: {error}") from None
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: is not valid TOML: {error}") from None
+    problems = _secrets_in_file(data) + _unknown_environment(environ)
+    if problems:
+        raise ConfigError(f"{path}: invalid configuration", problems)
 
     class FileSettings(Settings):
         model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": path})

@@ -16,10 +16,11 @@ from typing import Any, AnyStr
 import structlog
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.addresses import normalize_address
 from gateway.config import Settings
 from gateway.errors import GatewayError, StoreUnavailable
 from gateway.ingress.accept import Accept
-from gateway.intake.facts import clean_text, normalize_address
+from gateway.intake.facts import clean_text
 from gateway.model import RawMail
 
 log = structlog.get_logger("gateway.smtp")

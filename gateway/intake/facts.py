@@ -14,8 +14,7 @@ from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import getaddresses
 
-import idna
-
+from gateway.addresses import normalize_domain
 from gateway.model import MailFacts
 
 _ID = re.compile(r"<([^<>]*)>")
@@ -102,23 +101,6 @@ def dedup_key(msg: Message, raw: bytes) -> str:
     ids = _raw_values(msg, "Message-ID")
     message_id = normalize_message_id(ids[0]) if ids else None
     return message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
-
-
-def normalize_domain(domain: str) -> str:
-    """One form for a domain: Unicode (IDNA 2008 with UTS 46 mapping), case-folded."""
-    domain = domain.strip().rstrip(".")
-    try:
-        return idna.decode(domain, uts46=True).casefold()
-    except (idna.IDNAError, UnicodeError, ValueError):
-        return domain.casefold()
-
-
-def normalize_address(address: str) -> str:
-    """Compare addresses case-insensitively, with the +tag subaddress ignored."""
-    local, _, domain = address.strip().strip("<>").rpartition("@")
-    if not local:
-        return address.strip().casefold()
-    return f"{local.split('+', 1)[0].casefold()}@{normalize_domain(domain)}"
 
 
 def thread_subject(subject: str) -> str:

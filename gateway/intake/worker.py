@@ -17,11 +17,12 @@ import aiosqlite
 import structlog
 
 from gateway import alertmark
+from gateway.addresses import normalize_address
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.drainloop import DrainLoop
 from gateway.errors import StoreUnavailable
-from gateway.intake.facts import extract, normalize_address, thread_subject
+from gateway.intake.facts import extract, thread_subject
 from gateway.intake.threads import find_conversation
 from gateway.model import Decision, Delivery, MailFacts
 from gateway.routing.router import Policy, route

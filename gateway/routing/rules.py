@@ -6,8 +6,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from gateway.addresses import normalize_address, normalize_domain
 from gateway.config import Rule
-from gateway.intake.facts import normalize_address, normalize_domain
 from gateway.model import Delivery
 
 _WS = re.compile(r"\s+")

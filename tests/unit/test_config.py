@@ -97,5 +97,28 @@ def test_sizes(text: str | int, size: int) -> None:
 
 
 def test_a_bad_password_value_is_not_echoed(tmp_path: Path) -> None:
-    message = error_of(tmp_path, VALID + '[notify]\npassword = ["hunter2"]\n')
+    message = error_of(tmp_path, VALID + "[notify]\npassword_file = [\"hunter2\"]\n")
     assert "notify.password" in message and "hunter2" not in message
+
+
+def test_a_misspelled_environment_section_is_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_SMPT__LISTEN", '["0.0.0.0:25"]')
+    assert "GATEWAY_SMPT__LISTEN: no configuration section 'smpt'" in error_of(tmp_path, VALID)
+
+
+def test_a_password_in_the_file_is_refused(tmp_path: Path) -> None:
+    message = error_of(tmp_path, VALID + '[notify]\npassword = "hunter2"\n')
+    assert "notify.password: a secret does not belong in the file" in message
+    assert "hunter2" not in message
+
+
+def test_tls_and_auth_settings_are_refused_until_built(tmp_path: Path) -> None:
+    message = error_of(tmp_path, VALID + "[smtp]\nrequire_auth = true\n")
+    assert "smtp.require_auth" in message and "not built yet" in message
+
+
+def test_inbox_addresses_differing_only_by_plus_tag_collide(tmp_path: Path) -> None:
+    text = VALID + '[[inboxes]]\naddress = "Support+x@example.com"\n'
+    assert "appears twice" in error_of(tmp_path, text)

@@ -8,10 +8,10 @@ from email.policy import SMTP
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.addresses import normalize_address
 from gateway.intake.facts import (
     conversation_token,
     extract,
-    normalize_address,
     normalize_message_id,
     thread_subject,
 )

@@ -7,8 +7,8 @@ from collections import Counter
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.addresses import normalize_domain
 from gateway.config import Rule
-from gateway.intake.facts import normalize_domain
 from gateway.model import Delivery, MailFacts, RoutingState
 from gateway.routing.rotation import GLOBAL, next_agent
 from gateway.routing.router import Policy, route
