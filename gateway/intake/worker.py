@@ -71,13 +71,17 @@ class Intake(DrainLoop):
         handled = 0
         while not self.stopping:
             async with self._db.reading() as conn:
-                batch = await queries.pending_messages(conn, BATCH)
+                batch = await queries.pending_ids(conn, BATCH)
             if not batch:
                 break
-            for stored in batch:
+            for message_pk in batch:
                 if self.stopping:
                     break
-                await self.process(stored)
+                # One raw message in memory at a time, however large they are.
+                async with self._db.reading() as conn:
+                    stored = await queries.message(conn, message_pk)
+                if stored is not None and stored.state == "pending":
+                    await self.process(stored)
                 handled += 1
         return handled
 
@@ -217,7 +221,12 @@ class Intake(DrainLoop):
         event_id = await queries.add_event(
             conn, conversation_id, at, "received", ACTOR, detail=_received(stored, facts)
         )
-        if row["status"] == "closed":
+        from_agent = facts.sender is not None and (
+            normalize_address(facts.sender) in self._agent_addresses
+        )
+        # The customer writing again reopens; an out-of-office or an agent's copy does not.
+        from_customer = facts.auto is None and not from_agent
+        if row["status"] == "closed" and from_customer:
             await queries.set_conversation_status(conn, conversation_id, "open")
             await queries.add_event(
                 conn,
@@ -226,18 +235,10 @@ class Intake(DrainLoop):
                 "reopened",
                 ACTOR,
                 agent=row["assignee"],
-                detail={"reason": "a new message arrived"},
+                detail={"reason": "the customer wrote again"},
             )
         assignee = row["assignee"]
-        from_agent = facts.sender is not None and (
-            normalize_address(facts.sender) in self._agent_addresses
-        )
-        if (
-            assignee is not None
-            and self._settings.notify.on_reply
-            and facts.auto is None
-            and not from_agent
-        ):
+        if assignee is not None and self._settings.notify.on_reply and from_customer:
             await self._alert(
                 conn,
                 conversation_id,

@@ -35,11 +35,8 @@ def _available(state: RoutingState, agents: tuple[str, ...]) -> set[str]:
 
 
 def route(delivery: Delivery, policy: Policy, state: RoutingState) -> Decision:
-    facts = delivery.facts
-    if facts.auto is not None:
-        reason = f"automatic mail ({facts.auto}) goes to the unassigned queue"
-        return Decision(reason=reason, tags=(AUTO_TAG,))
-    tags: list[str] = []
+    auto = delivery.facts.auto
+    tags: list[str] = [AUTO_TAG] if auto is not None else []
     for rule in policy.rules:
         matched = rule.check(delivery)
         if matched is None:
@@ -47,6 +44,8 @@ def route(delivery: Delivery, policy: Policy, state: RoutingState) -> Decision:
         tags.extend(t for t in rule.tags if t not in tags)
         if rule.assign_to is None:
             continue
+        if auto is not None:  # tags are added whatever else happens; an owner is not
+            break
         kind, target = rule.assign_to
         hit = Decision(reason="", tags=tuple(tags), rule=rule.name, matched=matched)
         if kind == "agent":
@@ -62,6 +61,9 @@ def route(delivery: Delivery, policy: Policy, state: RoutingState) -> Decision:
         return replace(
             hit, reason=reason, assignee=pick, team=target, via="team", rotation=(key, pick)
         )
+    if auto is not None:
+        reason = f"automatic mail ({auto}) goes to the unassigned queue"
+        return Decision(reason=reason, tags=tuple(tags))
     order = policy.round_robin
     if order is None:
         return Decision(reason="no rule assigns it and round-robin is off", tags=tuple(tags))

@@ -92,11 +92,12 @@ async def insert_message(
     return cursor.lastrowid if cursor.rowcount == 1 else None
 
 
-async def pending_messages(conn: aiosqlite.Connection, limit: int) -> list[StoredMail]:
+async def pending_ids(conn: aiosqlite.Connection, limit: int) -> list[int]:
+    """The oldest pending messages first: intake keeps arrival order."""
     rows = await _all(
-        conn, "SELECT * FROM messages WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,)
+        conn, "SELECT id FROM messages WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,)
     )
-    return [_stored(row) for row in rows]
+    return [int(row["id"]) for row in rows]
 
 
 async def message(conn: aiosqlite.Connection, message_pk: int) -> StoredMail | None:

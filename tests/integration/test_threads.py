@@ -97,6 +97,20 @@ def test_reply_to_a_closed_conversation_reopens_it(daemon: RunningDaemon) -> Non
     assert len(daemon.events(conversation["id"], "reopened")) == 1
 
 
+def test_an_auto_reply_or_an_agents_copy_does_not_reopen(daemon: RunningDaemon) -> None:
+    original, _ = first_message(daemon)
+    import sqlite3
+
+    with sqlite3.connect(daemon.settings.gateway.database) as conn:
+        conn.execute("UPDATE conversations SET status = 'closed'")
+    daemon.send(mail("Re: Printer jams", In_Reply_To=original, Auto_Submitted="auto-replied"))
+    daemon.send(mail("Re: Printer jams", sender="alice@agents.test", In_Reply_To=original))
+    daemon.drain()
+    [conversation] = daemon.conversations()
+    assert (conversation["status"], conversation["message_count"]) == ("closed", 3)
+    assert daemon.events(conversation["id"], "reopened") == []
+
+
 def test_token_of_another_inbox_does_not_join(daemon: RunningDaemon) -> None:
     first_message(daemon)
     daemon.send(mail("About [#1]", to="sales@example.com"), to=["sales@example.com"])

@@ -97,7 +97,7 @@ def test_sizes(text: str | int, size: int) -> None:
 
 
 def test_a_bad_password_value_is_not_echoed(tmp_path: Path) -> None:
-    message = error_of(tmp_path, VALID + "[notify]\npassword_file = [\"hunter2\"]\n")
+    message = error_of(tmp_path, VALID + '[notify]\npassword_file = ["hunter2"]\n')
     assert "notify.password" in message and "hunter2" not in message
 
 

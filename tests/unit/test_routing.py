@@ -98,6 +98,18 @@ def test_auto_mail_is_unassigned_tagged_auto_and_takes_no_turn() -> None:
     assert (decision.assignee, decision.tags, decision.rotation) == (None, ("auto",), None)
 
 
+def test_auto_mail_keeps_rule_tags_but_no_rule_assigns_it() -> None:
+    rules = [
+        Rule(name="tag", subject_keywords=["invoice"], tags=["billing"]),
+        Rule(name="own", subject_keywords=["invoice"], assign_to="agent:a1", tags=["mine"]),
+    ]
+    decision = route(
+        delivery(subject="invoice", auto="auto-submitted"), policy(rules), RoutingState()
+    )
+    assert (decision.assignee, decision.via) == (None, None)
+    assert decision.tags == ("auto", "billing", "mine")
+
+
 RULE_VALUES = st.fixed_dictionaries(
     {},
     optional={
