@@ -34,4 +34,10 @@ async def retry(
     async with db.reading() as conn:
         stored = await queries.message(conn, message_pk)
     assert stored is not None
-    return await Intake(db, settings, secret, clock=clock).process(stored)
+    outcome = await Intake(db, settings, secret, clock=clock).process(stored)
+    if outcome.state != "skipped":
+        return outcome
+    # The running daemon took it first: report what became of it there.
+    async with db.reading() as conn:
+        row = await queries.message_outcome(conn, message_pk)
+    return Outcome(row["state"], row["conversation_id"], error=row["error"])

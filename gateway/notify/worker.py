@@ -44,6 +44,7 @@ class RetryPolicy:
 
 
 DEFAULT_RETRY = RetryPolicy()
+LEASE = timedelta(minutes=2)  # longer than an attempt can take (the SMTP timeout is 30 s)
 
 
 class Outbox(DrainLoop):
@@ -84,9 +85,19 @@ class Outbox(DrainLoop):
             if not rows:
                 break
             for row in rows:
-                await self._attempt(row)
-                attempted += 1
+                if await self._claim(row["id"]):
+                    await self._attempt(row)
+                    attempted += 1
         return attempted
+
+    async def _claim(self, outbox_id: int) -> bool:
+        """Take the row for one attempt, so two processes never send the same alert at once.
+
+        Should this process die mid-attempt, the row is due again when the lease ends.
+        """
+        now = self._clock()
+        async with self._db.transaction() as conn:
+            return await queries.claim_outbox(conn, outbox_id, stamp(now), stamp(now + LEASE))
 
     async def _attempt(self, row: queries.Row) -> None:
         payload = json.loads(row["payload"])
@@ -153,20 +164,18 @@ class Outbox(DrainLoop):
             await queries.outbox_failed(
                 conn, row["id"], error, None if retry_at is None else stamp(retry_at)
             )
-            # The timeline says it once when it starts failing and once when it gives up.
-            if attempts == 1 or retry_at is None:
-                await queries.add_event(
-                    conn,
-                    row["conversation_id"],
-                    stamp(now),
-                    "notify_failed",
-                    ACTOR,
-                    agent=payload["agent"],
-                    detail={
-                        "reason": payload["reason"],
-                        "error": error,
-                        "attempts": attempts,
-                        "retry_at": None if retry_at is None else stamp(retry_at),
-                    },
-                )
+            await queries.add_event(
+                conn,
+                row["conversation_id"],
+                stamp(now),
+                "notify_failed",
+                ACTOR,
+                agent=payload["agent"],
+                detail={
+                    "reason": payload["reason"],
+                    "error": error,
+                    "attempts": attempts,
+                    "retry_at": None if retry_at is None else stamp(retry_at),
+                },
+            )
         log.warning("alert.failed", error=error, attempts=attempts, gave_up=retry_at is None)

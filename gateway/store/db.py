@@ -87,8 +87,16 @@ class Database:
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Reads that see one snapshot, however the daemon writes meanwhile (WAL)."""
         async with self._lock:
-            yield self._conn
+            try:
+                await self._conn.execute("BEGIN")
+            except sqlite3.Error as error:
+                raise StoreUnavailable(f"the database is unavailable: {error}") from None
+            try:
+                yield self._conn
+            finally:
+                await self._rollback()
 
     async def _rollback(self) -> None:
         if self._conn.in_transaction:

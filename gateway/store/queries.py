@@ -105,6 +105,14 @@ async def message(conn: aiosqlite.Connection, message_pk: int) -> StoredMail | N
     return None if row is None else _stored(row)
 
 
+async def message_outcome(conn: aiosqlite.Connection, message_pk: int) -> Row:
+    row = await _one(
+        conn, "SELECT state, error, conversation_id FROM messages WHERE id = ?", (message_pk,)
+    )
+    assert row is not None
+    return row
+
+
 async def claim_pending(conn: aiosqlite.Connection, message_pk: int) -> bool:
     """True when the message is still pending (no other intake took it meanwhile)."""
     row = await _one(conn, "SELECT state FROM messages WHERE id = ?", (message_pk,))
@@ -378,6 +386,14 @@ async def due_outbox(conn: aiosqlite.Connection, now: str, limit: int) -> list[R
 async def next_due(conn: aiosqlite.Connection) -> str | None:
     row = await _one(conn, "SELECT min(due_at) AS due FROM outbox WHERE state = 'pending'")
     return None if row is None or row["due"] is None else str(row["due"])
+
+
+async def claim_outbox(conn: aiosqlite.Connection, outbox_id: int, now: str, until: str) -> bool:
+    cursor = await conn.execute(
+        "UPDATE outbox SET due_at = ? WHERE id = ? AND state = 'pending' AND due_at <= ?",
+        (until, outbox_id, now),
+    )
+    return cursor.rowcount == 1
 
 
 async def outbox_done(conn: aiosqlite.Connection, outbox_id: int) -> None:

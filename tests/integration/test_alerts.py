@@ -8,7 +8,9 @@ from email.message import EmailMessage
 
 import pytest
 
+from gateway.clock import stamp
 from gateway.config import Settings
+from gateway.store import queries
 from tests.conftest import RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
 
 pytestmark = pytest.mark.integration
@@ -195,3 +197,44 @@ def test_delivery_status_report_is_a_bounce(alerting: RunningDaemon) -> None:
     [conversation] = alerting.conversations()
     assert conversation["assignee"] is None
     assert alerting.query("SELECT tag FROM tags")[0][0] == "auto"
+
+
+def test_an_alert_in_the_hands_of_one_process_is_not_sent_by_another(
+    make_settings: Callable[..., Settings], sink: Sink
+) -> None:
+    import asyncio
+    from datetime import UTC, datetime, timedelta
+
+    from gateway import alertmark
+    from gateway.ingress.accept import Accept
+    from gateway.intake.worker import Intake
+    from gateway.model import RawMail
+    from gateway.notify.worker import LEASE, Outbox
+    from gateway.store.db import Database
+
+    settings = make_settings(notify=smtp_notify(sink.port), rules=RULES)
+    now = [datetime.now(UTC)]
+
+    async def scenario() -> None:
+        mine = await Database.open(settings.gateway.database)
+        other = await Database.open(settings.gateway.database)  # as a second process would
+        try:
+            async with mine.transaction() as conn:
+                secret = await alertmark.load_secret(conn)
+            raw = mail(sender="wile@acme.com").as_bytes(policy=policy.SMTP)
+            await Accept(mine)(RawMail("support@example.com", raw, "smtp", "w@acme.com", ()))
+            await Intake(mine, settings, secret, clock=lambda: now[0]).drain()
+            first = Outbox(mine, settings, secret, clock=lambda: now[0])
+            second = Outbox(other, settings, secret, clock=lambda: now[0])
+            async with mine.reading() as conn:
+                [row] = await queries.due_outbox(conn, stamp(now[0]), 10)
+            assert await first._claim(row["id"])  # an attempt under way, say a slow smarthost
+            assert await second.drain() == 0
+            now[0] += LEASE + timedelta(seconds=1)  # the first process died mid-attempt
+            assert await second.drain() == 1
+        finally:  # aiosqlite's threads would keep the test run from ending
+            await mine.close()
+            await other.close()
+
+    asyncio.run(scenario())
+    assert len(sink.received) == 1
