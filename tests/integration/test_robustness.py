@@ -9,7 +9,7 @@ import pytest
 
 from gateway.cli import main as gateway
 from gateway.model import Decision
-from tests.conftest import RunningDaemon, mail
+from tests.conftest import RunningDaemon, mail, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -28,6 +28,9 @@ def test_malformed_message_is_stored_and_routed(daemon: RunningDaemon, sample: P
     assert (message["state"], message["error"]) == ("routed", None)
     [conversation] = daemon.conversations()
     assert conversation["assignee"] == "alice"  # the rotation took it like any mail
+    # ...and its alert, with the broken original attached, was written.
+    wait_until(lambda: daemon.events(conversation["id"], "notified"), what="the alert")
+    assert daemon.events(conversation["id"], "notify_failed") == []
 
 
 def test_message_without_from_falls_back_to_the_envelope_sender(daemon: RunningDaemon) -> None:

@@ -58,3 +58,11 @@ def test_no_customer_text_adds_a_header(subject: str, name: str) -> None:
 def test_bare_lf_never_leaves_in_an_alert() -> None:
     data = render(alert("x" * 2000)).as_bytes(policy=policy.SMTP)
     assert b"\n" not in data.replace(b"\r\n", b"")
+
+
+def test_cr_lf_in_a_subject_or_name_becomes_a_space() -> None:
+    message = render(alert("Hi\r\nBcc: evil@attacker.test", name="Al\nX-Evil: 1"))
+    data = message.as_bytes(policy=policy.SMTP)
+    parsed = message_from_bytes(data, policy=policy.default)
+    assert parsed["Bcc"] is None and parsed["X-Evil"] is None
+    assert parsed["Subject"] == "[#3] Assigned: Hi Bcc: evil@attacker.test"
