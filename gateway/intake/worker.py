@@ -18,6 +18,7 @@ import structlog
 
 from gateway import alertmark
 from gateway.addresses import normalize_address
+from gateway.alerts import queue_alert
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.drainloop import DrainLoop
@@ -195,15 +196,16 @@ class Intake(DrainLoop):
                     "matched": [list(pair) for pair in decision.matched],
                 },
             )
-            await self._alert(
+            await queue_alert(
                 conn,
-                conversation_id,
-                event_id,
-                decision.assignee,
-                "assigned",
-                _how(decision),
-                stored.id,
-                at,
+                self._settings,
+                conversation_id=conversation_id,
+                event_id=event_id,
+                agent_id=decision.assignee,
+                reason="assigned",
+                how=_how(decision),
+                message_pk=stored.id,
+                at=at,
             )
         return conversation_id, decision
 
@@ -239,39 +241,17 @@ class Intake(DrainLoop):
             )
         assignee = row["assignee"]
         if assignee is not None and self._settings.notify.on_reply and from_customer:
-            await self._alert(
+            await queue_alert(
                 conn,
-                conversation_id,
-                event_id,
-                assignee,
-                "reply",
-                "the customer wrote again",
-                stored.id,
-                at,
+                self._settings,
+                conversation_id=conversation_id,
+                event_id=event_id,
+                agent_id=assignee,
+                reason="reply",
+                how="the customer wrote again",
+                message_pk=stored.id,
+                at=at,
             )
-
-    async def _alert(
-        self,
-        conn: aiosqlite.Connection,
-        conversation_id: int,
-        event_id: int,
-        agent_id: str,
-        reason: str,
-        how: str,
-        message_pk: int,
-        at: str,
-    ) -> None:
-        agent = self._settings.agent(agent_id)
-        if not self._settings.notify.enabled or agent is None or not agent.notify:
-            return
-        await queries.enqueue(
-            conn,
-            "alert",
-            event_id,
-            conversation_id,
-            {"agent": agent_id, "reason": reason, "how": how, "message": message_pk},
-            at,
-        )
 
 
 def _how(decision: Decision) -> str:

@@ -179,6 +179,7 @@ def test_everyone_unavailable_leaves_it_unassigned_without_moving_the_rotation(
     rotation: RunningDaemon,
 ) -> None:
     rotation.send(mail("first"))
+    rotation.drain()
     for agent in ("alice", "bob", "carol"):
         status(rotation, agent, "away")
     rotation.send(mail("nobody home"))

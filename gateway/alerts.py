@@ -1,0 +1,39 @@
+"""Whether an agent is alerted, and queueing the alert in the caller's transaction."""
+
+from __future__ import annotations
+
+import aiosqlite
+
+from gateway.config import Settings
+from gateway.store import queries
+
+
+async def queue_alert(
+    conn: aiosqlite.Connection,
+    settings: Settings,
+    *,
+    conversation_id: int,
+    event_id: int,
+    agent_id: str,
+    reason: str,
+    how: str,
+    message_pk: int,
+    at: str,
+) -> bool:
+    """Queue it where the global switch and the agent's own `notify` allow; True if queued.
+
+    The outbox worker sends it after this transaction commits; its Message-ID
+    derives from `event_id`, so a resend is recognisably the same alert.
+    """
+    agent = settings.agent(agent_id)
+    if not settings.notify.enabled or agent is None or not agent.notify:
+        return False
+    await queries.enqueue(
+        conn,
+        "alert",
+        event_id,
+        conversation_id,
+        {"agent": agent_id, "reason": reason, "how": how, "message": message_pk},
+        at,
+    )
+    return True
