@@ -1,8 +1,19 @@
-"""What people do to the store through the `gateway` command, one transaction each."""
+"""What people do to the store through the `gateway` command, one transaction each.
+
+Each action reads the conversation inside its own write transaction (BEGIN
+IMMEDIATE), so two people acting at once are served one after the other: the
+second sees what the first did. Alerts are queued in the same transaction and
+sent by the daemon's outbox worker, so these work with the daemon stopped.
+"""
 
 from __future__ import annotations
 
+import getpass
+
+import aiosqlite
+
 from gateway import alertmark
+from gateway.alerts import queue_alert
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.errors import Refused
@@ -12,11 +23,127 @@ from gateway.store import queries
 from gateway.store.db import Database
 
 
+def login_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, as in some containers
+        return "unknown"
+
+
+def _known_agent(settings: Settings, agent: str) -> None:
+    if settings.agent(agent) is None:
+        raise Refused(f"There is no agent {agent!r} in the configuration.")
+
+
+async def _conversation(conn: aiosqlite.Connection, conversation_id: int) -> queries.Row:
+    row = await queries.conversation(conn, conversation_id)
+    if row is None:
+        raise Refused(f"There is no conversation {conversation_id}.")
+    return row
+
+
+async def assign(
+    db: Database,
+    settings: Settings,
+    conversation_id: int,
+    agent: str,
+    by: str,
+    clock: Clock = utcnow,
+) -> str:
+    """Assign, or reassign when it has an assignee; alert the new assignee unless it is `by`."""
+    _known_agent(settings, agent)
+    at = stamp(clock())
+    async with db.transaction() as conn:
+        row = await _conversation(conn, conversation_id)
+        previous = row["assignee"]
+        if previous == agent:
+            return (
+                f"Conversation {conversation_id} is already assigned to {agent}; nothing changed."
+            )
+        status = (await queries.routing_state(conn)).statuses.get(agent, "available")
+        await queries.set_assignee(conn, conversation_id, agent)
+        kind = "assigned" if previous is None else "reassigned"
+        event_id = await queries.add_event(
+            conn,
+            conversation_id,
+            at,
+            kind,
+            by,
+            agent=agent,
+            previous_agent=previous,
+            detail={"via": "manual", "status": status},
+        )
+        if by != agent:  # nobody is alerted about what they did themselves
+            await queue_alert(
+                conn,
+                settings,
+                conversation_id=conversation_id,
+                event_id=event_id,
+                agent_id=agent,
+                reason=kind,
+                how=f"by {by}",
+                message_pk=await queries.latest_message(conn, conversation_id),
+                at=at,
+            )
+    was = f" (it was {previous}'s)" if previous else ""
+    away = f"; note that {agent} is {status}" if status != "available" else ""
+    return f"Conversation {conversation_id} {kind} to {agent}{was}{away}."
+
+
+async def claim(
+    db: Database, settings: Settings, conversation_id: int, agent: str, clock: Clock = utcnow
+) -> str:
+    """Take an unassigned conversation; refused when somebody has it."""
+    _known_agent(settings, agent)
+    at = stamp(clock())
+    async with db.transaction() as conn:
+        row = await _conversation(conn, conversation_id)
+        if row["assignee"] == agent:
+            return f"Conversation {conversation_id} is already yours, {agent}; nothing changed."
+        if row["assignee"] is not None:
+            raise Refused(
+                f"Conversation {conversation_id} is already assigned to {row['assignee']}."
+            )
+        await queries.set_assignee(conn, conversation_id, agent)
+        await queries.add_event(conn, conversation_id, at, "claimed", agent, agent=agent)
+    return f"Conversation {conversation_id} is now {agent}'s."
+
+
+async def unassign(
+    db: Database, settings: Settings, conversation_id: int, by: str, clock: Clock = utcnow
+) -> str:
+    at = stamp(clock())
+    async with db.transaction() as conn:
+        row = await _conversation(conn, conversation_id)
+        previous = row["assignee"]
+        if previous is None:
+            return f"Conversation {conversation_id} is already unassigned; nothing changed."
+        await queries.set_assignee(conn, conversation_id, None)
+        await queries.add_event(
+            conn, conversation_id, at, "unassigned", by, previous_agent=previous
+        )
+    return f"Conversation {conversation_id} is back in the unassigned queue (it was {previous}'s)."
+
+
+async def set_open(
+    db: Database, conversation_id: int, is_open: bool, by: str, clock: Clock = utcnow
+) -> str:
+    """Close (is_open False) or reopen (True) a conversation."""
+    status, kind = ("open", "reopened") if is_open else ("closed", "closed")
+    at = stamp(clock())
+    async with db.transaction() as conn:
+        row = await _conversation(conn, conversation_id)
+        if row["status"] == status:
+            return f"Conversation {conversation_id} is already {status}; nothing changed."
+        await queries.set_conversation_status(conn, conversation_id, status)
+        await queries.add_event(conn, conversation_id, at, kind, by, agent=row["assignee"])
+    return f"Conversation {conversation_id} {kind}."
+
+
 async def set_status(
     db: Database, settings: Settings, agent: str, status: str, clock: Clock = utcnow
 ) -> None:
-    if settings.agent(agent) is None:
-        raise Refused(f"There is no agent {agent!r} in the configuration.")
+    _known_agent(settings, agent)
     if status not in STATUSES:
         raise Refused(f"{status!r} is not a status; use one of {', '.join(STATUSES)}.")
     async with db.transaction() as conn:

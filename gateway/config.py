@@ -286,6 +286,17 @@ class Settings(BaseSettings):
     def agent(self, agent_id: str) -> Agent | None:
         return next((agent for agent in self.agents if agent.id == agent_id), None)
 
+    def inbox_map(self) -> dict[str, str]:
+        """Normalised address or alias → the inbox address it means."""
+        return {
+            normalize_address(address): inbox.address
+            for inbox in self.inboxes
+            for address in (inbox.address, *inbox.aliases)
+        }
+
+    def inbox_for(self, address: str) -> str | None:
+        return self.inbox_map().get(normalize_address(address))
+
 
 def _unique(what: str, values: list[str]) -> None:
     seen: set[str] = set()

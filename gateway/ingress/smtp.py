@@ -28,21 +28,12 @@ log = structlog.get_logger("gateway.smtp")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def inbox_addresses(settings: Settings) -> dict[str, str]:
-    """Normalised address or alias → the inbox address it means."""
-    found = {}
-    for inbox in settings.inboxes:
-        for address in (inbox.address, *inbox.aliases):
-            found[normalize_address(address)] = inbox.address
-    return found
-
-
 class Relay:
     """aiosmtpd handler: hooks are looked up by exact name (handle_MAIL, handle_RCPT...)."""
 
     def __init__(self, settings: Settings, accept: Accept) -> None:
         self._accept = accept
-        self._inboxes = inbox_addresses(settings)
+        self._inboxes = settings.inbox_map()
         self._networks: list[Network] = settings.smtp.networks()
         self._in_flight = 0
         self._idle = asyncio.Event()

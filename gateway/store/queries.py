@@ -227,6 +227,23 @@ async def add_message_to(conn: aiosqlite.Connection, conversation_id: int, at: s
     )
 
 
+async def set_assignee(conn: aiosqlite.Connection, conversation_id: int, agent: str | None) -> None:
+    await conn.execute(
+        "UPDATE conversations SET assignee = ? WHERE id = ?", (agent, conversation_id)
+    )
+
+
+async def latest_message(conn: aiosqlite.Connection, conversation_id: int) -> int:
+    """The newest message of a conversation: the one an alert attaches."""
+    row = await _one(
+        conn,
+        "SELECT max(id) AS id FROM messages WHERE conversation_id = ?",
+        (conversation_id,),
+    )
+    assert row is not None and row["id"] is not None, "a conversation has a message"
+    return int(row["id"])
+
+
 async def set_conversation_status(
     conn: aiosqlite.Connection, conversation_id: int, status: str
 ) -> None:
@@ -347,6 +364,15 @@ async def set_agent_status(conn: aiosqlite.Connection, agent: str, status: str, 
         " changed_at = excluded.changed_at",
         (agent, status, at),
     )
+
+
+async def open_counts(conn: aiosqlite.Connection) -> dict[str, int]:
+    rows = await _all(
+        conn,
+        "SELECT assignee, count(*) AS n FROM conversations WHERE status = 'open'"
+        " AND assignee IS NOT NULL GROUP BY assignee",
+    )
+    return {row["assignee"]: row["n"] for row in rows}
 
 
 async def set_rotation(conn: aiosqlite.Connection, key: str, agent: str) -> None:
