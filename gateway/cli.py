@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 from gateway import admin, config, logs, views
 from gateway.clock import utcnow
 from gateway.config import Settings
-from gateway.errors import ConfigError, GatewayError
-from gateway.model import STATUSES
+from gateway.errors import ConfigError, GatewayError, Refused, StoreUnavailable
+from gateway.ingress.accept import Accept
+from gateway.model import STATUSES, RawMail
 from gateway.store.db import Database
 
 T = TypeVar("T")
@@ -91,6 +92,7 @@ def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
         lambda db: views.conversations(
             db, status=status, assignee=args.agent, team=args.team, unassigned=args.unassigned
         ),
+        readonly=True,
     )
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=2))
@@ -148,11 +150,15 @@ def describe(event: dict[str, Any]) -> str:
         return f"alert to {agent} failed: {printable(detail.get('error'))}{then}"
     if kind in {"reopened", "closed"}:
         return f"{kind} by {actor}" + (f" ({detail['reason']})" if "reason" in detail else "")
-    return f"{kind} {agent if event['agent'] else ''} by {actor}".replace("  ", " ")
+    if kind == "claimed":
+        return f"claimed by {agent}"
+    if kind == "unassigned":
+        return f"unassigned from {printable(event['previous_agent'])} by {actor}"
+    return f"{kind} by {actor}"
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
-    view = _with_db(settings, lambda db: views.show(db, args.id))
+    view = _with_db(settings, lambda db: views.show(db, args.id), readonly=True)
     if args.json:
         print(json.dumps(view, ensure_ascii=False, indent=2))
         return 0
@@ -184,6 +190,112 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assign(settings: Settings, args: argparse.Namespace) -> int:
+    print(_with_db(settings, lambda db: admin.assign(db, settings, args.id, args.agent, args.by)))
+    return 0
+
+
+def cmd_claim(settings: Settings, args: argparse.Namespace) -> int:
+    print(_with_db(settings, lambda db: admin.claim(db, settings, args.id, args.agent)))
+    return 0
+
+
+def cmd_unassign(settings: Settings, args: argparse.Namespace) -> int:
+    print(_with_db(settings, lambda db: admin.unassign(db, settings, args.id, args.by)))
+    return 0
+
+
+def cmd_close(settings: Settings, args: argparse.Namespace) -> int:
+    print(_with_db(settings, lambda db: admin.set_open(db, args.id, False, args.by)))
+    return 0
+
+
+def cmd_reopen(settings: Settings, args: argparse.Namespace) -> int:
+    print(_with_db(settings, lambda db: admin.set_open(db, args.id, True, args.by)))
+    return 0
+
+
+def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
+    found = _with_db(settings, lambda db: views.agents(db, settings), readonly=True)
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False, indent=2))
+        return 0
+    rows = [
+        [
+            a["id"],
+            printable(a["name"]) or "-",
+            a["email"],
+            a["status"],
+            str(a["open"]),
+            "yes" if a["notify"] else "no",
+        ]
+        for a in found
+    ]
+    print(table(["ID", "NAME", "EMAIL", "STATUS", "OPEN", "ALERTS"], rows))
+    return 0
+
+
+def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        raw = Path(args.file).read_bytes()
+    except OSError as error:
+        raise Refused(f"Cannot read {args.file}: {error.strerror or error}.") from None
+
+    async def explain() -> dict[str, Any]:
+        try:
+            db = await Database.open(settings.gateway.database, readonly=True)
+        except StoreUnavailable:  # no store yet: rotations from their start, no threads
+            return await views.explain_route(None, settings, raw, args.to)
+        try:
+            return await views.explain_route(db, settings, raw, args.to)
+        finally:
+            await db.close()
+
+    view = asyncio.run(explain())
+    if args.json:
+        print(json.dumps(view, ensure_ascii=False, indent=2))
+        return 0
+    print(f"inbox:    {view['inbox']}")
+    print(f"from:     {printable(view['sender'])}")
+    print(f"subject:  {printable(view['subject'])}")
+    print(f"decision: {printable(view['reason'])}")
+    for hit in view["matched"]:
+        print(f"matched:  {hit['condition']} = {printable(hit['value'])}")
+    if view["tags"]:
+        print(f"tags:     {printable(', '.join(view['tags']))}")
+    print("(a dry run: nothing was stored)")
+    return 0
+
+
+EX_TEMPFAIL = 75  # sysexits.h: what mail servers' pipes take as "try again later"
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    inbox = settings.inbox_for(args.to)
+    if inbox is None:
+        raise Refused(f"{args.to} is not an inbox address or alias here.")
+    raw = sys.stdin.buffer.read()
+    if not raw:
+        raise Refused("Nothing arrived on standard input: no message to store.")
+    if len(raw) > settings.smtp.max_message_size:
+        raise Refused(
+            f"The message is {len(raw)} bytes, over smtp.max_message_size"
+            f" ({settings.smtp.max_message_size})."
+        )
+    sender = None if args.sender is None else ("" if args.sender in ("<>", "") else args.sender)
+    mail = RawMail(inbox, raw, "ingest", sender, (args.to,))
+    try:
+        stored = _with_db(settings, lambda db: Accept(db)(mail), create=True)
+    except Exception as error:  # whatever it was, the sender must keep the message and retry
+        print(f"The message was not stored ({error}); try again later.", file=sys.stderr)
+        return EX_TEMPFAIL
+    if stored is None:
+        print(f"Already stored for {inbox} (the same message came before).")
+    else:
+        print(f"Stored as message {stored} for {inbox}; the daemon routes it.")
+    return 0
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     _with_db(settings, lambda db: admin.set_status(db, settings, args.agent, args.status))
     print(f"{args.agent} is now {args.status}.")
@@ -191,7 +303,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_shunted(settings: Settings, args: argparse.Namespace) -> int:
-    found = _with_db(settings, views.shunted)
+    found = _with_db(settings, views.shunted, readonly=True)
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=2))
     elif not found:
@@ -235,9 +347,15 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
 # --- plumbing -----------------------------------------------------------------
 
 
-def _with_db(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
+def _with_db(
+    settings: Settings,
+    work: Callable[[Database], Awaitable[T]],
+    *,
+    readonly: bool = False,
+    create: bool = False,
+) -> T:
     async def go() -> T:
-        db = await Database.open(settings.gateway.database, create=False)
+        db = await Database.open(settings.gateway.database, create=create, readonly=readonly)
         try:
             return await work(db)
         finally:
@@ -260,6 +378,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turns shared support addresses into assigned email conversations.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def by(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--by",
+            default=admin.login_name(),
+            metavar="NAME",
+            help="who acts (default: your login name)",
+        )
 
     def command(
         name: str,
@@ -293,6 +419,35 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("status", cmd_status, "set an agent's availability")
     p.add_argument("agent", metavar="AGENT")
     p.add_argument("status", choices=STATUSES)
+    p = command("assign", cmd_assign, "assign a conversation, or reassign it")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("agent", metavar="AGENT")
+    by(p)
+    p = command("claim", cmd_claim, "take an unassigned conversation")
+    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("agent", metavar="AGENT")
+    for name, run, text in [
+        ("unassign", cmd_unassign, "put a conversation back in the unassigned queue"),
+        ("close", cmd_close, "close a conversation"),
+        ("reopen", cmd_reopen, "reopen a conversation"),
+    ]:
+        p = command(name, run, text)
+        p.add_argument("id", type=int, metavar="ID")
+        by(p)
+    command("agents", cmd_agents, "agents, their status and open conversations", json_output=True)
+    p = command(
+        "route",
+        cmd_route,
+        "dry run: who would get this message; nothing is stored",
+        json_output=True,
+    )
+    p.add_argument("file", metavar="FILE.eml")
+    p.add_argument("--to", metavar="ADDRESS", help="the inbox address it is delivered to")
+    p = command("ingest", cmd_ingest, "store one message read from standard input")
+    p.add_argument("--to", required=True, metavar="ADDRESS", help="the inbox address")
+    p.add_argument(
+        "--from", dest="sender", metavar="SENDER", help="the envelope sender; <> for a bounce"
+    )
     command("shunted", cmd_shunted, "messages intake failed on, with the error", json_output=True)
     p = command("retry", cmd_retry, "run intake again on a shunted message")
     p.add_argument("id", type=int, metavar="ID")

@@ -5,7 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from gateway import alertmark
+from gateway.clock import Clock, utcnow
+from gateway.config import Settings
 from gateway.errors import Refused
+from gateway.intake.facts import extract
+from gateway.intake.threads import find_conversation
+from gateway.model import Delivery, RoutingState
+from gateway.routing.router import Policy, route
 from gateway.store import queries
 from gateway.store.db import Database
 
@@ -89,3 +96,87 @@ async def shunted(db: Database) -> list[dict[str, Any]]:
         }
         for r in rows
     ]
+
+
+async def agents(db: Database, settings: Settings) -> list[dict[str, Any]]:
+    async with db.reading() as conn:
+        state = await queries.routing_state(conn)
+        counts = await queries.open_counts(conn)
+    return [
+        {
+            "id": agent.id,
+            "name": agent.name,
+            "email": agent.email,
+            "status": state.statuses.get(agent.id, "available"),
+            "notify": agent.notify,
+            "open": counts.get(agent.id, 0),
+        }
+        for agent in settings.agents
+    ]
+
+
+async def explain_route(
+    db: Database | None, settings: Settings, raw: bytes, to: str | None, clock: Clock = utcnow
+) -> dict[str, Any]:
+    """What intake would do with this message now, reading the store and writing nothing."""
+    facts = extract(raw)
+    inbox = _inbox_of(settings, facts.recipients, to)
+    state, joins, ours = RoutingState(), None, False
+    if db is not None:
+        async with db.reading() as conn:
+            secret = await queries.get_meta(conn, alertmark.SECRET_KEY)
+            ours = secret is not None and alertmark.is_ours(
+                bytes.fromhex(secret), facts.notification
+            )
+            joins = await find_conversation(
+                conn, inbox, facts, clock(), settings.threading.subject_fallback_days
+            )
+            state = await queries.routing_state(conn)
+            joined = await queries.conversation(conn, joins) if joins is not None else None
+    delivery = Delivery(facts, inbox, (to,) if to else ())
+    decision = route(delivery, Policy.from_settings(settings), state)
+    view: dict[str, Any] = {
+        "inbox": inbox,
+        "subject": facts.subject,
+        "sender": facts.sender,
+        "dropped": ours,
+        "joins": joins,
+        "assignee": decision.assignee,
+        "team": decision.team,
+        "tags": list(decision.tags),
+        "via": decision.via,
+        "rule": decision.rule,
+        "matched": [{"condition": c, "value": v} for c, v in decision.matched],
+        "reason": decision.reason,
+    }
+    if ours:
+        view["reason"] = "it is the gateway's own alert: dropped, never routed"
+    elif joined is not None:
+        view.update(
+            assignee=joined["assignee"],
+            team=joined["team"],
+            via=None,
+            rule=None,
+            matched=[],
+            tags=[],
+        )
+        view["reason"] = (
+            f"it replies to conversation {joins}, which keeps its assignee"
+            f" ({joined['assignee'] or 'unassigned'}); replies are not routed again"
+        )
+    return view
+
+
+def _inbox_of(settings: Settings, recipients: tuple[str, ...], to: str | None) -> str:
+    if to is not None:
+        inbox = settings.inbox_for(to)
+        if inbox is None:
+            raise Refused(f"{to} is not an inbox address or alias here.")
+        return inbox
+    for address in recipients:
+        inbox = settings.inbox_for(address)
+        if inbox is not None:
+            return inbox
+    if not settings.inboxes:
+        raise Refused("No inbox is configured.")
+    return settings.inboxes[0].address

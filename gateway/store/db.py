@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
+import urllib.parse
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
@@ -38,12 +39,14 @@ class Database:
         self.path = path
 
     @classmethod
-    async def open(cls, path: str, *, create: bool = True) -> Database:
+    async def open(cls, path: str, *, create: bool = True, readonly: bool = False) -> Database:
+        """Open (and migrate) the store; `readonly` opens one nothing can be written through."""
         if "://" in path:
             raise StoreUnavailable(f"{path}: only SQLite files are supported so far")
+        flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if create else 0)
         try:
             # Mail is private: the file (and SQLite's -wal/-shm, which copy its mode) is 0600.
-            os.close(os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600))
+            os.close(os.open(path, flags, 0o600))
         except FileNotFoundError:
             raise StoreUnavailable(
                 f"{path}: no database here (has `gateway run` started yet?)"
@@ -51,16 +54,21 @@ class Database:
         except OSError as error:
             raise StoreUnavailable(f"{path}: cannot open the database: {error}") from None
         try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
+            if readonly:
+                uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+                conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            else:
+                conn = await aiosqlite.connect(path, isolation_level=None)
             conn.row_factory = sqlite3.Row
         except (OSError, sqlite3.Error) as error:
             raise StoreUnavailable(f"{path}: cannot open the database: {error}") from None
         try:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            await conn.execute("PRAGMA journal_mode = WAL")
-            await conn.execute("PRAGMA synchronous = FULL")
-            await conn.execute("PRAGMA foreign_keys = ON")
-            await _migrate(conn)
+            if not readonly:
+                await conn.execute("PRAGMA journal_mode = WAL")
+                await conn.execute("PRAGMA synchronous = FULL")
+                await conn.execute("PRAGMA foreign_keys = ON")
+                await _migrate(conn)
         except sqlite3.Error as error:
             await conn.close()
             raise StoreUnavailable(f"{path}: cannot prepare the database: {error}") from None
