@@ -9,7 +9,7 @@ from gateway import alertmark
 from gateway.clock import Clock, utcnow
 from gateway.config import Settings
 from gateway.errors import Refused
-from gateway.intake.facts import extract
+from gateway.intake.facts import dedup_key, extract, parse_headers
 from gateway.intake.threads import find_conversation
 from gateway.model import Delivery, RoutingState
 from gateway.routing.router import Policy, route
@@ -121,18 +121,19 @@ async def explain_route(
     """What intake would do with this message now, reading the store and writing nothing."""
     facts = extract(raw)
     inbox = _inbox_of(settings, facts.recipients, to)
-    state, joins, ours = RoutingState(), None, False
+    state, joins, joined, ours, stored = RoutingState(), None, None, False, False
     if db is not None:
         async with db.reading() as conn:
+            stored = await queries.is_stored(conn, inbox, dedup_key(parse_headers(raw), raw))
             secret = await queries.get_meta(conn, alertmark.SECRET_KEY)
-            ours = secret is not None and alertmark.is_ours(
-                bytes.fromhex(secret), facts.notification
-            )
+            if secret is not None:
+                ours = alertmark.is_ours(bytes.fromhex(secret), facts.notification)
             joins = await find_conversation(
                 conn, inbox, facts, clock(), settings.threading.subject_fallback_days
             )
+            if joins is not None:
+                joined = await queries.conversation(conn, joins)
             state = await queries.routing_state(conn)
-            joined = await queries.conversation(conn, joins) if joins is not None else None
     delivery = Delivery(facts, inbox, (to,) if to else ())
     decision = route(delivery, Policy.from_settings(settings), state)
     view: dict[str, Any] = {
@@ -140,6 +141,7 @@ async def explain_route(
         "subject": facts.subject,
         "sender": facts.sender,
         "dropped": ours,
+        "duplicate": stored,
         "joins": joins,
         "assignee": decision.assignee,
         "team": decision.team,

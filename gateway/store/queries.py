@@ -92,6 +92,13 @@ async def insert_message(
     return cursor.lastrowid if cursor.rowcount == 1 else None
 
 
+async def is_stored(conn: aiosqlite.Connection, inbox: str, dedup_key: str) -> bool:
+    row = await _one(
+        conn, "SELECT 1 FROM messages WHERE inbox = ? AND dedup_key = ?", (inbox, dedup_key)
+    )
+    return row is not None
+
+
 async def pending_ids(conn: aiosqlite.Connection, limit: int) -> list[int]:
     """The oldest pending messages first: intake keeps arrival order."""
     rows = await _all(
