@@ -151,7 +151,9 @@ async def explain_route(
         "matched": [{"condition": c, "value": v} for c, v in decision.matched],
         "reason": decision.reason,
     }
-    if ours:
+    if stored:
+        view["reason"] = f"it is stored for {inbox} already: a duplicate is not routed again"
+    elif ours:
         view["reason"] = "it is the gateway's own alert: dropped, never routed"
     elif joined is not None:
         view.update(
