@@ -1,0 +1,189 @@
+"""`gateway ingest` from a pipe and `gateway route` dry runs, as subprocesses."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from email.policy import SMTP
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Settings
+from tests.conftest import RunningDaemon, mail
+
+pytestmark = pytest.mark.integration
+
+RULES = [
+    {"name": "ACME is Alice's", "sender_domain": ["acme.com"], "assign_to": "agent:alice"},
+    {
+        "name": "Money to billing",
+        "subject_keywords": ["refund"],
+        "assign_to": "team:billing",
+        "tags": ["billing"],
+    },
+]
+
+
+def run(config: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args, "--config", str(config)],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def config(make_settings: Callable[..., Settings], tmp_path: Path) -> Path:
+    make_settings(rules=RULES)
+    return tmp_path / "gateway.toml"
+
+
+@pytest.fixture
+def running(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> RunningDaemon:
+    return start_daemon(make_settings(rules=RULES))
+
+
+def test_ingest_stores_and_routes_exactly_like_smtp(running: RunningDaemon, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    running.send(mail("by smtp", sender="wile@acme.com"))
+    piped = mail("by pipe", sender="road@acme.com").as_bytes(policy=SMTP)
+    done = run(config, "ingest", "--to", "support@gw.test", "--from", "road@acme.com", stdin=piped)
+    assert done.returncode == 0, done.stderr
+    running.drain()
+    rows = running.query("SELECT source, inbox, envelope_from, raw FROM messages ORDER BY id")
+    assert [(r["source"], r["inbox"]) for r in rows] == [
+        ("smtp", "support@example.com"),
+        ("ingest", "support@example.com"),
+    ]
+    assert bytes(rows[1]["raw"]) == piped and rows[1]["envelope_from"] == "road@acme.com"
+    by_smtp, by_pipe = running.conversations()
+    assert by_smtp["assignee"] == by_pipe["assignee"] == "alice"
+    assert [e["rule"] for e in running.events(2, "assigned")] == ["ACME is Alice's"]
+
+
+def test_ingest_of_a_bounce_with_a_null_sender(running: RunningDaemon, tmp_path: Path) -> None:
+    done = run(
+        tmp_path / "gateway.toml",
+        "ingest",
+        "--to",
+        "support@example.com",
+        "--from",
+        "<>",
+        stdin=mail("Delivery failure").as_bytes(policy=SMTP),
+    )
+    assert done.returncode == 0
+    running.drain()
+    assert running.query("SELECT tag FROM tags")[0][0] == "auto"
+
+
+def test_ingest_to_an_unknown_address_is_refused(config: Path) -> None:
+    done = run(config, "ingest", "--to", "nobody@example.com", stdin=mail().as_bytes())
+    assert done.returncode == 1
+    assert b"not an inbox address" in done.stderr
+
+
+def test_ingest_exits_75_when_the_store_is_unwritable_and_writes_nothing(config: Path) -> None:
+    assert (
+        run(
+            config,
+            "ingest",
+            "--to",
+            "support@example.com",
+            stdin=mail("first").as_bytes(policy=SMTP),
+        ).returncode
+        == 0
+    )
+    files = [p for p in config.parent.glob("gateway.db*")]
+    subprocess.run(["chattr", "+i", *map(str, files)], check=True)
+    try:
+        done = run(
+            config,
+            "ingest",
+            "--to",
+            "support@example.com",
+            stdin=mail("second").as_bytes(policy=SMTP),
+        )
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, files)], check=True)
+    assert done.returncode == 75
+    assert b"not stored" in done.stderr and b"Traceback" not in done.stderr
+    import sqlite3
+
+    with sqlite3.connect(config.parent / "gateway.db") as conn:
+        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+
+
+def store_fingerprint(folder: Path) -> str:
+    """Everything the store holds, as SQL text (the -shm/-wal files of a reader may appear)."""
+    import sqlite3
+
+    with sqlite3.connect(folder / "gateway.db") as conn:
+        return hashlib.sha256("\n".join(conn.iterdump()).encode()).hexdigest()
+
+
+def test_route_explains_the_rule_and_stores_nothing(config: Path, tmp_path: Path) -> None:
+    assert (
+        run(
+            config,
+            "ingest",
+            "--to",
+            "support@example.com",
+            stdin=mail("warm up").as_bytes(policy=SMTP),
+        ).returncode
+        == 0
+    )
+    sample = tmp_path / "refund.eml"
+    sample.write_bytes(mail("Please REFUND me", sender="x@example.net").as_bytes(policy=SMTP))
+    before = store_fingerprint(tmp_path)
+    done = run(config, "route", str(sample), "--json")
+    assert done.returncode == 0, done.stderr
+    view = json.loads(done.stdout)
+    assert (view["rule"], view["team"], view["assignee"], view["via"]) == (
+        "Money to billing",
+        "billing",
+        "alice",
+        "team",
+    )
+    assert view["matched"] == [{"condition": "subject_keywords", "value": "refund"}]
+    assert store_fingerprint(tmp_path) == before
+    human = run(config, "route", str(sample)).stdout.decode()
+    assert "rule 'Money to billing' gives it to team billing" in human
+    assert "matched:  subject_keywords = refund" in human
+
+
+def test_route_says_who_the_rotation_would_pick_or_why_nobody(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    make_settings()
+    config = tmp_path / "gateway.toml"
+    sample = tmp_path / "plain.eml"
+    sample.write_bytes(mail("hello").as_bytes(policy=SMTP))
+    view = json.loads(run(config, "route", str(sample), "--json").stdout)
+    assert (view["via"], view["assignee"]) == ("round_robin", "alice")  # no store yet: from the top
+    make_settings(round_robin={"enabled": False, "agents": []})
+    view = json.loads(run(config, "route", str(sample), "--json").stdout)
+    assert view["assignee"] is None
+    assert view["reason"] == "no rule assigns it and round-robin is off"
+
+
+def test_route_to_an_alias_matches_recipient_rules_by_the_envelope(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    rules = [{"name": "Alias", "recipient": ["support@gw.test"], "assign_to": "agent:carol"}]
+    make_settings(rules=rules)
+    sample = tmp_path / "forwarded.eml"
+    sample.write_bytes(mail(to="Someone <someone@example.org>").as_bytes(policy=SMTP))
+    done = run(tmp_path / "gateway.toml", "route", str(sample), "--to", "support@gw.test", "--json")
+    view = json.loads(done.stdout)
+    assert (view["inbox"], view["assignee"], view["rule"]) == (
+        "support@example.com",
+        "carol",
+        "Alias",
+    )
