@@ -37,6 +37,11 @@ def run(config: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedPro
     )
 
 
+def ingest(config: Path, subject: str) -> int:
+    piped = mail(subject).as_bytes(policy=SMTP)
+    return run(config, "ingest", "--to", "support@example.com", stdin=piped).returncode
+
+
 @pytest.fixture
 def config(make_settings: Callable[..., Settings], tmp_path: Path) -> Path:
     make_settings(rules=RULES)
@@ -90,16 +95,7 @@ def test_ingest_to_an_unknown_address_is_refused(config: Path) -> None:
 
 
 def test_ingest_exits_75_when_the_store_is_unwritable_and_writes_nothing(config: Path) -> None:
-    assert (
-        run(
-            config,
-            "ingest",
-            "--to",
-            "support@example.com",
-            stdin=mail("first").as_bytes(policy=SMTP),
-        ).returncode
-        == 0
-    )
+    assert ingest(config, "first") == 0
     files = [p for p in config.parent.glob("gateway.db*")]
     subprocess.run(["chattr", "+i", *map(str, files)], check=True)
     try:
@@ -129,16 +125,7 @@ def store_fingerprint(folder: Path) -> str:
 
 
 def test_route_explains_the_rule_and_stores_nothing(config: Path, tmp_path: Path) -> None:
-    assert (
-        run(
-            config,
-            "ingest",
-            "--to",
-            "support@example.com",
-            stdin=mail("warm up").as_bytes(policy=SMTP),
-        ).returncode
-        == 0
-    )
+    assert ingest(config, "warm up") == 0
     sample = tmp_path / "refund.eml"
     sample.write_bytes(mail("Please REFUND me", sender="x@example.net").as_bytes(policy=SMTP))
     before = store_fingerprint(tmp_path)
