@@ -7,8 +7,9 @@ import asyncio
 import json
 import logging
 import os
-import re
+import sqlite3
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -23,14 +24,42 @@ from gateway.model import STATUSES, RawMail
 from gateway.store.db import Database
 
 T = TypeVar("T")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_HIDDEN = {"Cc", "Cf", "Zl", "Zp"}  # controls, bidi and other format characters, separators
+
+
+def record_id(text: str) -> int:
+    """A conversation or message id: a positive integer SQLite can hold."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is not a valid id")
+    return value
 
 
 def printable(text: object) -> str:
     """Control characters shown escaped, so a subject cannot move the terminal around."""
     if text is None:
         return "-"
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), str(text))
+    return "".join(
+        c.encode("unicode_escape").decode() if unicodedata.category(c) in _HIDDEN else c
+        for c in str(text)
+    )
+
+
+def when(moment: str) -> str:
+    """A stored time for people: to the second, in UTC, saying so."""
+    return moment[:19].replace("T", " ") + " UTC"
+
+
+def width(text: str) -> int:
+    """Columns on a terminal: wide (CJK) characters take two."""
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
+
+
+def pad(text: str, columns: int) -> str:
+    return text + " " * (columns - width(text))
 
 
 def waited(since: str, now: datetime) -> str:
@@ -45,17 +74,22 @@ def waited(since: str, now: datetime) -> str:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    widths = [max(width(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = [
-        "  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+        "  ".join(pad(str(c), w) for c, w in zip(r, widths, strict=True)).rstrip()
         for r in [header, *rows]
     ]
     return "\n".join(lines)
 
 
-def _short(text: object, width: int = 50) -> str:
+def _short(text: object, columns: int = 50) -> str:
     shown = printable(text)
-    return shown if len(shown) <= width else shown[: width - 1] + "…"
+    if width(shown) <= columns:
+        return shown
+    shown = shown[:columns]
+    while width(shown) > columns - 1:
+        shown = shown[:-1]
+    return shown + "…"
 
 
 # --- commands -----------------------------------------------------------------
@@ -175,7 +209,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
             ["RECEIVED", "SOURCE", "FROM", "SUBJECT"],
             [
                 [
-                    m["received_at"][:19].replace("T", " "),
+                    when(m["received_at"]),
                     m["source"],
                     _short(m["from"], 30),
                     _short(m["subject"]),
@@ -186,7 +220,7 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     )
     print("\nTimeline")
     for event in view["events"]:
-        print(f"  {event['at'][:19].replace('T', ' ')}  {describe(event)}")
+        print(f"  {when(event['at'])}  {describe(event)}")
     return 0
 
 
@@ -315,7 +349,7 @@ def cmd_shunted(settings: Settings, args: argparse.Namespace) -> int:
                 [
                     [
                         str(m["id"]),
-                        m["received_at"][:19].replace("T", " "),
+                        when(m["received_at"]),
                         m["inbox"],
                         m["source"],
                         _short(m["error"], 70),
@@ -358,6 +392,8 @@ def _with_db(
         db = await Database.open(settings.gateway.database, create=create, readonly=readonly)
         try:
             return await work(db)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"{db.path}: the database failed: {error}") from None
         finally:
             await db.close()
 
@@ -415,16 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "show", cmd_show, "a conversation: messages and activity timeline", json_output=True
     )
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", type=record_id, metavar="ID")
     p = command("status", cmd_status, "set an agent's availability")
     p.add_argument("agent", metavar="AGENT")
     p.add_argument("status", choices=STATUSES)
     p = command("assign", cmd_assign, "assign a conversation, or reassign it")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", type=record_id, metavar="ID")
     p.add_argument("agent", metavar="AGENT")
     by(p)
     p = command("claim", cmd_claim, "take an unassigned conversation")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", type=record_id, metavar="ID")
     p.add_argument("agent", metavar="AGENT")
     for name, run, text in [
         ("unassign", cmd_unassign, "put a conversation back in the unassigned queue"),
@@ -432,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("reopen", cmd_reopen, "reopen a conversation"),
     ]:
         p = command(name, run, text)
-        p.add_argument("id", type=int, metavar="ID")
+        p.add_argument("id", type=record_id, metavar="ID")
         by(p)
     command("agents", cmd_agents, "agents, their status and open conversations", json_output=True)
     p = command(
@@ -450,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     command("shunted", cmd_shunted, "messages intake failed on, with the error", json_output=True)
     p = command("retry", cmd_retry, "run intake again on a shunted message")
-    p.add_argument("id", type=int, metavar="ID")
+    p.add_argument("id", type=record_id, metavar="ID")
     return parser
 
 
@@ -468,7 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ConfigError as error:
         print(str(error), file=sys.stderr)
-        return 1
+        # A mail server keeps a piped message it is told to retry; on 1 it bounces it.
+        return EX_TEMPFAIL if args.command == "ingest" else 1
     except GatewayError as error:
         print(str(error), file=sys.stderr)
         return 1

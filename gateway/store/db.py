@@ -64,7 +64,9 @@ class Database:
             raise StoreUnavailable(f"{path}: cannot open the database: {error}") from None
         try:
             await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if not readonly:
+            if readonly:
+                await _check_version(conn, path)
+            else:
                 await conn.execute("PRAGMA journal_mode = WAL")
                 await conn.execute("PRAGMA synchronous = FULL")
                 await conn.execute("PRAGMA foreign_keys = ON")
@@ -72,6 +74,9 @@ class Database:
         except sqlite3.Error as error:
             await conn.close()
             raise StoreUnavailable(f"{path}: cannot prepare the database: {error}") from None
+        except StoreUnavailable:
+            await conn.close()
+            raise
         return cls(conn, path)
 
     @asynccontextmanager
@@ -84,6 +89,10 @@ class Database:
                 raise StoreUnavailable(f"the database is unavailable: {error}") from None
             try:
                 yield self._conn
+            except sqlite3.OperationalError as error:
+                # Locked, full, read-only, I/O: the store's trouble, not the caller's data.
+                await self._rollback()
+                raise StoreUnavailable(f"the database is unavailable: {error}") from None
             except BaseException:
                 await self._rollback()
                 raise
@@ -112,6 +121,17 @@ class Database:
 
     async def close(self) -> None:
         await self._conn.close()
+
+
+async def _check_version(conn: aiosqlite.Connection, path: str) -> None:
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    latest = _migrations()[-1][0]
+    if row is None or row[0] < latest:
+        raise StoreUnavailable(
+            f"{path}: the database is not ready (schema {row[0] if row else 0}, this gateway"
+            f" needs {latest}); start `gateway run` once to prepare it"
+        )
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
