@@ -35,6 +35,13 @@ def _known_agent(settings: Settings, agent: str) -> None:
         raise Refused(f"There is no agent {agent!r} in the configuration.")
 
 
+def _is(settings: Settings, actor: str, agent_id: str) -> bool:
+    """Whether `actor` (a --by name) is the agent, by id or e-mail address, any case."""
+    agent = settings.agent(agent_id)
+    names = {agent_id.casefold()} | ({agent.email.casefold()} if agent else set())
+    return actor.strip().casefold() in names
+
+
 async def _conversation(conn: aiosqlite.Connection, conversation_id: int) -> queries.Row:
     row = await queries.conversation(conn, conversation_id)
     if row is None:
@@ -52,8 +59,8 @@ async def assign(
 ) -> str:
     """Assign, or reassign when it has an assignee; alert the new assignee unless it is `by`."""
     _known_agent(settings, agent)
-    at = stamp(clock())
     async with db.transaction() as conn:
+        at = stamp(clock())  # taken once the write lock is ours: the timeline's times only grow
         row = await _conversation(conn, conversation_id)
         previous = row["assignee"]
         if previous == agent:
@@ -73,7 +80,7 @@ async def assign(
             previous_agent=previous,
             detail={"via": "manual", "status": status},
         )
-        if by != agent:  # nobody is alerted about what they did themselves
+        if not _is(settings, by, agent):  # nobody is alerted about what they did themselves
             await queue_alert(
                 conn,
                 settings,
@@ -91,12 +98,17 @@ async def assign(
 
 
 async def claim(
-    db: Database, settings: Settings, conversation_id: int, agent: str, clock: Clock = utcnow
+    db: Database,
+    settings: Settings,
+    conversation_id: int,
+    agent: str,
+    by: str | None = None,
+    clock: Clock = utcnow,
 ) -> str:
     """Take an unassigned conversation; refused when somebody has it."""
     _known_agent(settings, agent)
-    at = stamp(clock())
     async with db.transaction() as conn:
+        at = stamp(clock())
         row = await _conversation(conn, conversation_id)
         if row["assignee"] == agent:
             return f"Conversation {conversation_id} is already yours, {agent}; nothing changed."
@@ -105,15 +117,15 @@ async def claim(
                 f"Conversation {conversation_id} is already assigned to {row['assignee']}."
             )
         await queries.set_assignee(conn, conversation_id, agent)
-        await queries.add_event(conn, conversation_id, at, "claimed", agent, agent=agent)
+        await queries.add_event(conn, conversation_id, at, "claimed", by or agent, agent=agent)
     return f"Conversation {conversation_id} is now {agent}'s."
 
 
 async def unassign(
     db: Database, settings: Settings, conversation_id: int, by: str, clock: Clock = utcnow
 ) -> str:
-    at = stamp(clock())
     async with db.transaction() as conn:
+        at = stamp(clock())
         row = await _conversation(conn, conversation_id)
         previous = row["assignee"]
         if previous is None:
@@ -130,8 +142,8 @@ async def set_open(
 ) -> str:
     """Close (is_open False) or reopen (True) a conversation."""
     status, kind = ("open", "reopened") if is_open else ("closed", "closed")
-    at = stamp(clock())
     async with db.transaction() as conn:
+        at = stamp(clock())
         row = await _conversation(conn, conversation_id)
         if row["status"] == status:
             return f"Conversation {conversation_id} is already {status}; nothing changed."

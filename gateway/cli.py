@@ -185,7 +185,7 @@ def describe(event: dict[str, Any]) -> str:
     if kind in {"reopened", "closed"}:
         return f"{kind} by {actor}" + (f" ({detail['reason']})" if "reason" in detail else "")
     if kind == "claimed":
-        return f"claimed by {agent}"
+        return f"claimed by {agent}" + ("" if actor == agent else f" (done by {actor})")
     if kind == "unassigned":
         return f"unassigned from {printable(event['previous_agent'])} by {actor}"
     return f"{kind} by {actor}"
@@ -230,7 +230,7 @@ def cmd_assign(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_claim(settings: Settings, args: argparse.Namespace) -> int:
-    print(_with_db(settings, lambda db: admin.claim(db, settings, args.id, args.agent)))
+    print(_with_db(settings, lambda db: admin.claim(db, settings, args.id, args.agent, args.by)))
     return 0
 
 
@@ -275,13 +275,21 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
     except OSError as error:
         raise Refused(f"Cannot read {args.file}: {error.strerror or error}.") from None
 
+    sender = _envelope_sender(args.sender)
+    stored = Path(settings.gateway.database).exists()
+
     async def explain() -> dict[str, Any]:
+        if not stored:
+            print(
+                "(no database yet: rotations start from the top, no thread to join)",
+                file=sys.stderr,
+            )
+            return await views.explain_route(None, settings, raw, args.to, sender)
+        db = await Database.open(settings.gateway.database, readonly=True)
         try:
-            db = await Database.open(settings.gateway.database, readonly=True)
-        except StoreUnavailable:  # no store yet: rotations from their start, no threads
-            return await views.explain_route(None, settings, raw, args.to)
-        try:
-            return await views.explain_route(db, settings, raw, args.to)
+            return await views.explain_route(db, settings, raw, args.to, sender)
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"{db.path}: the database failed: {error}") from None
         finally:
             await db.close()
 
@@ -301,6 +309,13 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _envelope_sender(given: str | None) -> str | None:
+    """`--from`: None when not given, "" for the null sender of a bounce."""
+    if given is None:
+        return None
+    return "" if given.strip() in ("<>", "") else given
+
+
 EX_TEMPFAIL = 75  # sysexits.h: what mail servers' pipes take as "try again later"
 
 
@@ -316,8 +331,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             f"The message is {len(raw)} bytes, over smtp.max_message_size"
             f" ({settings.smtp.max_message_size})."
         )
-    sender = None if args.sender is None else ("" if args.sender in ("<>", "") else args.sender)
-    mail = RawMail(inbox, raw, "ingest", sender, (args.to,))
+    mail = RawMail(inbox, raw, "ingest", _envelope_sender(args.sender), (args.to,))
     try:
         stored = _with_db(settings, lambda db: Accept(db)(mail), create=True)
     except Exception as error:  # whatever it was, the sender must keep the message and retry
@@ -462,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("claim", cmd_claim, "take an unassigned conversation")
     p.add_argument("id", type=record_id, metavar="ID")
     p.add_argument("agent", metavar="AGENT")
+    by(p)
     for name, run, text in [
         ("unassign", cmd_unassign, "put a conversation back in the unassigned queue"),
         ("close", cmd_close, "close a conversation"),
@@ -479,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", metavar="FILE.eml")
     p.add_argument("--to", metavar="ADDRESS", help="the inbox address it is delivered to")
+    p.add_argument(
+        "--from", dest="sender", metavar="SENDER", help="the envelope sender; <> for a bounce"
+    )
     p = command("ingest", cmd_ingest, "store one message read from standard input")
     p.add_argument("--to", required=True, metavar="ADDRESS", help="the inbox address")
     p.add_argument(

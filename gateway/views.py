@@ -116,10 +116,15 @@ async def agents(db: Database, settings: Settings) -> list[dict[str, Any]]:
 
 
 async def explain_route(
-    db: Database | None, settings: Settings, raw: bytes, to: str | None, clock: Clock = utcnow
+    db: Database | None,
+    settings: Settings,
+    raw: bytes,
+    to: str | None,
+    envelope_from: str | None = None,
+    clock: Clock = utcnow,
 ) -> dict[str, Any]:
     """What intake would do with this message now, reading the store and writing nothing."""
-    facts = extract(raw)
+    facts = extract(raw, envelope_from)
     inbox = _inbox_of(settings, facts.recipients, to)
     state, joins, joined, ours, stored = RoutingState(), None, None, False, False
     if db is not None:
@@ -151,19 +156,16 @@ async def explain_route(
         "matched": [{"condition": c, "value": v} for c, v in decision.matched],
         "reason": decision.reason,
     }
+    unrouted: dict[str, Any] = dict.fromkeys(("assignee", "team", "via", "rule"))
+    unrouted.update(matched=[], tags=[])
     if stored:
+        view.update(unrouted)
         view["reason"] = f"it is stored for {inbox} already: a duplicate is not routed again"
     elif ours:
+        view.update(unrouted)
         view["reason"] = "it is the gateway's own alert: dropped, never routed"
     elif joined is not None:
-        view.update(
-            assignee=joined["assignee"],
-            team=joined["team"],
-            via=None,
-            rule=None,
-            matched=[],
-            tags=[],
-        )
+        view.update(unrouted, assignee=joined["assignee"], team=joined["team"])
         view["reason"] = (
             f"it replies to conversation {joins}, which keeps its assignee"
             f" ({joined['assignee'] or 'unassigned'}); replies are not routed again"

@@ -156,12 +156,13 @@ class Intake(DrainLoop):
             thread_subject=thread_subject(facts.subject),
             assignee=decision.assignee,
             team=decision.team,
-            at=at,
+            # The customer has waited since the message arrived, not since intake ran.
+            at=stored.received_at,
         )
         await queries.add_event(
             conn,
             conversation_id,
-            at,
+            stored.received_at,
             "received",
             ACTOR,
             detail=_received(stored, facts) | {"route": decision.reason},
@@ -219,9 +220,14 @@ class Intake(DrainLoop):
     ) -> None:
         row = await queries.conversation(conn, conversation_id)
         assert row is not None
-        await queries.add_message_to(conn, conversation_id, at)
+        await queries.add_message_to(conn, conversation_id, stored.received_at)
         event_id = await queries.add_event(
-            conn, conversation_id, at, "received", ACTOR, detail=_received(stored, facts)
+            conn,
+            conversation_id,
+            stored.received_at,
+            "received",
+            ACTOR,
+            detail=_received(stored, facts),
         )
         from_agent = facts.sender is not None and (
             normalize_address(facts.sender) in self._agent_addresses

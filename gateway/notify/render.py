@@ -20,7 +20,8 @@ from email.utils import format_datetime, parseaddr
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _PREVIEW_LINES = 8
 
-TITLES = {"assigned": "Assigned", "reassigned": "Reassigned", "reply": "New reply"}
+# DESIGN §7 names one subject, "Assigned:", for every assignment; a reply says so instead.
+TITLES = {"assigned": "Assigned", "reassigned": "Assigned", "reply": "New reply"}
 
 
 def _one_line(text: str) -> str:

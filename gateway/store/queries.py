@@ -228,8 +228,8 @@ async def create_conversation(
 
 async def add_message_to(conn: aiosqlite.Connection, conversation_id: int, at: str) -> None:
     await conn.execute(
-        "UPDATE conversations SET message_count = message_count + 1, last_message_at = ?"
-        " WHERE id = ?",
+        "UPDATE conversations SET message_count = message_count + 1,"
+        " last_message_at = max(last_message_at, ?) WHERE id = ?",
         (at, conversation_id),
     )
 

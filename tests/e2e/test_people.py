@@ -69,7 +69,7 @@ def test_assign_reassign_unassign_claim_close_reopen_make_that_timeline(
     ok(desk, "assign", "1", "alice", "--by", "carol")
     ok(desk, "assign", "1", "bob", "--by", "carol")
     ok(desk, "unassign", "1", "--by", "dave")
-    ok(desk, "claim", "1", "carol")
+    ok(desk, "claim", "1", "carol", "--by", "carol")
     ok(desk, "close", "1", "--by", "carol")
     ok(desk, "reopen", "1", "--by", "alice")
     view = show(desk)
@@ -111,11 +111,11 @@ def test_the_reassigned_agent_is_alerted_and_the_claimer_is_not(
     wait_until(lambda: len(sink.received) == 2, what="two alerts")
     bob = message_from_bytes(sink.received[1].original_content, policy=policy.default)
     assert sink.received[1].rcpt_tos == ["bob@agents.test"]
-    assert bob["Subject"] == "[#1] Reassigned: Where is my parcel?"
+    assert bob["Subject"] == "[#1] Assigned: Where is my parcel?"
     assert "reassigned to you by carol" in bob.get_body(("plain",)).get_content()
     ok(desk, "unassign", "1", "--by", "carol")
-    ok(desk, "claim", "1", "carol")
-    ok(desk, "assign", "1", "alice", "--by", "alice")  # to oneself: no alert either
+    ok(desk, "claim", "1", "carol", "--by", "carol")
+    ok(desk, "assign", "1", "alice", "--by", "Alice@Agents.test")  # to oneself: no alert either
     desk.drain()
     notified = [e["agent"] for e in show(desk)["events"] if e["kind"] == "notified"]
     assert notified == ["alice", "bob"]
