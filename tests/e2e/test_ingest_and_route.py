@@ -174,3 +174,35 @@ def test_route_to_an_alias_matches_recipient_rules_by_the_envelope(
         "carol",
         "Alias",
     )
+
+
+def test_ingest_with_a_bad_configuration_exits_75_so_the_mail_server_keeps_it(
+    tmp_path: Path,
+) -> None:
+    done = run(
+        tmp_path / "missing.toml",
+        "ingest",
+        "--to",
+        "support@example.com",
+        stdin=mail().as_bytes(policy=SMTP),
+    )
+    assert done.returncode == 75
+    assert b"no such configuration file" in done.stderr
+
+
+def test_route_of_a_duplicate_claims_no_rule_or_tags(config: Path, tmp_path: Path) -> None:
+    message = mail("refund", sender="x@example.net").as_bytes(policy=SMTP)
+    sample = tmp_path / "again.eml"
+    sample.write_bytes(message)
+    assert run(config, "ingest", "--to", "support@example.com", stdin=message).returncode == 0
+    view = json.loads(run(config, "route", str(sample), "--json").stdout)
+    assert view["duplicate"] is True
+    assert (view["assignee"], view["rule"], view["matched"], view["tags"]) == (None, None, [], [])
+    assert "matched:" not in run(config, "route", str(sample)).stdout.decode()
+
+
+def test_route_of_a_bounce_given_its_null_sender(config: Path, tmp_path: Path) -> None:
+    sample = tmp_path / "bounce.eml"
+    sample.write_bytes(mail("Undeliverable").as_bytes(policy=SMTP))
+    view = json.loads(run(config, "route", str(sample), "--from", "<>", "--json").stdout)
+    assert (view["assignee"], view["tags"]) == (None, ["auto"])

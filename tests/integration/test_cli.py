@@ -282,3 +282,46 @@ def test_run_on_a_port_in_use_says_so_and_exits_1(
     assert process.returncode == 1
     assert f"cannot listen for SMTP on 127.0.0.1:{port}" in err
     assert "Traceback" not in err
+
+
+def test_an_id_too_large_for_the_store_is_misuse(daemon: RunningDaemon) -> None:
+    with pytest.raises(SystemExit) as exited:
+        run(daemon, "show", "99999999999999999999")
+    assert exited.value.code == 2
+
+
+def test_a_database_not_prepared_yet_is_a_sentence(
+    make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_settings()
+    (tmp_path / "gateway.db").write_bytes(b"")
+    assert gateway(["conversations", "--config", str(tmp_path / "gateway.toml")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "not ready" in err and "gateway run" in err and len(err.splitlines()) == 1
+
+
+def test_bidi_and_format_characters_are_escaped_in_tables(
+    daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.send(mail("Invoice \u202egnp.exe\u202c ok"))
+    daemon.drain()
+    capsys.readouterr()
+    run(daemon, "conversations")
+    out = capsys.readouterr().out
+    assert "\u202e" not in out and "Invoice \\u202egnp.exe\\u202c ok" in out
+
+
+def test_wide_characters_keep_the_columns_aligned(
+    daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.send(mail("注文が届きません", sender="a@example.org"))
+    daemon.send(mail("plain subject", sender="b@example.org"))
+    daemon.drain()
+    capsys.readouterr()
+    run(daemon, "conversations")
+    header, wide, plain = capsys.readouterr().out.splitlines()
+    from gateway.cli import width
+
+    column = width(header[: header.index("ASSIGNEE")])
+    assert width(wide[: wide.index("alice")]) == column
+    assert width(plain[: plain.index("bob")]) == column

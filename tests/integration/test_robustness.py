@@ -129,3 +129,19 @@ def test_eight_bit_envelope_sender_is_accepted_and_stored(daemon: RunningDaemon)
     daemon.drain()
     [row] = daemon.query("SELECT envelope_from, state FROM messages")
     assert (row["envelope_from"], row["state"]) == ("jörg@example.org", "routed")
+
+
+def test_a_retried_message_keeps_its_arrival_time(
+    daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gateway.intake import worker
+
+    real_route = worker.route
+    monkeypatch.setattr(worker, "route", lambda *a: (_ for _ in ()).throw(RuntimeError("x")))
+    daemon.send(mail("late"))
+    daemon.drain()
+    monkeypatch.setattr(worker, "route", real_route)
+    assert gateway(["retry", "1", "--config", config_of(daemon)]) == 0
+    [message] = daemon.query("SELECT received_at FROM messages")
+    [conversation] = daemon.conversations()
+    assert conversation["created_at"] == conversation["last_message_at"] == message[0]

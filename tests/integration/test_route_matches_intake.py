@@ -50,6 +50,7 @@ MESSAGES = st.lists(
         st.sampled_from(["support@example.com", "sales@example.com", "support@gw.test"]),
         st.sampled_from([None, "auto-replied"]),
         st.booleans(),  # whether the To header names the envelope recipient
+        st.sampled_from([None, "", "bounces@example.org"]),  # envelope sender; "" is <>
     ),
     min_size=1,
     max_size=6,
@@ -92,7 +93,7 @@ async def compare(
             for agent, status in statuses.items():
                 await queries.set_agent_status(conn, agent, status, "2026-01-01T00:00:00+00:00")
         intake = Intake(db, gateway, secret)
-        for n, (subject, sender, to, auto, to_header) in enumerate(messages):
+        for n, (subject, sender, to, auto, to_header, envelope) in enumerate(messages):
             header = to if to_header else "Someone <someone@example.org>"
             message = (
                 f"From: {sender}\r\nTo: {header}\r\nSubject: {subject}\r\n"
@@ -101,10 +102,10 @@ async def compare(
             if auto:
                 message += f"Auto-Submitted: {auto}\r\n"
             raw = (message + "\r\nbody\r\n").encode()
-            said = await views.explain_route(db, gateway, raw, to)
+            said = await views.explain_route(db, gateway, raw, to, envelope)
             inbox = gateway.inbox_for(to)
             assert inbox is not None
-            await Accept(db)(RawMail(inbox, raw, "ingest", None, (to,)))
+            await Accept(db)(RawMail(inbox, raw, "ingest", envelope, (to,)))
             await intake.drain()
             async with db.reading() as conn:
                 rows = await queries.list_conversations(conn, status=None)
