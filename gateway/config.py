@@ -178,20 +178,34 @@ class Team(BaseModel):
 
 
 class ImapSection(BaseModel):
-    """The connected mailbox; the poller itself is a later issue."""
+    """A connected mailbox, polled over IMAP."""
 
     model_config = _STRICT
     host: str
-    port: int | None = None
-    tls: bool = True
+    port: int | None = Field(None, ge=1, le=65535)
+    tls: bool = True  # implicit TLS; false is plain text, for tests on loopback
     starttls: bool = False
     username: str
-    password: str | None = None
-    password_file: str | None = None
+    password_file: str
     folder: str = "INBOX"
     mode: Literal["idle", "poll"] = "idle"
     poll_interval: int = Field(30, ge=1)
     initial_sync: Literal["new", "all"] = "new"
+
+    @field_validator("starttls")
+    @classmethod
+    def _no_starttls(cls, value: bool) -> bool:
+        if value:  # aioimaplib 2 has no STARTTLS: refuse rather than log in in plain text
+            raise ValueError("STARTTLS is not supported yet; use tls = true (port 993)")
+        return value
+
+    @property
+    def port_number(self) -> int:
+        return self.port or (993 if self.tls else 143)
+
+    def secret(self) -> str:
+        """The password from its file, without the trailing newline editors add."""
+        return Path(self.password_file).read_text().rstrip("\r\n")
 
 
 class Inbox(BaseModel):
@@ -369,10 +383,23 @@ def _anchor(settings: Settings, folder: Path) -> Settings:
     file_dir = settings.notify.file_dir
     if not Path(file_dir).is_absolute():
         file_dir = str(folder / file_dir)
+    inboxes = [
+        inbox.model_copy(
+            update={
+                "imap": inbox.imap.model_copy(
+                    update={"password_file": str(folder / inbox.imap.password_file)}
+                )
+            }
+        )
+        if inbox.imap is not None
+        else inbox
+        for inbox in settings.inboxes
+    ]
     return settings.model_copy(
         update={
             "gateway": settings.gateway.model_copy(update={"database": database}),
             "notify": settings.notify.model_copy(update={"file_dir": file_dir}),
+            "inboxes": inboxes,
         }
     )
 

@@ -13,6 +13,7 @@ from gateway import alertmark
 from gateway.clock import Clock, utcnow
 from gateway.config import Settings
 from gateway.ingress.accept import Accept
+from gateway.ingress.imap import MailboxPoller
 from gateway.ingress.smtp import Relay, SmtpServer
 from gateway.intake.worker import Intake
 from gateway.notify.worker import DEFAULT_RETRY, Outbox, RetryPolicy
@@ -56,6 +57,11 @@ class Daemon:
             intake = Intake(db, self.settings, secret, clock=self._clock, on_routed=outbox.wake)
             accept = Accept(db, clock=self._clock, on_stored=intake.wake)
             smtp = SmtpServer(self.settings, Relay(self.settings, accept))
+            pollers = [
+                MailboxPoller(db, inbox, accept, clock=self._clock)
+                for inbox in self.settings.inboxes
+                if inbox.imap is not None
+            ]
             self.bound = await smtp.start()
             if threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGTERM, signal.SIGINT):
@@ -66,9 +72,13 @@ class Daemon:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(intake.run())
                 tasks.create_task(outbox.run())
+                for poller in pollers:
+                    tasks.create_task(poller.run())
                 await self._stop.wait()
                 log.info("gateway.stopping")
                 await smtp.stop(self._grace)
+                for poller in pollers:
+                    poller.stop()
                 intake.stop()
                 outbox.stop()
         finally:

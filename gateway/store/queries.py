@@ -390,6 +390,47 @@ async def set_rotation(conn: aiosqlite.Connection, key: str, agent: str) -> None
     )
 
 
+# --- connected mailboxes ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cursor:
+    uidvalidity: int
+    last_uid: int
+    first_connected_at: str
+
+
+async def imap_cursor(conn: aiosqlite.Connection, inbox: str, folder: str) -> Cursor | None:
+    row = await _one(
+        conn,
+        "SELECT uidvalidity, last_uid, first_connected_at FROM imap_cursors"
+        " WHERE inbox = ? AND folder = ?",
+        (inbox, folder),
+    )
+    return None if row is None else Cursor(row[0], row[1], row[2])
+
+
+async def set_imap_cursor(
+    conn: aiosqlite.Connection, inbox: str, folder: str, cursor: Cursor
+) -> None:
+    await conn.execute(
+        "INSERT INTO imap_cursors (inbox, folder, uidvalidity, last_uid, first_connected_at)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (inbox, folder) DO UPDATE SET"
+        " uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid",
+        (inbox, folder, cursor.uidvalidity, cursor.last_uid, cursor.first_connected_at),
+    )
+
+
+async def add_imap_source(
+    conn: aiosqlite.Connection, inbox: str, folder: str, uidvalidity: int, uid: int, key: str
+) -> None:
+    await conn.execute(
+        "INSERT OR IGNORE INTO imap_sources (inbox, folder, uidvalidity, uid, dedup_key)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (inbox, folder, uidvalidity, uid, key),
+    )
+
+
 # --- outbox -------------------------------------------------------------------
 
 

@@ -1,0 +1,282 @@
+"""One poller per connected mailbox: new UIDs → accept, then IDLE (or poll) for more.
+
+A message's identity in a mailbox is UIDVALIDITY/UID. The checkpoint (the last
+UID taken) moves in the same transaction that stores the message, so a crash
+never skips one, and dedup makes a refetch harmless. A UIDVALIDITY change means
+the UIDs were renumbered: the folder is scanned again and dedup keeps what is
+already stored from being routed twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import re
+from collections.abc import Callable
+from datetime import datetime
+
+import aioimaplib
+import aiosqlite
+import structlog
+
+from gateway.clock import Clock, stamp, utcnow
+from gateway.config import ImapSection, Inbox
+from gateway.ingress.accept import Accept
+from gateway.model import RawMail
+from gateway.store import queries
+from gateway.store.db import Database
+
+log = structlog.get_logger("gateway.imap")
+
+BATCH = 50
+IDLE_RENEW_SECONDS = 25 * 60  # servers may drop an IDLE after 30 minutes (RFC 2177)
+TIMEOUT_SECONDS = 30.0
+FIRST_RETRY_SECONDS = 1.0
+MAX_RETRY_SECONDS = 300.0
+
+_UID = re.compile(rb"\bUID (\d+)")
+_INTERNALDATE = re.compile(rb"INTERNALDATE \"([^\"]+)\"")
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
+
+
+class MailboxError(Exception):
+    """The server refused something (login, select...): said in a sentence."""
+
+
+class MailboxPoller:
+    def __init__(
+        self,
+        db: Database,
+        inbox: Inbox,
+        accept: Accept,
+        *,
+        clock: Clock = utcnow,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        assert inbox.imap is not None
+        self._db = db
+        self._inbox = inbox.address
+        self._imap: ImapSection = inbox.imap
+        self._accept = accept
+        self._clock = clock
+        self._jitter = jitter
+        self._stop = asyncio.Event()
+        self.name = f"{inbox.imap.username}@{inbox.imap.host}/{inbox.imap.folder}"
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        """Connect, take new mail, wait for more; reconnect with backoff on any failure."""
+        delay = FIRST_RETRY_SECONDS
+        with structlog.contextvars.bound_contextvars(mailbox=self.name, inbox=self._inbox):
+            while not self._stop.is_set():
+                try:
+                    await self._session()
+                    delay = FIRST_RETRY_SECONDS
+                except (OSError, TimeoutError, MailboxError, aioimaplib.Abort) as error:
+                    wait = delay * (0.5 + self._jitter())  # jitter: mailboxes do not retry in step
+                    log.warning(
+                        "imap.unavailable",
+                        reason=_sentence(error),
+                        retry_in=round(wait, 1),
+                    )
+                    await self._sleep(wait)
+                    delay = min(delay * 2, MAX_RETRY_SECONDS)
+                except Exception:  # a bug: keep the daemon and the other mailboxes up
+                    log.exception("imap.failed")
+                    await self._sleep(delay)
+                    delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _session(self) -> None:
+        lost = asyncio.Event()
+        client = self._client(lambda _error: lost.set())
+        try:
+            await client.wait_hello_from_server()
+            login = await client.login(self._imap.username, self._imap.secret())
+            if login.result != "OK":
+                raise MailboxError(f"the server refused the login: {_text(login.lines)}")
+            selected = await client.select(self._imap.folder)
+            if selected.result != "OK":
+                raise MailboxError(
+                    f"cannot open folder {self._imap.folder!r}: {_text(selected.lines)}"
+                )
+            uidvalidity = _number(_UIDVALIDITY, selected.lines)
+            uidnext = _number(_UIDNEXT, selected.lines)
+            if uidvalidity is None:
+                raise MailboxError("the server gave no UIDVALIDITY")
+            cursor = await self._cursor(uidvalidity, uidnext or 1)
+            idle = self._imap.mode == "idle" and client.has_capability("IDLE")
+            log.info(
+                "imap.connected",
+                uidvalidity=uidvalidity,
+                last_uid=cursor.last_uid,
+                mode="idle" if idle else "poll",
+            )
+            while not self._stop.is_set() and not lost.is_set():
+                cursor = await self._take_new(client, cursor)
+                if idle:
+                    await self._idle(client, lost)
+                else:
+                    await self._sleep(self._imap.poll_interval)
+                    await client.noop()
+            if lost.is_set():
+                raise OSError("the connection was lost")
+        finally:
+            await _close(client)
+
+    def _client(self, on_lost: Callable[[Exception | None], None]) -> aioimaplib.IMAP4:
+        host, port = self._imap.host, self._imap.port_number
+        client: aioimaplib.IMAP4
+        if self._imap.tls:
+            client = aioimaplib.IMAP4_SSL(host=host, port=port, timeout=TIMEOUT_SECONDS)
+        else:
+            client = aioimaplib.IMAP4(host=host, port=port, timeout=TIMEOUT_SECONDS)
+        client.protocol.conn_lost_cb = on_lost  # IMAP4_SSL's constructor does not take it
+        return client
+
+    async def _cursor(self, uidvalidity: int, uidnext: int) -> queries.Cursor:
+        async with self._db.transaction() as conn:
+            cursor = await queries.imap_cursor(conn, self._inbox, self._imap.folder)
+            if cursor is None:
+                # First contact: "new" leaves what is already there alone.
+                start = uidnext - 1 if self._imap.initial_sync == "new" else 0
+                cursor = queries.Cursor(uidvalidity, start, stamp(self._clock()))
+                log.info(
+                    "imap.first_contact",
+                    initial_sync=self._imap.initial_sync,
+                    skipped_below_uid=start + 1,
+                )
+            elif cursor.uidvalidity != uidvalidity:
+                log.warning(
+                    "imap.uidvalidity_changed",
+                    was=cursor.uidvalidity,
+                    now=uidvalidity,
+                    action="rescan; dedup keeps routed mail once",
+                )
+                cursor = queries.Cursor(uidvalidity, 0, cursor.first_connected_at)
+            await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, cursor)
+        return cursor
+
+    async def _take_new(self, client: aioimaplib.IMAP4, cursor: queries.Cursor) -> queries.Cursor:
+        found = await client.uid_search(f"UID {cursor.last_uid + 1}:*")
+        if found.result != "OK":
+            raise MailboxError(f"the search failed: {_text(found.lines)}")
+        # "n:*" always names the highest UID, even one at or below n.
+        uids = sorted(
+            {
+                int(u)
+                for line in found.lines[:-1]
+                for u in line.split()
+                if u.isdigit() and int(u) > cursor.last_uid
+            }
+        )
+        for start in range(0, len(uids), BATCH):
+            batch = uids[start : start + BATCH]
+            fetched = await client.uid(
+                "fetch", ",".join(map(str, batch)), "(UID INTERNALDATE BODY.PEEK[])"
+            )
+            if fetched.result != "OK":
+                raise MailboxError(f"the fetch failed: {_text(fetched.lines)}")
+            for uid, internaldate, raw in _messages(fetched.lines):
+                cursor = await self._store(cursor, uid, internaldate, raw)
+        return cursor
+
+    async def _store(
+        self, cursor: queries.Cursor, uid: int, internaldate: datetime | None, raw: bytes
+    ) -> queries.Cursor:
+        moved = queries.Cursor(
+            cursor.uidvalidity, max(uid, cursor.last_uid), cursor.first_connected_at
+        )
+
+        async def checkpoint(conn: aiosqlite.Connection, key: str) -> None:
+            await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)
+            await queries.add_imap_source(
+                conn, self._inbox, self._imap.folder, cursor.uidvalidity, uid, key
+            )
+
+        old = (
+            self._imap.initial_sync == "new"
+            and internaldate is not None
+            and internaldate < datetime.fromisoformat(cursor.first_connected_at)
+        )
+        if old:  # after a renumbering, mail from before the first contact stays alone
+            async with self._db.transaction() as conn:
+                await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)
+            return moved
+        mail = RawMail(self._inbox, raw, "imap", None, (self._inbox,))
+        stored = await self._accept(mail, also=checkpoint)
+        log.info("imap.taken", uid=uid, message=stored, duplicate=stored is None)
+        return moved
+
+    async def _idle(self, client: aioimaplib.IMAP4, lost: asyncio.Event) -> None:
+        """Wait in IDLE until the mailbox changes, the renewal time, stop, or a lost link."""
+        idle = await client.idle_start(timeout=IDLE_RENEW_SECONDS)
+        push = asyncio.ensure_future(client.wait_server_push(timeout=IDLE_RENEW_SECONDS + 60))
+        stop = asyncio.ensure_future(self._stop.wait())
+        gone = asyncio.ensure_future(lost.wait())
+        try:
+            await asyncio.wait({push, stop, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (push, stop, gone):
+                task.cancel()
+        if lost.is_set():
+            return
+        client.idle_done()
+        await asyncio.wait_for(idle, TIMEOUT_SECONDS)
+
+
+def _messages(lines: list[bytes | bytearray]) -> list[tuple[int, datetime | None, bytes]]:
+    """(uid, INTERNALDATE, raw) of each message in a FETCH response, in UID order."""
+    found = []
+    for index, line in enumerate(lines[:-1]):
+        if not isinstance(line, bytes) or b"FETCH" not in line:
+            continue
+        following = lines[index + 1]
+        uid, date = _UID.search(line), _INTERNALDATE.search(line)
+        if uid is None or not isinstance(following, bytearray):
+            continue
+        when: datetime | None = None
+        if date is not None:
+            try:
+                when = datetime.strptime(date.group(1).decode(), "%d-%b-%Y %H:%M:%S %z")
+            except ValueError:
+                when = None
+        found.append((int(uid.group(1)), when, bytes(following)))
+    return sorted(found, key=lambda item: item[0])
+
+
+def _number(pattern: re.Pattern[bytes], lines: list[bytes | bytearray]) -> int | None:
+    for line in lines:
+        found = pattern.search(bytes(line))
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def _text(lines: list[bytes | bytearray]) -> str:
+    return " ".join(bytes(line).decode("utf-8", "replace") for line in lines).strip()
+
+
+def _sentence(error: BaseException) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "the server refused the connection (is it running?)"
+    if isinstance(error, TimeoutError):
+        return "the server did not answer in time"
+    return str(error) or type(error).__name__
+
+
+async def _close(client: aioimaplib.IMAP4) -> None:
+    # The link may be gone already; then there is nothing left to say goodbye on.
+    with contextlib.suppress(Exception):
+        if client.get_state() in ("AUTH", "SELECTED"):
+            await asyncio.wait_for(client.logout(), 5)
+    transport = client.protocol.transport if client.protocol else None
+    if transport is not None:
+        transport.close()
