@@ -9,9 +9,11 @@ sleeping a fixed time.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import smtplib
 import socket
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +37,8 @@ from gateway.clock import Clock, utcnow
 from gateway.config import Settings
 from gateway.daemon import Daemon
 from gateway.notify.worker import RetryPolicy
+from tests.dovecot import Dovecot
+from tests.dovecot import available as dovecot_available
 
 FAST_RETRY = RetryPolicy(
     first=timedelta(milliseconds=200), cap=timedelta(milliseconds=500), deadline=timedelta(days=2)
@@ -195,6 +199,20 @@ def daemon(
     make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
 ) -> RunningDaemon:
     return start_daemon(make_settings())
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    if not dovecot_available():
+        pytest.fail("dovecot is not installed: `apt-get install dovecot-imapd` (.ci/run does)")
+    # Not under pytest's tmp_path: that is root's 0700, and Dovecot reads as `nobody`.
+    folder = Path(tempfile.mkdtemp(prefix="gateway-dovecot-"))
+    folder.chmod(0o755)
+    server = Dovecot(folder, free_port(), {"support": "s3cret", "sales": "s4les"})
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 class Sink:

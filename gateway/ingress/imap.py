@@ -63,6 +63,7 @@ class MailboxPoller:
         self._clock = clock
         self._jitter = jitter
         self._stop = asyncio.Event()
+        self._rescan_before: datetime | None = None  # while rescanning a renumbered folder
         self.name = f"{inbox.imap.username}@{inbox.imap.host}/{inbox.imap.folder}"
 
     def stop(self) -> None:
@@ -161,6 +162,10 @@ class MailboxPoller:
                     action="rescan; dedup keeps routed mail once",
                 )
                 cursor = queries.Cursor(uidvalidity, 0, cursor.first_connected_at)
+                if self._imap.initial_sync == "new":
+                    # INTERNALDATE has whole seconds: the first contact's own second is new.
+                    first = datetime.fromisoformat(cursor.first_connected_at)
+                    self._rescan_before = first.replace(microsecond=0)
             await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, cursor)
         return cursor
 
@@ -202,9 +207,9 @@ class MailboxPoller:
             )
 
         old = (
-            self._imap.initial_sync == "new"
+            self._rescan_before is not None
             and internaldate is not None
-            and internaldate < datetime.fromisoformat(cursor.first_connected_at)
+            and internaldate < self._rescan_before
         )
         if old:  # after a renumbering, mail from before the first contact stays alone
             async with self._db.transaction() as conn:

@@ -1,0 +1,143 @@
+"""A real Dovecot on 127.0.0.1, in a temporary folder, for the IMAP tests."""
+
+from __future__ import annotations
+
+import imaplib
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CONFIG = """\
+protocols = imap
+listen = 127.0.0.1
+base_dir = {folder}/run
+state_dir = {folder}/state
+log_path = {folder}/dovecot.log
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+mail_location = maildir:~/Maildir
+# Dovecot refuses to handle mail as root.
+mail_uid = nobody
+mail_gid = nogroup
+default_internal_user = nobody
+default_internal_group = nogroup
+default_login_user = nobody
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {folder}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={folder}/home/%u
+}}
+service imap-login {{
+  chroot =
+  inet_listener imap {{
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service stats {{
+  inet_listener http {{
+    port = 0
+  }}
+}}
+"""
+
+
+def available() -> bool:
+    return shutil.which("dovecot") is not None
+
+
+class Dovecot:
+    def __init__(self, folder: Path, port: int, users: dict[str, str]) -> None:
+        self.folder = folder
+        self.port = port
+        self.users = users
+        self._process: subprocess.Popen[bytes] | None = None
+        for name in ("run", "state", "home"):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+        shutil.chown(folder / "home", "nobody", "nogroup")
+        (folder / "passwd").write_text(
+            "".join(f"{user}:{{PLAIN}}{password}\n" for user, password in users.items())
+        )
+        (folder / "dovecot.conf").write_text(CONFIG.format(folder=folder, port=port))
+
+    def start(self) -> None:
+        self._process = subprocess.Popen(
+            ["dovecot", "-F", "-c", str(self.folder / "dovecot.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"dovecot exited: see {self.folder}/dovecot.log")
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError("dovecot did not listen")
+
+    def stop(self) -> None:
+        """SIGTERM, and wait: a start while the old one still runs fails."""
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(30)
+            self._process = None
+
+    def client(self, user: str) -> imaplib.IMAP4:
+        """A second client, as an agent's mail program would be."""
+        client = imaplib.IMAP4("127.0.0.1", self.port)
+        client.login(user, self.users[user])
+        return client
+
+    def append(self, user: str, raw: bytes, folder: str = "INBOX") -> None:
+        client = self.client(user)
+        try:
+            status, _ = client.append(folder, "", None, raw)
+            assert status == "OK"
+        finally:
+            client.logout()
+
+    def flags(self, user: str, folder: str = "INBOX") -> dict[int, set[str]]:
+        """UID → flags of every message in the folder."""
+        client = self.client(user)
+        try:
+            client.select(folder)
+            _, lines = client.uid("fetch", "1:*", "(UID FLAGS)")
+            found: dict[int, set[str]] = {}
+            for line in lines:
+                if not isinstance(line, bytes):
+                    continue
+                text = line.decode()
+                uid = int(text.split("UID ")[1].split()[0].rstrip(")"))
+                found[uid] = set(text.split("FLAGS (")[1].split(")")[0].split())
+            return found
+        finally:
+            client.logout()
+
+    def recreate(self, user: str, folder: str) -> None:
+        """Delete and create the folder again: the server gives it a new UIDVALIDITY."""
+        client = self.client(user)
+        try:
+            client.delete(folder)
+            status, _ = client.create(folder)
+            assert status == "OK"
+        finally:
+            client.logout()
+
+    def create(self, user: str, folder: str) -> None:
+        client = self.client(user)
+        try:
+            client.create(folder)
+        finally:
+            client.logout()

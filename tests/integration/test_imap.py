@@ -1,0 +1,206 @@
+"""Connected mailboxes against a real Dovecot: taken once each, through every interruption."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from email.policy import SMTP
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from gateway.config import Settings
+from tests.conftest import RunningDaemon, mail, wait_until
+from tests.dovecot import Dovecot
+
+pytestmark = pytest.mark.integration
+
+
+def imap_inbox(
+    dovecot: Dovecot,
+    tmp_path: Path,
+    user: str = "support",
+    address: str = "support@example.com",
+    password: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    secret = tmp_path / f"{user}.password"
+    secret.write_text((password or dovecot.users[user]) + "\n")  # as an editor saves it
+    imap = {
+        "host": "127.0.0.1",
+        "port": dovecot.port,
+        "tls": False,
+        "username": user,
+        "password_file": str(secret),
+        "mode": "idle",
+        **extra,
+    }
+    return {"address": address, "imap": imap}
+
+
+def raw(subject: str, **headers: str) -> bytes:
+    return mail(subject, **headers).as_bytes(policy=SMTP)
+
+
+def connected(running: RunningDaemon, inbox: str = "support@example.com") -> None:
+    wait_until(
+        lambda: running.query("SELECT 1 FROM imap_cursors WHERE inbox = ?", (inbox,)),
+        what="the poller's first contact",
+    )
+
+
+def routed_subjects(running: RunningDaemon) -> list[str]:
+    running.drain()
+    return [c["subject"] for c in running.conversations()]
+
+
+@pytest.fixture
+def imap_settings(
+    make_settings: Callable[..., Settings], dovecot: Dovecot, tmp_path: Path
+) -> Callable[..., Settings]:
+    def make(**extra: Any) -> Settings:
+        return make_settings(inboxes=[imap_inbox(dovecot, tmp_path, **extra)])
+
+    return make
+
+
+@pytest.mark.parametrize("mode", ["idle", "poll"])
+def test_a_message_appended_by_another_client_is_routed(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+    mode: str,
+) -> None:
+    running = start_daemon(imap_settings(mode=mode, poll_interval=1))
+    connected(running)
+    dovecot.append("support", raw("Printer on fire"))
+    wait_until(lambda: running.conversations(), what="the appended message routed")
+    [conversation] = running.conversations()
+    assert (conversation["subject"], conversation["assignee"]) == ("Printer on fire", "alice")
+    assert running.query("SELECT source FROM messages")[0][0] == "imap"
+    assert all("\\Seen" not in flags for flags in dovecot.flags("support").values())
+
+
+def test_mail_appended_while_stopped_is_routed_once_each_and_older_mail_left_alone(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    dovecot.append("support", raw("from before the gateway"))
+    settings = imap_settings(initial_sync="new")
+    first = start_daemon(settings)
+    connected(first)
+    first.stop()
+    for n in range(50):
+        dovecot.append("support", raw(f"while stopped {n}"))
+    second = start_daemon(settings)
+    wait_until(lambda: len(second.conversations()) >= 50, timeout=30, what="50 routed")
+    subjects = routed_subjects(second)
+    assert sorted(subjects) == sorted(f"while stopped {n}" for n in range(50))
+    assert second.query("SELECT count(*) FROM messages")[0][0] == 50
+
+
+def test_initial_sync_all_takes_what_was_there_before(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    dovecot.append("support", raw("already there"))
+    running = start_daemon(imap_settings(initial_sync="all"))
+    wait_until(lambda: running.conversations(), what="the old message routed")
+    assert routed_subjects(running) == ["already there"]
+
+
+def test_dovecot_restarted_under_the_daemon_reconnects_and_routes_nothing_twice(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    running = start_daemon(imap_settings())
+    connected(running)
+    dovecot.append("support", raw("before the outage"))
+    wait_until(lambda: running.conversations(), what="the first message")
+    with capture_logs() as logs:
+        dovecot.stop()
+        wait_until(
+            lambda: any(e["event"] == "imap.unavailable" for e in logs), what="the poller to notice"
+        )
+        dovecot.start()
+        dovecot.append("support", raw("during the outage"))
+        wait_until(
+            lambda: len(running.conversations()) == 2,
+            timeout=30,
+            what="the message that came meanwhile",
+        )
+    assert sorted(routed_subjects(running)) == ["before the outage", "during the outage"]
+    assert running.query("SELECT count(*) FROM messages")[0][0] == 2
+    assert any(e["event"] == "imap.connected" for e in logs)
+
+
+def test_a_uidvalidity_change_routes_nothing_twice(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    dovecot.create("support", "Support")
+    running = start_daemon(imap_settings(folder="Support", mode="poll", poll_interval=1))
+    connected(running)
+    kept = [raw(f"kept {n}", Message_ID=f"<kept-{n}@example.org>") for n in range(3)]
+    for message in kept:
+        dovecot.append("support", message, "Support")
+    wait_until(lambda: len(running.conversations()) == 3, what="three routed")
+    before = running.query("SELECT uidvalidity FROM imap_cursors")[0][0]
+    dovecot.recreate("support", "Support")  # the same mail again, renumbered
+    for message in kept:
+        dovecot.append("support", message, "Support")
+    dovecot.append("support", raw("new after the change"), "Support")
+    wait_until(lambda: len(running.conversations()) == 4, what="the new one routed")
+    wait_until(
+        lambda: running.query("SELECT uidvalidity FROM imap_cursors")[0][0] != before,
+        what="the new UIDVALIDITY",
+    )
+    running.drain()
+    assert running.query("SELECT count(*) FROM messages")[0][0] == 4
+    assert len(running.conversations()) == 4
+
+
+def test_a_wrong_password_stops_only_its_own_mailbox(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+    tmp_path: Path,
+) -> None:
+    inboxes = [
+        imap_inbox(dovecot, tmp_path, "support", "support@example.com", password="wrong"),
+        imap_inbox(dovecot, tmp_path, "sales", "sales@example.com"),
+    ]
+    with capture_logs() as logs:
+        running = start_daemon(make_settings(inboxes=inboxes))
+        connected(running, "sales@example.com")
+        dovecot.append("sales", raw("for sales"))
+        running.send(mail("over smtp"), to=["support@example.com"])
+        wait_until(lambda: len(running.conversations()) == 2, what="both routed")
+        failures = [e for e in logs if e["event"] == "imap.unavailable"]
+    assert sorted(routed_subjects(running)) == ["for sales", "over smtp"]
+    assert failures and all(e["mailbox"].startswith("support@") for e in failures)
+    assert "refused the login" in failures[0]["reason"]
+    assert not any("wrong" in str(e) for e in logs)  # the password is never logged
+
+
+def test_the_same_message_over_smtp_and_imap_is_one_message(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    running = start_daemon(imap_settings())
+    connected(running)
+    message = raw("both ways", Message_ID="<both@example.org>")
+    running.send(message)
+    dovecot.append("support", message)
+    wait_until(
+        lambda: running.query("SELECT count(*) FROM imap_sources")[0][0] == 1,
+        what="the IMAP copy seen",
+    )
+    assert running.query("SELECT count(*) FROM messages")[0][0] == 1
+    assert len(running.conversations()) == 1
