@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import imaplib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -76,6 +78,7 @@ class Dovecot:
             ["dovecot", "-F", "-c", str(self.folder / "dovecot.conf")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so stop() ends its children too
         )
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -88,10 +91,21 @@ class Dovecot:
         raise RuntimeError("dovecot did not listen")
 
     def stop(self) -> None:
-        """SIGTERM, and wait: a start while the old one still runs fails."""
+        """SIGTERM to Dovecot and every session process, and wait for them.
+
+        Dovecot's master alone leaves the running imap processes (and their
+        connections) alive; a server going down takes them all.
+        """
         if self._process is not None:
-            self._process.terminate()
+            os.killpg(self._process.pid, signal.SIGTERM)
             self._process.wait(30)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.killpg(self._process.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
             self._process = None
 
     def client(self, user: str) -> imaplib.IMAP4:

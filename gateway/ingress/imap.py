@@ -231,8 +231,8 @@ class MailboxPoller:
         finally:
             for task in (push, stop, gone):
                 task.cancel()
-        if lost.is_set():
-            return
+        if lost.is_set() or self._stop.is_set():
+            return  # the session ends here; closing it ends the IDLE too
         client.idle_done()
         await asyncio.wait_for(idle, TIMEOUT_SECONDS)
 
