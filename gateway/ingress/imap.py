@@ -13,8 +13,9 @@ import asyncio
 import contextlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
+from typing import TypeVar
 
 import aioimaplib
 import aiosqlite
@@ -28,6 +29,7 @@ from gateway.store import queries
 from gateway.store.db import Database
 
 log = structlog.get_logger("gateway.imap")
+T = TypeVar("T")
 
 BATCH = 50
 IDLE_RENEW_SECONDS = 25 * 60  # servers may drop an IDLE after 30 minutes (RFC 2177)
@@ -121,12 +123,13 @@ class MailboxPoller:
                 mode="idle" if idle else "poll",
             )
             while not self._stop.is_set() and not lost.is_set():
-                cursor = await self._take_new(client, cursor)
+                cursor = await self._take_new(client, cursor, lost)
                 if idle:
                     await self._idle(client, lost)
                 else:
                     await self._sleep(self._imap.poll_interval)
-                    await client.noop()
+                    if not lost.is_set():
+                        await _unless_lost(client.noop(), lost)
             if lost.is_set():
                 raise OSError("the connection was lost")
         finally:
@@ -169,8 +172,10 @@ class MailboxPoller:
             await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, cursor)
         return cursor
 
-    async def _take_new(self, client: aioimaplib.IMAP4, cursor: queries.Cursor) -> queries.Cursor:
-        found = await client.uid_search(f"UID {cursor.last_uid + 1}:*")
+    async def _take_new(
+        self, client: aioimaplib.IMAP4, cursor: queries.Cursor, lost: asyncio.Event
+    ) -> queries.Cursor:
+        found = await _unless_lost(client.uid_search(f"UID {cursor.last_uid + 1}:*"), lost)
         if found.result != "OK":
             raise MailboxError(f"the search failed: {_text(found.lines)}")
         # "n:*" always names the highest UID, even one at or below n.
@@ -184,8 +189,9 @@ class MailboxPoller:
         )
         for start in range(0, len(uids), BATCH):
             batch = uids[start : start + BATCH]
-            fetched = await client.uid(
-                "fetch", ",".join(map(str, batch)), "(UID INTERNALDATE BODY.PEEK[])"
+            fetched = await _unless_lost(
+                client.uid("fetch", ",".join(map(str, batch)), "(UID INTERNALDATE BODY.PEEK[])"),
+                lost,
             )
             if fetched.result != "OK":
                 raise MailboxError(f"the fetch failed: {_text(fetched.lines)}")
@@ -237,6 +243,20 @@ class MailboxPoller:
         await asyncio.wait_for(idle, TIMEOUT_SECONDS)
 
 
+async def _unless_lost(command: Awaitable[T], lost: asyncio.Event) -> T:
+    """The command's answer; OSError as soon as the connection is gone instead of a timeout."""
+    task = asyncio.ensure_future(command)
+    gone = asyncio.ensure_future(lost.wait())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        raise OSError("the server closed the connection")
+    return task.result()
+
+
 def _messages(lines: list[bytes | bytearray]) -> list[tuple[int, datetime | None, bytes]]:
     """(uid, INTERNALDATE, raw) of each message in a FETCH response, in UID order."""
     found = []
@@ -280,6 +300,8 @@ def _sentence(error: BaseException) -> str:
 async def _close(client: aioimaplib.IMAP4) -> None:
     # The link may be gone already; then there is nothing left to say goodbye on.
     with contextlib.suppress(Exception):
+        if client.has_pending_idle():
+            client.idle_done()  # else the server answers nothing until DONE
         if client.get_state() in ("AUTH", "SELECTED"):
             await asyncio.wait_for(client.logout(), 5)
     transport = client.protocol.transport if client.protocol else None
