@@ -67,6 +67,7 @@ class MailboxPoller:
         self._stop = asyncio.Event()
         self._rescan_before: datetime | None = None  # while rescanning a renumbered folder
         self.name = f"{inbox.imap.username}@{inbox.imap.host}/{inbox.imap.folder}"
+        self._log = log.bind(mailbox=self.name)  # every line names the mailbox it is about
 
     def stop(self) -> None:
         self._stop.set()
@@ -74,14 +75,14 @@ class MailboxPoller:
     async def run(self) -> None:
         """Connect, take new mail, wait for more; reconnect with backoff on any failure."""
         delay = FIRST_RETRY_SECONDS
-        with structlog.contextvars.bound_contextvars(mailbox=self.name, inbox=self._inbox):
+        with structlog.contextvars.bound_contextvars(inbox=self._inbox):
             while not self._stop.is_set():
                 try:
                     await self._session()
                     delay = FIRST_RETRY_SECONDS
                 except (OSError, TimeoutError, MailboxError, aioimaplib.Abort) as error:
                     wait = delay * (0.5 + self._jitter())  # jitter: mailboxes do not retry in step
-                    log.warning(
+                    self._log.warning(
                         "imap.unavailable",
                         reason=_sentence(error),
                         retry_in=round(wait, 1),
@@ -89,7 +90,7 @@ class MailboxPoller:
                     await self._sleep(wait)
                     delay = min(delay * 2, MAX_RETRY_SECONDS)
                 except Exception:  # a bug: keep the daemon and the other mailboxes up
-                    log.exception("imap.failed")
+                    self._log.exception("imap.failed")
                     await self._sleep(delay)
                     delay = min(delay * 2, MAX_RETRY_SECONDS)
 
@@ -116,7 +117,7 @@ class MailboxPoller:
                 raise MailboxError("the server gave no UIDVALIDITY")
             cursor = await self._cursor(uidvalidity, uidnext or 1)
             idle = self._imap.mode == "idle" and client.has_capability("IDLE")
-            log.info(
+            self._log.info(
                 "imap.connected",
                 uidvalidity=uidvalidity,
                 last_uid=cursor.last_uid,
@@ -130,7 +131,7 @@ class MailboxPoller:
                     await self._sleep(self._imap.poll_interval)
                     if not lost.is_set():
                         await _unless_lost(client.noop(), lost)
-            if lost.is_set():
+            if lost.is_set() and not self._stop.is_set():
                 raise OSError("the connection was lost")
         finally:
             await _close(client)
@@ -152,13 +153,13 @@ class MailboxPoller:
                 # First contact: "new" leaves what is already there alone.
                 start = uidnext - 1 if self._imap.initial_sync == "new" else 0
                 cursor = queries.Cursor(uidvalidity, start, stamp(self._clock()))
-                log.info(
+                self._log.info(
                     "imap.first_contact",
                     initial_sync=self._imap.initial_sync,
                     skipped_below_uid=start + 1,
                 )
             elif cursor.uidvalidity != uidvalidity:
-                log.warning(
+                self._log.warning(
                     "imap.uidvalidity_changed",
                     was=cursor.uidvalidity,
                     now=uidvalidity,
@@ -223,7 +224,7 @@ class MailboxPoller:
             return moved
         mail = RawMail(self._inbox, raw, "imap", None, (self._inbox,))
         stored = await self._accept(mail, also=checkpoint)
-        log.info("imap.taken", uid=uid, message=stored, duplicate=stored is None)
+        self._log.info("imap.taken", uid=uid, message=stored, duplicate=stored is None)
         return moved
 
     async def _idle(self, client: aioimaplib.IMAP4, lost: asyncio.Event) -> None:
