@@ -78,7 +78,7 @@ class MailboxPoller:
         with structlog.contextvars.bound_contextvars(inbox=self._inbox):
             while not self._stop.is_set():
                 try:
-                    await self._session()
+                    await self._until_stopped(self._session())
                     delay = FIRST_RETRY_SECONDS
                 except (OSError, TimeoutError, MailboxError, aioimaplib.Abort) as error:
                     wait = delay * (0.5 + self._jitter())  # jitter: mailboxes do not retry in step
@@ -93,6 +93,25 @@ class MailboxPoller:
                     self._log.exception("imap.failed")
                     await self._sleep(delay)
                     delay = min(delay * 2, MAX_RETRY_SECONDS)
+
+    async def _until_stopped(self, session: Awaitable[None]) -> None:
+        """Run the session; on stop, cancel it wherever it waits (a slow login, say).
+
+        Cancelling is safe: a message is acknowledged to nobody, and its
+        checkpoint moves only with its commit, so it is fetched again next time.
+        """
+        task = asyncio.ensure_future(session)
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return
+        task.result()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
