@@ -3,7 +3,7 @@ VENV   ?= .venv
 CONFIG ?= config.example.toml
 PYTHON ?= python3
 
-.PHONY: run test lint bench
+.PHONY: run test lint bench dovecot
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,13 @@ $(VENV)/.test: pyproject.toml | $(VENV)/bin/python
 run: $(VENV)/.runtime  ## the daemon on the trial configuration
 	$(VENV)/bin/gateway run --config $(CONFIG)
 
-test: $(VENV)/.test  ## the whole suite
+dovecot:  ## the IMAP tests run a real Dovecot: Debian's dovecot-imapd (needs root or sudo)
+	@command -v dovecot >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dovecot-imapd >/dev/null; }
+
+test: $(VENV)/.test dovecot  ## the whole suite
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.test  ## ruff and mypy --strict
