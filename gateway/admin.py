@@ -13,7 +13,7 @@ import getpass
 import aiosqlite
 
 from gateway import alertmark
-from gateway.alerts import queue_alert
+from gateway.alerts import queue_alert, queue_keywords
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.errors import Refused
@@ -80,6 +80,7 @@ async def assign(
             previous_agent=previous,
             detail={"via": "manual", "status": status},
         )
+        await queue_keywords(conn, conversation_id, at)
         if not _is(settings, by, agent):  # nobody is alerted about what they did themselves
             await queue_alert(
                 conn,
@@ -118,6 +119,7 @@ async def claim(
             )
         await queries.set_assignee(conn, conversation_id, agent)
         await queries.add_event(conn, conversation_id, at, "claimed", by or agent, agent=agent)
+        await queue_keywords(conn, conversation_id, at)
     return f"Conversation {conversation_id} is now {agent}'s."
 
 
@@ -134,6 +136,7 @@ async def unassign(
         await queries.add_event(
             conn, conversation_id, at, "unassigned", by, previous_agent=previous
         )
+        await queue_keywords(conn, conversation_id, at)
     return f"Conversation {conversation_id} is back in the unassigned queue (it was {previous}'s)."
 
 

@@ -1,4 +1,4 @@
-"""Whether an agent is alerted, and queueing the alert in the caller's transaction."""
+"""Side effects queued in the caller's transaction: alerts, and IMAP keyword updates."""
 
 from __future__ import annotations
 
@@ -37,3 +37,15 @@ async def queue_alert(
         at,
     )
     return True
+
+
+async def queue_keywords(conn: aiosqlite.Connection, conversation_id: int, at: str) -> None:
+    """Have every IMAP copy of the conversation show its assignment now (if it has copies).
+
+    The job reads the conversation when it runs, so one per change is enough
+    and a late one never puts back an old assignment.
+    """
+    if not await queries.imap_copies(conn, conversation_id):
+        return
+    event_id = await queries.latest_event(conn, conversation_id)
+    await queries.enqueue(conn, "keywords", event_id, conversation_id, {}, at)

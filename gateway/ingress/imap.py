@@ -21,8 +21,10 @@ import aioimaplib
 import aiosqlite
 import structlog
 
+from gateway.alerts import queue_keywords
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import ImapSection, Inbox
+from gateway.imapsession import MailboxError, open_mailbox, text, unless_lost
 from gateway.ingress.accept import Accept
 from gateway.model import RawMail
 from gateway.store import queries
@@ -39,12 +41,6 @@ MAX_RETRY_SECONDS = 300.0
 
 _UID = re.compile(rb"\bUID (\d+)")
 _INTERNALDATE = re.compile(rb"INTERNALDATE \"([^\"]+)\"")
-_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
-_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
-
-
-class MailboxError(Exception):
-    """The server refused something (login, select...): said in a sentence."""
 
 
 class MailboxPoller:
@@ -118,52 +114,26 @@ class MailboxPoller:
             await asyncio.wait_for(self._stop.wait(), seconds)
 
     async def _session(self) -> None:
-        lost = asyncio.Event()
-        client = self._client(lambda _error: lost.set())
-        try:
-            await client.wait_hello_from_server()
-            login = await client.login(self._imap.username, self._imap.secret())
-            if login.result != "OK":
-                raise MailboxError(f"the server refused the login: {_text(login.lines)}")
-            selected = await client.select(self._imap.folder)
-            if selected.result != "OK":
-                raise MailboxError(
-                    f"cannot open folder {self._imap.folder!r}: {_text(selected.lines)}"
-                )
-            uidvalidity = _number(_UIDVALIDITY, selected.lines)
-            uidnext = _number(_UIDNEXT, selected.lines)
-            if uidvalidity is None:
-                raise MailboxError("the server gave no UIDVALIDITY")
-            cursor = await self._cursor(uidvalidity, uidnext or 1)
-            idle = self._imap.mode == "idle" and client.has_capability("IDLE")
+        async with open_mailbox(self._imap) as box:
+            cursor = await self._cursor(box.uidvalidity, box.uidnext)
+            idle = self._imap.mode == "idle" and box.client.has_capability("IDLE")
             self._log.info(
                 "imap.connected",
-                uidvalidity=uidvalidity,
+                uidvalidity=box.uidvalidity,
                 last_uid=cursor.last_uid,
                 mode="idle" if idle else "poll",
+                keywords=box.keywords,
             )
-            while not self._stop.is_set() and not lost.is_set():
-                cursor = await self._take_new(client, cursor, lost)
+            while not self._stop.is_set() and not box.lost.is_set():
+                cursor = await self._take_new(box.client, cursor, box.lost)
                 if idle:
-                    await self._idle(client, lost)
+                    await self._idle(box.client, box.lost)
                 else:
                     await self._sleep(self._imap.poll_interval)
-                    if not lost.is_set():
-                        await _unless_lost(client.noop(), lost)
-            if lost.is_set() and not self._stop.is_set():
+                    if not box.lost.is_set():
+                        await unless_lost(box.client.noop(), box.lost)
+            if box.lost.is_set() and not self._stop.is_set():
                 raise OSError("the connection was lost")
-        finally:
-            await _close(client)
-
-    def _client(self, on_lost: Callable[[Exception | None], None]) -> aioimaplib.IMAP4:
-        host, port = self._imap.host, self._imap.port_number
-        client: aioimaplib.IMAP4
-        if self._imap.tls:
-            client = aioimaplib.IMAP4_SSL(host=host, port=port, timeout=TIMEOUT_SECONDS)
-        else:
-            client = aioimaplib.IMAP4(host=host, port=port, timeout=TIMEOUT_SECONDS)
-        client.protocol.conn_lost_cb = on_lost  # IMAP4_SSL's constructor does not take it
-        return client
 
     async def _cursor(self, uidvalidity: int, uidnext: int) -> queries.Cursor:
         async with self._db.transaction() as conn:
@@ -195,9 +165,9 @@ class MailboxPoller:
     async def _take_new(
         self, client: aioimaplib.IMAP4, cursor: queries.Cursor, lost: asyncio.Event
     ) -> queries.Cursor:
-        found = await _unless_lost(client.uid_search(f"UID {cursor.last_uid + 1}:*"), lost)
+        found = await unless_lost(client.uid_search(f"UID {cursor.last_uid + 1}:*"), lost)
         if found.result != "OK":
-            raise MailboxError(f"the search failed: {_text(found.lines)}")
+            raise MailboxError(f"the search failed: {text(found.lines)}")
         # "n:*" always names the highest UID, even one at or below n.
         uids = sorted(
             {
@@ -209,12 +179,12 @@ class MailboxPoller:
         )
         for start in range(0, len(uids), BATCH):
             batch = uids[start : start + BATCH]
-            fetched = await _unless_lost(
+            fetched = await unless_lost(
                 client.uid("fetch", ",".join(map(str, batch)), "(UID INTERNALDATE BODY.PEEK[])"),
                 lost,
             )
             if fetched.result != "OK":
-                raise MailboxError(f"the fetch failed: {_text(fetched.lines)}")
+                raise MailboxError(f"the fetch failed: {text(fetched.lines)}")
             for uid, internaldate, raw in _messages(fetched.lines):
                 cursor = await self._store(cursor, uid, internaldate, raw)
         return cursor
@@ -231,6 +201,10 @@ class MailboxPoller:
             await queries.add_imap_source(
                 conn, self._inbox, self._imap.folder, cursor.uidvalidity, uid, key
             )
+            # A copy of mail already routed (it came over SMTP first) gets its keywords now.
+            routed = await queries.conversation_of_key(conn, self._inbox, key)
+            if routed is not None:
+                await queue_keywords(conn, routed, stamp(self._clock()))
 
         old = (
             self._rescan_before is not None
@@ -263,20 +237,6 @@ class MailboxPoller:
         await asyncio.wait_for(idle, TIMEOUT_SECONDS)
 
 
-async def _unless_lost(command: Awaitable[T], lost: asyncio.Event) -> T:
-    """The command's answer; OSError as soon as the connection is gone instead of a timeout."""
-    task = asyncio.ensure_future(command)
-    gone = asyncio.ensure_future(lost.wait())
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-    if not task.done():
-        task.cancel()
-        raise OSError("the server closed the connection")
-    return task.result()
-
-
 def _messages(lines: list[bytes | bytearray]) -> list[tuple[int, datetime | None, bytes]]:
     """(uid, INTERNALDATE, raw) of each message in a FETCH response, in UID order."""
     found = []
@@ -297,33 +257,9 @@ def _messages(lines: list[bytes | bytearray]) -> list[tuple[int, datetime | None
     return sorted(found, key=lambda item: item[0])
 
 
-def _number(pattern: re.Pattern[bytes], lines: list[bytes | bytearray]) -> int | None:
-    for line in lines:
-        found = pattern.search(bytes(line))
-        if found:
-            return int(found.group(1))
-    return None
-
-
-def _text(lines: list[bytes | bytearray]) -> str:
-    return " ".join(bytes(line).decode("utf-8", "replace") for line in lines).strip()
-
-
 def _sentence(error: BaseException) -> str:
     if isinstance(error, ConnectionRefusedError):
         return "the server refused the connection (is it running?)"
     if isinstance(error, TimeoutError):
         return "the server did not answer in time"
     return str(error) or type(error).__name__
-
-
-async def _close(client: aioimaplib.IMAP4) -> None:
-    # The link may be gone already; then there is nothing left to say goodbye on.
-    with contextlib.suppress(Exception):
-        if client.has_pending_idle():
-            client.idle_done()  # else the server answers nothing until DONE
-        if client.get_state() in ("AUTH", "SELECTED"):
-            await asyncio.wait_for(client.logout(), 5)
-    transport = client.protocol.transport if client.protocol else None
-    if transport is not None:
-        transport.close()

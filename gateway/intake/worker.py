@@ -18,7 +18,7 @@ import structlog
 
 from gateway import alertmark
 from gateway.addresses import normalize_address
-from gateway.alerts import queue_alert
+from gateway.alerts import queue_alert, queue_keywords
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.drainloop import DrainLoop
@@ -140,6 +140,7 @@ class Intake(DrainLoop):
                 await self._join(conn, found, stored, facts, at)
                 outcome = Outcome("routed", found)
             await queries.finish_message(conn, stored.id, "routed", facts, found)
+            await queue_keywords(conn, found, at)
         return outcome
 
     async def _open(

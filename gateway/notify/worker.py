@@ -18,6 +18,7 @@ from gateway import alertmark
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.drainloop import POLL_SECONDS, DrainLoop
+from gateway.notify.keywords import KeywordWriter, wanted
 from gateway.notify.render import AlertInput, render
 from gateway.notify.transports import Transport, transport_for
 from gateway.store import queries
@@ -67,6 +68,7 @@ class Outbox(DrainLoop):
         self._clock = clock
         self._retry = retry
         self._transport = transport or transport_for(settings.notify)
+        self._keyword_writer = KeywordWriter(settings)
 
     async def idle_seconds(self) -> float:
         async with self._db.reading() as conn:
@@ -85,9 +87,13 @@ class Outbox(DrainLoop):
             if not rows:
                 break
             for row in rows:
-                if await self._claim(row["id"]):
+                if not await self._claim(row["id"]):
+                    continue
+                if row["kind"] == "keywords":
+                    await self._keywords(row)
+                else:
                     await self._attempt(row)
-                    attempted += 1
+                attempted += 1
         return attempted
 
     async def _claim(self, outbox_id: int) -> bool:
@@ -98,6 +104,34 @@ class Outbox(DrainLoop):
         now = self._clock()
         async with self._db.transaction() as conn:
             return await queries.claim_outbox(conn, outbox_id, stamp(now), stamp(now + LEASE))
+
+    async def _keywords(self, row: queries.Row) -> None:
+        conversation_id = row["conversation_id"]
+        async with self._db.reading() as conn:
+            found = await queries.conversation(conn, conversation_id)
+            tags = (await queries.tags_of(conn, [conversation_id]))[conversation_id]
+            copies = await queries.imap_copies(conn, conversation_id)
+        assert found is not None
+        want = wanted(found["assignee"], found["team"], tags)
+        try:
+            await self._keyword_writer.apply(copies, want)
+        except Exception as error:  # server down, refused...: retried like an alert
+            now = self._clock()
+            reason = f"{type(error).__name__}: {error}"
+            retry_at = self._retry.next_attempt(
+                int(row["attempts"]) + 1, datetime.fromisoformat(row["created_at"]), now
+            )
+            async with self._db.transaction() as conn:
+                await queries.outbox_failed(
+                    conn, row["id"], reason, None if retry_at is None else stamp(retry_at)
+                )
+            log.warning("keywords.failed", conversation=conversation_id, error=reason)
+            return
+        async with self._db.transaction() as conn:
+            await queries.outbox_done(conn, row["id"])
+        log.info(
+            "keywords.set", conversation=conversation_id, keywords=sorted(want), copies=len(copies)
+        )
 
     async def _attempt(self, row: queries.Row) -> None:
         payload = json.loads(row["payload"])

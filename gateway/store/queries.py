@@ -431,6 +431,34 @@ async def add_imap_source(
     )
 
 
+async def imap_copies(conn: aiosqlite.Connection, conversation_id: int) -> list[Row]:
+    """Every IMAP copy of the conversation's messages: (inbox, folder, uidvalidity, uid)."""
+    return await _all(
+        conn,
+        "SELECT s.inbox, s.folder, s.uidvalidity, s.uid FROM imap_sources s"
+        " JOIN messages m ON m.inbox = s.inbox AND m.dedup_key = s.dedup_key"
+        " WHERE m.conversation_id = ? ORDER BY s.inbox, s.folder, s.uid",
+        (conversation_id,),
+    )
+
+
+async def conversation_of_key(conn: aiosqlite.Connection, inbox: str, key: str) -> int | None:
+    row = await _one(
+        conn,
+        "SELECT conversation_id FROM messages WHERE inbox = ? AND dedup_key = ?",
+        (inbox, key),
+    )
+    return None if row is None or row[0] is None else int(row[0])
+
+
+async def latest_event(conn: aiosqlite.Connection, conversation_id: int) -> int:
+    row = await _one(
+        conn, "SELECT max(id) FROM events WHERE conversation_id = ?", (conversation_id,)
+    )
+    assert row is not None and row[0] is not None
+    return int(row[0])
+
+
 # --- outbox -------------------------------------------------------------------
 
 
@@ -444,7 +472,7 @@ async def enqueue(
 ) -> None:
     await conn.execute(
         "INSERT INTO outbox (kind, event_id, conversation_id, payload, created_at, due_at)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO NOTHING",
         (kind, event_id, conversation_id, json.dumps(payload, ensure_ascii=False), at, at),
     )
 

@@ -20,3 +20,23 @@ CREATE TABLE imap_sources (
     PRIMARY KEY (inbox, folder, uidvalidity, uid)
 );
 CREATE INDEX imap_sources_by_key ON imap_sources (inbox, dedup_key);
+
+-- The outbox also carries IMAP keyword updates ("keywords": make every IMAP copy
+-- of a conversation carry its current assignment), one per conversation change.
+CREATE TABLE outbox_new (
+    id              INTEGER PRIMARY KEY,
+    kind            TEXT NOT NULL CHECK (kind IN ('alert', 'keywords')),
+    event_id        INTEGER NOT NULL REFERENCES events (id),
+    conversation_id INTEGER NOT NULL REFERENCES conversations (id),
+    payload         TEXT NOT NULL,
+    created_at      TEXT NOT NULL,
+    due_at          TEXT NOT NULL,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    state           TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'done', 'dead')),
+    last_error      TEXT,
+    UNIQUE (kind, event_id)
+);
+INSERT INTO outbox_new SELECT * FROM outbox;
+DROP TABLE outbox;
+ALTER TABLE outbox_new RENAME TO outbox;
+CREATE INDEX outbox_due ON outbox (due_at) WHERE state = 'pending';

@@ -1,0 +1,110 @@
+"""An IMAP session on a connected mailbox: connect, log in, select. Used by the
+poller (ingress) and by the keyword writer (outbox), each with its own session."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import aioimaplib
+
+from gateway.config import ImapSection
+
+TIMEOUT_SECONDS = 30.0
+T = TypeVar("T")
+
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_UIDNEXT = re.compile(rb"\[UIDNEXT (\d+)\]")
+_PERMANENTFLAGS = re.compile(rb"\[PERMANENTFLAGS \(([^)]*)\)\]")
+
+
+class MailboxError(Exception):
+    """The server refused something (login, select...): said in a sentence."""
+
+
+@dataclass
+class Mailbox:
+    client: aioimaplib.IMAP4
+    uidvalidity: int
+    uidnext: int
+    keywords: bool  # PERMANENTFLAGS holds \\*: new keywords can be stored
+    lost: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@asynccontextmanager
+async def open_mailbox(imap: ImapSection) -> AsyncIterator[Mailbox]:
+    lost = asyncio.Event()
+    host, port = imap.host, imap.port_number
+    client: aioimaplib.IMAP4
+    if imap.tls:
+        client = aioimaplib.IMAP4_SSL(host=host, port=port, timeout=TIMEOUT_SECONDS)
+    else:
+        client = aioimaplib.IMAP4(host=host, port=port, timeout=TIMEOUT_SECONDS)
+    client.protocol.conn_lost_cb = lambda _error: lost.set()  # IMAP4_SSL does not take it
+    try:
+        await client.wait_hello_from_server()
+        login = await client.login(imap.username, imap.secret())
+        if login.result != "OK":
+            raise MailboxError(f"the server refused the login: {text(login.lines)}")
+        selected = await client.select(imap.folder)
+        if selected.result != "OK":
+            raise MailboxError(f"cannot open folder {imap.folder!r}: {text(selected.lines)}")
+        uidvalidity = number(_UIDVALIDITY, selected.lines)
+        if uidvalidity is None:
+            raise MailboxError("the server gave no UIDVALIDITY")
+        flags = next(
+            (m.group(1) for line in selected.lines if (m := _PERMANENTFLAGS.search(bytes(line)))),
+            b"",
+        )
+        yield Mailbox(
+            client,
+            uidvalidity,
+            number(_UIDNEXT, selected.lines) or 1,
+            b"\\*" in flags.split(),
+            lost,
+        )
+    finally:
+        await _close(client)
+
+
+async def unless_lost(command: Awaitable[T], lost: asyncio.Event) -> T:
+    """The command's answer; OSError as soon as the connection is gone instead of a timeout."""
+    task = asyncio.ensure_future(command)
+    gone = asyncio.ensure_future(lost.wait())
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not task.done():
+        task.cancel()
+        raise OSError("the server closed the connection")
+    return task.result()
+
+
+def number(pattern: re.Pattern[bytes], lines: list[bytes | bytearray]) -> int | None:
+    for line in lines:
+        found = pattern.search(bytes(line))
+        if found:
+            return int(found.group(1))
+    return None
+
+
+def text(lines: list[bytes | bytearray]) -> str:
+    return " ".join(bytes(line).decode("utf-8", "replace") for line in lines).strip()
+
+
+async def _close(client: aioimaplib.IMAP4) -> None:
+    # The link may be gone already; then there is nothing left to say goodbye on.
+    with contextlib.suppress(Exception):
+        if client.has_pending_idle():
+            client.idle_done()  # else the server answers nothing until DONE
+        if client.get_state() in ("AUTH", "SELECTED"):
+            await asyncio.wait_for(client.logout(), 5)
+    transport = client.protocol.transport if client.protocol else None
+    if transport is not None:
+        transport.close()

@@ -1,0 +1,95 @@
+"""IMAP keywords: every copy of a conversation's messages shows who has it.
+
+`assigned-<agent>` or `unassigned`, `team-<team>` when it has one, and its tags.
+The set is computed from the conversation when the job runs and replaces the
+gateway's previous keywords on each copy, so a retried or late job is harmless.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+
+import structlog
+
+from gateway.config import ImapSection, Settings
+from gateway.imapsession import MailboxError, open_mailbox, text
+from gateway.store import queries
+
+log = structlog.get_logger("gateway.keywords")
+
+_NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$&'+,\-./:;<=>?@^_`|~]")  # RFC 3501 atom-chars
+_FLAGS = re.compile(rb"UID (\d+).*?FLAGS \(([^)]*)\)|FLAGS \(([^)]*)\).*?UID (\d+)")
+
+
+def keyword(name: str) -> str:
+    """A name as an IMAP keyword: characters a keyword cannot hold become `_`."""
+    return _NOT_ATOM.sub("_", name) or "_"
+
+
+def wanted(assignee: str | None, team: str | None, tags: list[str]) -> set[str]:
+    found = {keyword(f"assigned-{assignee}") if assignee else "unassigned"}
+    if team:
+        found.add(keyword(f"team-{team}"))
+    found.update(keyword(tag) for tag in tags)
+    return found
+
+
+class KeywordWriter:
+    def __init__(self, settings: Settings) -> None:
+        self._mailboxes: dict[str, ImapSection] = {
+            inbox.address: inbox.imap for inbox in settings.inboxes if inbox.imap is not None
+        }
+        tags = {tag for rule in settings.rules for tag in rule.tags} | {"auto"}
+        self._ours_exact = {"unassigned"} | {keyword(tag) for tag in tags}
+        self._warned: set[str] = set()
+
+    def _ours(self, flag: str) -> bool:
+        return flag.startswith(("assigned-", "team-")) or flag in self._ours_exact
+
+    async def apply(self, copies: list[queries.Row], want: set[str]) -> None:
+        by_mailbox: dict[tuple[str, str], list[queries.Row]] = defaultdict(list)
+        for copy in copies:
+            by_mailbox[(copy["inbox"], copy["folder"])].append(copy)
+        for (inbox, folder), rows in by_mailbox.items():
+            imap = self._mailboxes.get(inbox)
+            if imap is None or imap.folder != folder:
+                continue  # no longer connected: nothing to tag
+            await self._mailbox(imap, rows, want)
+
+    async def _mailbox(self, imap: ImapSection, rows: list[queries.Row], want: set[str]) -> None:
+        async with open_mailbox(imap) as box:
+            name = f"{imap.username}@{imap.host}/{imap.folder}"
+            if not box.keywords:
+                if name not in self._warned:  # said once, not for every message
+                    self._warned.add(name)
+                    log.warning(
+                        "imap.no_keywords",
+                        mailbox=name,
+                        reason="the server does not keep new keywords; no tagging",
+                    )
+                return
+            uids = [str(r["uid"]) for r in rows if r["uidvalidity"] == box.uidvalidity]
+            if not uids:
+                return  # renumbered since: the rescan lists the copies anew
+            fetched = await box.client.uid("fetch", ",".join(uids), "(UID FLAGS)")
+            if fetched.result != "OK":
+                raise MailboxError(f"cannot read the flags: {text(fetched.lines)}")
+            for line in fetched.lines:
+                found = _FLAGS.search(bytes(line))
+                if found is None:
+                    continue
+                uid = (found.group(1) or found.group(4)).decode()
+                flags = (found.group(2) or found.group(3) or b"").decode().split()
+                stale = [f for f in flags if self._ours(f) and f not in want]
+                missing = sorted(want - set(flags))
+                if stale:
+                    await self._store(box.client, uid, "-FLAGS", stale)
+                if missing:
+                    await self._store(box.client, uid, "+FLAGS", missing)
+
+    @staticmethod
+    async def _store(client: object, uid: str, how: str, flags: list[str]) -> None:
+        done = await client.uid("store", uid, how, f"({' '.join(flags)})")  # type: ignore[attr-defined]
+        if done.result != "OK":
+            raise MailboxError(f"cannot store keywords: {text(done.lines)}")
