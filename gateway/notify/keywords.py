@@ -13,7 +13,7 @@ from collections import defaultdict
 import structlog
 
 from gateway.config import ImapSection, Settings
-from gateway.imapsession import MailboxError, open_mailbox, text
+from gateway.imapsession import Mailbox, MailboxError, open_mailbox, text, unless_lost
 from gateway.store import queries
 
 log = structlog.get_logger("gateway.keywords")
@@ -72,7 +72,9 @@ class KeywordWriter:
             uids = [str(r["uid"]) for r in rows if r["uidvalidity"] == box.uidvalidity]
             if not uids:
                 return  # renumbered since: the rescan lists the copies anew
-            fetched = await box.client.uid("fetch", ",".join(uids), "(UID FLAGS)")
+            fetched = await unless_lost(
+                box.client.uid("fetch", ",".join(uids), "(UID FLAGS)"), box.lost
+            )
             if fetched.result != "OK":
                 raise MailboxError(f"cannot read the flags: {text(fetched.lines)}")
             for line in fetched.lines:
@@ -84,12 +86,12 @@ class KeywordWriter:
                 stale = [f for f in flags if self._ours(f) and f not in want]
                 missing = sorted(want - set(flags))
                 if stale:
-                    await self._store(box.client, uid, "-FLAGS", stale)
+                    await _store(box, uid, "-FLAGS", stale)
                 if missing:
-                    await self._store(box.client, uid, "+FLAGS", missing)
+                    await _store(box, uid, "+FLAGS", missing)
 
-    @staticmethod
-    async def _store(client: object, uid: str, how: str, flags: list[str]) -> None:
-        done = await client.uid("store", uid, how, f"({' '.join(flags)})")  # type: ignore[attr-defined]
-        if done.result != "OK":
-            raise MailboxError(f"cannot store keywords: {text(done.lines)}")
+
+async def _store(box: Mailbox, uid: str, how: str, flags: list[str]) -> None:
+    done = await unless_lost(box.client.uid("store", uid, how, f"({' '.join(flags)})"), box.lost)
+    if done.result != "OK":
+        raise MailboxError(f"cannot store keywords: {text(done.lines)}")
