@@ -47,11 +47,11 @@ async def open_mailbox(imap: ImapSection) -> AsyncIterator[Mailbox]:
         client = aioimaplib.IMAP4(host=host, port=port, timeout=TIMEOUT_SECONDS)
     client.protocol.conn_lost_cb = lambda _error: lost.set()  # IMAP4_SSL does not take it
     try:
-        await client.wait_hello_from_server()
-        login = await client.login(imap.username, imap.secret())
+        await unless_lost(client.wait_hello_from_server(), lost)
+        login = await unless_lost(client.login(imap.username, imap.secret()), lost)
         if login.result != "OK":
             raise MailboxError(f"the server refused the login: {text(login.lines)}")
-        selected = await client.select(imap.folder)
+        selected = await unless_lost(client.select(imap.folder), lost)
         if selected.result != "OK":
             raise MailboxError(f"cannot open folder {imap.folder!r}: {text(selected.lines)}")
         uidvalidity = number(_UIDVALIDITY, selected.lines)
