@@ -79,7 +79,9 @@ def test_a_message_appended_by_another_client_is_routed(
     [conversation] = running.conversations()
     assert (conversation["subject"], conversation["assignee"]) == ("Printer on fire", "alice")
     assert running.query("SELECT source FROM messages")[0][0] == "imap"
-    assert all("\\Seen" not in flags for flags in dovecot.flags("support").values())
+    # The agent sees the assignment in their own mail program, and the mail still unread.
+    wait_until(lambda: "assigned-alice" in dovecot.flags("support")[1], what="the keyword")
+    assert "\\Seen" not in dovecot.flags("support")[1]
 
 
 def test_mail_appended_while_stopped_is_routed_once_each_and_older_mail_left_alone(
@@ -204,3 +206,47 @@ def test_the_same_message_over_smtp_and_imap_is_one_message(
     )
     assert running.query("SELECT count(*) FROM messages")[0][0] == 1
     assert len(running.conversations()) == 1
+    # The IMAP copy, deduplicated against the SMTP one, carries the keywords all the same.
+    wait_until(lambda: "assigned-alice" in dovecot.flags("support")[1], what="the copy's keyword")
+
+
+def test_a_reassignment_replaces_the_keywords_on_the_source_message(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+    tmp_path: Path,
+) -> None:
+    from gateway.cli import main as gateway
+
+    rules = [
+        {
+            "name": "Money",
+            "subject_keywords": ["refund"],
+            "assign_to": "team:billing",
+            "tags": ["billing"],
+        }
+    ]
+    running = start_daemon(make_settings(inboxes=[imap_inbox(dovecot, tmp_path)], rules=rules))
+    connected(running)
+    dovecot.append("support", raw("Refund my order"))
+    wait_until(
+        lambda: (
+            dovecot.flags("support").get(1, set()) >= {"assigned-alice", "team-billing", "billing"}
+        ),
+        what="the first keywords",
+    )
+    config = str(tmp_path / "gateway.toml")
+    assert gateway(["assign", "1", "bob", "--by", "carol", "--config", config]) == 0
+    wait_until(lambda: "assigned-bob" in dovecot.flags("support")[1], what="bob's keyword")
+    flags = dovecot.flags("support")[1]
+    assert "assigned-alice" not in flags and {"team-billing", "billing"} <= flags
+    assert gateway(["unassign", "1", "--by", "carol", "--config", config]) == 0
+    wait_until(lambda: "unassigned" in dovecot.flags("support")[1], what="unassigned")
+    assert not any(f.startswith("assigned-") for f in dovecot.flags("support")[1])
+
+
+def test_keywords_name_only_what_imap_keywords_can_hold() -> None:
+    from gateway.notify.keywords import keyword, wanted
+
+    assert keyword("assigned-jörg (ops)") == "assigned-j_rg__ops_"
+    assert wanted(None, None, ["VIP list"]) == {"unassigned", "VIP_list"}
