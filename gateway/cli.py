@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 
 from gateway import admin, config, logs, views
 from gateway.clock import utcnow
-from gateway.config import Settings
+from gateway.config import ImapSection, Settings
 from gateway.errors import ConfigError, GatewayError, Refused, StoreUnavailable
+from gateway.imapsession import MailboxError, open_mailbox
 from gateway.ingress.accept import Accept
 from gateway.model import STATUSES, RawMail
 from gateway.store.db import Database
@@ -116,7 +117,36 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  rules:       {len(s.rules)}")
     print(f"  round-robin: {rotation}")
     print(f"  alerts:      {notify}")
-    return 0
+    if not args.connect:
+        return 0
+    mailboxes = [(inbox.address, inbox.imap) for inbox in s.inboxes if inbox.imap is not None]
+    if not mailboxes:
+        print("no connected mailbox to try")
+        return 0
+    results = asyncio.run(_try_mailboxes(mailboxes))
+    for line in results:
+        print(line)
+    return 0 if all(" works" in line for line in results) else 1
+
+
+async def _try_mailboxes(mailboxes: list[tuple[str, ImapSection]]) -> list[str]:
+    """One sentence per mailbox: logged in and selected, or why not."""
+
+    async def attempt(address: str, imap: ImapSection) -> str:
+        where = f"{imap.username}@{imap.host}:{imap.port_number}/{imap.folder}"
+        try:
+            async with open_mailbox(imap) as box:
+                tags = "keywords can be set" if box.keywords else "keywords cannot be set"
+                return f"{address}: {where} works (UIDVALIDITY {box.uidvalidity}; {tags})"
+        except (OSError, TimeoutError, MailboxError) as error:
+            reason = str(error) or type(error).__name__
+            if isinstance(error, ConnectionRefusedError):
+                reason = "the server refused the connection"
+            elif isinstance(error, TimeoutError):
+                reason = "the server did not answer in time"
+            return f"{address}: {where} fails: {reason}"
+
+    return list(await asyncio.gather(*(attempt(a, i) for a, i in mailboxes)))
 
 
 def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
@@ -450,7 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("run", cmd_run, "run the daemon")
-    command("check", cmd_check, "validate the configuration and print a summary")
+    p = command("check", cmd_check, "validate the configuration and print a summary")
+    p.add_argument(
+        "--connect",
+        action="store_true",
+        help="also log in to every connected mailbox and say how it went",
+    )
     p = command(
         "conversations",
         cmd_conversations,

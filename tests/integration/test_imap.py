@@ -250,3 +250,28 @@ def test_keywords_name_only_what_imap_keywords_can_hold() -> None:
 
     assert keyword("assigned-jörg (ops)") == "assigned-j_rg__ops_"
     assert wanted(None, None, ["VIP list"]) == {"unassigned", "VIP_list"}
+
+
+def test_check_connect_says_how_each_mailbox_went(
+    make_settings: Callable[..., Settings],
+    dovecot: Dovecot,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.cli import main as gateway
+
+    make_settings(
+        inboxes=[
+            imap_inbox(dovecot, tmp_path, "support", "support@example.com", password="wr0ng-pw"),
+            imap_inbox(dovecot, tmp_path, "sales", "sales@example.com"),
+        ]
+    )
+    assert gateway(["check", "--connect", "--config", str(tmp_path / "gateway.toml")]) == 1
+    out = capsys.readouterr().out
+    assert f"sales@example.com: sales@127.0.0.1:{dovecot.port}/INBOX works" in out
+    assert "keywords can be set" in out
+    assert (
+        f"support@example.com: support@127.0.0.1:{dovecot.port}/INBOX fails: the server"
+        " refused the login" in out
+    )
+    assert "wr0ng-pw" not in out
