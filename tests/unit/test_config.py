@@ -122,3 +122,28 @@ def test_tls_and_auth_settings_are_refused_until_built(tmp_path: Path) -> None:
 def test_inbox_addresses_differing_only_by_plus_tag_collide(tmp_path: Path) -> None:
     text = VALID + '[[inboxes]]\naddress = "Support+x@example.com"\n'
     assert "appears twice" in error_of(tmp_path, text)
+
+
+IMAP = '[inboxes.imap]\nhost = "imap.example.com"\nusername = "support"\n'
+
+
+def test_imap_defaults_and_a_relative_password_file(tmp_path: Path) -> None:
+    settings = load(write(tmp_path, VALID + IMAP + 'password_file = "imap.pw"\n'))
+    imap = settings.inboxes[0].imap
+    assert imap is not None
+    assert (imap.port_number, imap.tls, imap.mode, imap.initial_sync, imap.folder) == (
+        993,
+        True,
+        "idle",
+        "new",
+        "INBOX",
+    )
+    assert imap.password_file == str(tmp_path / "imap.pw")
+    (tmp_path / "imap.pw").write_text("s3cret\n")
+    assert imap.secret() == "s3cret"  # the editor's newline is not part of it
+
+
+def test_imap_starttls_and_a_missing_password_file_are_errors(tmp_path: Path) -> None:
+    message = error_of(tmp_path, VALID + IMAP + 'password_file = "p"\nstarttls = true\n')
+    assert "inboxes.0.imap.starttls" in message and "STARTTLS is not supported yet" in message
+    assert "inboxes.0.imap.password_file: required" in error_of(tmp_path, VALID + IMAP)
