@@ -143,9 +143,16 @@ class Dovecot:
         """Delete and create the folder again: the server gives it a new UIDVALIDITY."""
         client = self.client(user)
         try:
-            client.delete(folder)
-            status, _ = client.create(folder)
-            assert status == "OK"
+            # Another session (the gateway's) may hold the folder a moment: try again.
+            deadline = time.monotonic() + 10
+            while True:
+                deleted, _ = client.delete(folder)
+                created, answer = client.create(folder)
+                if created == "OK":
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"cannot recreate {folder}: {deleted} {answer!r}")
+                time.sleep(0.1)
         finally:
             client.logout()
 
