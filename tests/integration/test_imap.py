@@ -157,7 +157,8 @@ def test_a_uidvalidity_change_routes_nothing_twice(
     for message in kept:
         dovecot.append("support", message, "Support")
     dovecot.append("support", raw("new after the change"), "Support")
-    wait_until(lambda: len(running.conversations()) == 4, what="the new one routed")
+    # Reconnecting may back off a few times while the folder is gone: allow for it.
+    wait_until(lambda: len(running.conversations()) == 4, timeout=45, what="the new one routed")
     wait_until(
         lambda: running.query("SELECT uidvalidity FROM imap_cursors")[0][0] != before,
         what="the new UIDVALIDITY",
