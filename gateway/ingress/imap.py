@@ -61,7 +61,9 @@ class MailboxPoller:
         self._clock = clock
         self._jitter = jitter
         self._stop = asyncio.Event()
-        self._rescan_before: datetime | None = None  # while rescanning a renumbered folder
+        # While rescanning a renumbered folder: (first contact, UIDNEXT at the change). Only
+        # UIDs below that UIDNEXT are the old mail; what comes after is new, whatever its date.
+        self._rescan: tuple[datetime, int] | None = None
         self.name = f"{inbox.imap.username}@{inbox.imap.host}/{inbox.imap.folder}"
         self._log = log.bind(mailbox=self.name)  # every line names the mailbox it is about
 
@@ -158,7 +160,7 @@ class MailboxPoller:
                 if self._imap.initial_sync == "new":
                     # INTERNALDATE has whole seconds: the first contact's own second is new.
                     first = datetime.fromisoformat(cursor.first_connected_at)
-                    self._rescan_before = first.replace(microsecond=0)
+                    self._rescan = (first.replace(microsecond=0), uidnext)
             await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, cursor)
         return cursor
 
@@ -185,8 +187,16 @@ class MailboxPoller:
             )
             if fetched.result != "OK":
                 raise MailboxError(f"the fetch failed: {text(fetched.lines)}")
-            for uid, internaldate, raw in _messages(fetched.lines):
+            got = _messages(fetched.lines)
+            unread = sorted(set(batch) - {uid for uid, _, _ in got})
+            for uid, internaldate, raw in got:
+                if unread and uid > unread[0]:
+                    # Never move the checkpoint past a message not read: the next
+                    # session asks again (one expunged meanwhile is simply gone).
+                    raise MailboxError(f"message UID {unread[0]} could not be read; trying again")
                 cursor = await self._store(cursor, uid, internaldate, raw)
+        if self._rescan is not None and cursor.last_uid >= self._rescan[1] - 1:
+            self._rescan = None  # the renumbered mail is all seen again
         return cursor
 
     async def _store(
@@ -207,9 +217,10 @@ class MailboxPoller:
                 await queue_keywords(conn, routed, stamp(self._clock()))
 
         old = (
-            self._rescan_before is not None
+            self._rescan is not None
+            and uid < self._rescan[1]
             and internaldate is not None
-            and internaldate < self._rescan_before
+            and internaldate < self._rescan[0]
         )
         if old:  # after a renumbering, mail from before the first contact stays alone
             async with self._db.transaction() as conn:
@@ -222,7 +233,9 @@ class MailboxPoller:
 
     async def _idle(self, client: aioimaplib.IMAP4, lost: asyncio.Event) -> None:
         """Wait in IDLE until the mailbox changes, the renewal time, stop, or a lost link."""
-        idle = await client.idle_start(timeout=IDLE_RENEW_SECONDS)
+        idle = await asyncio.wait_for(
+            unless_lost(client.idle_start(timeout=IDLE_RENEW_SECONDS), lost), TIMEOUT_SECONDS
+        )
         push = asyncio.ensure_future(client.wait_server_push(timeout=IDLE_RENEW_SECONDS + 60))
         stop = asyncio.ensure_future(self._stop.wait())
         gone = asyncio.ensure_future(lost.wait())

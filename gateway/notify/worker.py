@@ -87,25 +87,30 @@ class Outbox(DrainLoop):
             if not rows:
                 break
             for row in rows:
-                if not await self._claim(row["id"]):
+                lease = await self._claim(row["id"])
+                if lease is None:
                     continue
                 if row["kind"] == "keywords":
-                    await self._keywords(row)
+                    await self._keywords(row, lease)
                 else:
-                    await self._attempt(row)
+                    await self._attempt(row, lease)
                 attempted += 1
         return attempted
 
-    async def _claim(self, outbox_id: int) -> bool:
+    async def _claim(self, outbox_id: int) -> str | None:
         """Take the row for one attempt, so two processes never send the same alert at once.
 
-        Should this process die mid-attempt, the row is due again when the lease ends.
+        The lease (a due time in the future) is returned: the attempt marks the
+        row done only if it still holds it. Should this process die mid-attempt,
+        the row is due again when the lease ends.
         """
         now = self._clock()
+        lease = stamp(now + LEASE)
         async with self._db.transaction() as conn:
-            return await queries.claim_outbox(conn, outbox_id, stamp(now), stamp(now + LEASE))
+            taken = await queries.claim_outbox(conn, outbox_id, stamp(now), lease)
+        return lease if taken else None
 
-    async def _keywords(self, row: queries.Row) -> None:
+    async def _keywords(self, row: queries.Row, lease: str) -> None:
         conversation_id = row["conversation_id"]
         async with self._db.reading() as conn:
             found = await queries.conversation(conn, conversation_id)
@@ -128,12 +133,12 @@ class Outbox(DrainLoop):
             log.warning("keywords.failed", conversation=conversation_id, error=reason)
             return
         async with self._db.transaction() as conn:
-            await queries.outbox_done(conn, row["id"])
+            await queries.outbox_done(conn, row["id"], lease)
         log.info(
             "keywords.set", conversation=conversation_id, keywords=sorted(want), copies=len(copies)
         )
 
-    async def _attempt(self, row: queries.Row) -> None:
+    async def _attempt(self, row: queries.Row, lease: str) -> None:
         payload = json.loads(row["payload"])
         agent = self._settings.agent(payload["agent"])
         event_id = int(row["event_id"])
@@ -149,7 +154,7 @@ class Outbox(DrainLoop):
                 await self._failed(row, payload, f"{type(error).__name__}: {error}")
                 return
             async with self._db.transaction() as conn:
-                await queries.outbox_done(conn, row["id"])
+                await queries.outbox_done(conn, row["id"], lease)
                 await queries.add_event(
                     conn,
                     row["conversation_id"],

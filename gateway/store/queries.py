@@ -470,9 +470,16 @@ async def enqueue(
     payload: dict[str, Any],
     at: str,
 ) -> None:
+    """Queue a side effect; queued again for the same event, it is due again.
+
+    A keywords job keyed on an event may have run already, or be running, when
+    a new copy of the mail appears: pending again, it runs once more.
+    """
     await conn.execute(
         "INSERT INTO outbox (kind, event_id, conversation_id, payload, created_at, due_at)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO NOTHING",
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO UPDATE SET"
+        " state = 'pending', due_at = excluded.due_at, attempts = 0"
+        " WHERE outbox.kind = 'keywords'",
         (kind, event_id, conversation_id, json.dumps(payload, ensure_ascii=False), at, at),
     )
 
@@ -498,10 +505,12 @@ async def claim_outbox(conn: aiosqlite.Connection, outbox_id: int, now: str, unt
     return cursor.rowcount == 1
 
 
-async def outbox_done(conn: aiosqlite.Connection, outbox_id: int) -> None:
+async def outbox_done(conn: aiosqlite.Connection, outbox_id: int, lease: str) -> None:
+    """Done, unless the row was queued again while this attempt ran (its lease is gone)."""
     await conn.execute(
-        "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL WHERE id = ?",
-        (outbox_id,),
+        "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL"
+        " WHERE id = ? AND due_at = ?",
+        (outbox_id, lease),
     )
 
 

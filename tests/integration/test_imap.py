@@ -276,3 +276,29 @@ def test_check_connect_says_how_each_mailbox_went(
         " refused the login" in out
     )
     assert "wr0ng-pw" not in out
+
+
+def test_a_later_imap_copy_of_a_reply_routed_over_smtp_gets_the_keywords(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+    tmp_path: Path,
+) -> None:
+    # No alerts, so no event comes between the reply's arrival and its IMAP copy.
+    running = start_daemon(
+        make_settings(inboxes=[imap_inbox(dovecot, tmp_path)], notify={"enabled": False})
+    )
+    connected(running)
+    dovecot.append("support", raw("First", Message_ID="<first@example.org>"))
+    wait_until(
+        lambda: "assigned-alice" in dovecot.flags("support").get(1, set()),
+        what="the first message's keyword",
+    )
+    reply = raw("Re: First", Message_ID="<reply@example.org>", In_Reply_To="<first@example.org>")
+    running.send(reply)
+    running.drain()
+    dovecot.append("support", reply)  # the copy the mailbox also received
+    wait_until(
+        lambda: "assigned-alice" in dovecot.flags("support").get(2, set()),
+        what="the reply's IMAP copy to carry the keyword",
+    )
