@@ -133,6 +133,8 @@ class Dovecot:
                 if not isinstance(line, bytes):
                     continue
                 text = line.decode()
+                if "UID " not in text or "FLAGS (" not in text:
+                    continue  # an unsolicited update about another session's change
                 uid = int(text.split("UID ")[1].split()[0].rstrip(")"))
                 found[uid] = set(text.split("FLAGS (")[1].split(")")[0].split())
             return found
