@@ -72,18 +72,29 @@ async def open_mailbox(imap: ImapSection) -> AsyncIterator[Mailbox]:
         await _close(client)
 
 
-async def unless_lost(command: Awaitable[T], lost: asyncio.Event) -> T:
-    """The command's answer; OSError as soon as the connection is gone instead of a timeout."""
-    task = asyncio.ensure_future(command)
-    gone = asyncio.ensure_future(lost.wait())
+class Interrupted(OSError):
+    """What was awaited was cancelled because an event (stop, a lost link) came first."""
+
+
+async def unless(work: Awaitable[T], event: asyncio.Event, reason: str) -> T:
+    """The work's result; if `event` is set first, the work is cancelled and Interrupted raised."""
+    task = asyncio.ensure_future(work)
+    waiter = asyncio.ensure_future(event.wait())
     try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        gone.cancel()
+        waiter.cancel()
     if not task.done():
         task.cancel()
-        raise OSError("the server closed the connection")
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task  # let its cleanup (closing a session, say) run
+        raise Interrupted(reason)
     return task.result()
+
+
+async def unless_lost(command: Awaitable[T], lost: asyncio.Event) -> T:
+    """The command's answer; OSError as soon as the connection is gone instead of a timeout."""
+    return await unless(command, lost, "the server closed the connection")
 
 
 def number(pattern: re.Pattern[bytes], lines: list[bytes | bytearray]) -> int | None:

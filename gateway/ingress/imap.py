@@ -24,7 +24,14 @@ import structlog
 from gateway.alerts import queue_keywords
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import ImapSection, Inbox
-from gateway.imapsession import MailboxError, open_mailbox, text, unless_lost
+from gateway.imapsession import (
+    Interrupted,
+    MailboxError,
+    open_mailbox,
+    text,
+    unless,
+    unless_lost,
+)
 from gateway.ingress.accept import Accept
 from gateway.model import RawMail
 from gateway.store import queries
@@ -98,18 +105,11 @@ class MailboxPoller:
         Cancelling is safe: a message is acknowledged to nobody, and its
         checkpoint moves only with its commit, so it is fetched again next time.
         """
-        task = asyncio.ensure_future(session)
-        stop = asyncio.ensure_future(self._stop.wait())
         try:
-            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stop.cancel()
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-            return
-        task.result()
+            await unless(session, self._stop, "stopping")
+        except Interrupted:
+            if not self._stop.is_set():
+                raise  # the link was lost inside the session: back off and reconnect
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
