@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from gateway.addresses import normalize_address, normalize_domain
@@ -11,6 +11,8 @@ from gateway.config import Rule
 from gateway.model import Delivery
 
 _WS = re.compile(r"\s+")
+
+Matched = tuple[tuple[str, str], ...]  # (condition, value) pairs that held, in condition order
 
 
 def fold(text: str) -> str:
@@ -32,7 +34,7 @@ class CompiledRule:
     assign_to: tuple[str, str] | None  # ("agent" | "team", id)
     tags: tuple[str, ...]
 
-    def check(self, delivery: Delivery) -> tuple[tuple[str, str], ...] | None:
+    def check(self, delivery: Delivery) -> Matched | None:
         """The (condition, value) pairs that hold, or None when any condition fails."""
         matched: list[tuple[str, str]] = []
         facts = delivery.facts
@@ -61,6 +63,16 @@ class CompiledRule:
                 return None
             matched.append(("recipient", address))
         return tuple(matched)
+
+
+def check_each(
+    rules: Sequence[CompiledRule], delivery: Delivery
+) -> Iterator[tuple[CompiledRule, Matched]]:
+    """Every rule checked on its own, in file order: the reference the index must agree with."""
+    for rule in rules:
+        matched = rule.check(delivery)
+        if matched is not None:
+            yield rule, matched
 
 
 def compile_rules(rules: Sequence[Rule]) -> tuple[CompiledRule, ...]:
