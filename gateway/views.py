@@ -40,10 +40,21 @@ async def conversations(
     assignee: str | None = None,
     team: str | None = None,
     unassigned: bool = False,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
+    """One queue, oldest waiting first; the first `limit` of it when given.
+
+    With a limit the time does not grow with the store (bench/views.py);
+    without one it grows with the queue, since every row is returned.
+    """
     async with db.reading() as conn:
         rows = await queries.list_conversations(
-            conn, status=status, assignee=assignee, team=team, unassigned=unassigned
+            conn,
+            status=status,
+            assignee=assignee,
+            team=team,
+            unassigned=unassigned,
+            limit=limit,
         )
         tags = await queries.tags_of(conn, [row["id"] for row in rows])
     return [_conversation(row, tags[row["id"]]) for row in rows]
@@ -101,7 +112,7 @@ async def shunted(db: Database) -> list[dict[str, Any]]:
 async def agents(db: Database, settings: Settings) -> list[dict[str, Any]]:
     async with db.reading() as conn:
         state = await queries.routing_state(conn)
-        counts = await queries.open_counts(conn)
+        counts = await queries.open_counts(conn, [agent.id for agent in settings.agents])
     return [
         {
             "id": agent.id,

@@ -189,6 +189,9 @@ async def messages_of(conn: aiosqlite.Connection, conversation_id: int) -> list[
 
 # --- conversations ------------------------------------------------------------
 
+CONVERSATION_STATUSES = ("open", "closed")
+TAGS_BATCH = 500  # conversations per tags query, far below any bound-parameter limit
+
 
 async def conversation(conn: aiosqlite.Connection, conversation_id: int) -> Row | None:
     return await _one(conn, "SELECT * FROM conversations WHERE id = ?", (conversation_id,))
@@ -269,18 +272,23 @@ async def add_tags(conn: aiosqlite.Connection, conversation_id: int, tags: Itera
 async def tags_of(
     conn: aiosqlite.Connection, conversation_ids: Sequence[int]
 ) -> dict[int, list[str]]:
+    """Each conversation's tags, in the order they were given.
+
+    Asked in batches: one IN list for a long unpaged list would pass SQLite's
+    limit on bound parameters (32,766 by default; 999 before SQLite 3.32).
+    """
     found: dict[int, list[str]] = {cid: [] for cid in conversation_ids}
-    if not conversation_ids:
-        return found
-    marks = ",".join("?" * len(conversation_ids))
-    rows = await _all(
-        conn,
-        f"SELECT conversation_id, tag FROM tags WHERE conversation_id IN ({marks})"
-        " ORDER BY conversation_id, rowid",
-        tuple(conversation_ids),
-    )
-    for row in rows:
-        found[row["conversation_id"]].append(row["tag"])
+    for start in range(0, len(conversation_ids), TAGS_BATCH):
+        batch = tuple(conversation_ids[start : start + TAGS_BATCH])
+        marks = ",".join("?" * len(batch))
+        rows = await _all(
+            conn,
+            f"SELECT conversation_id, tag FROM tags WHERE conversation_id IN ({marks})"
+            " ORDER BY conversation_id, rowid",
+            batch,
+        )
+        for row in rows:
+            found[row["conversation_id"]].append(row["tag"])
     return found
 
 
@@ -291,12 +299,16 @@ async def list_conversations(
     assignee: str | None = None,
     team: str | None = None,
     unassigned: bool = False,
+    limit: int | None = None,
 ) -> list[Row]:
-    """Oldest waiting first: the conversation whose last message is oldest."""
-    where, args = [], []
-    if status is not None:
-        where.append("status = ?")
-        args.append(status)
+    """Oldest waiting first: the conversation whose last message is oldest.
+
+    Each queue is a walk along one (…, status, last_message_at) index, which
+    stops after `limit` rows whatever the store holds. Without a status, one
+    walk per status, merged (UNION ALL + ORDER BY): sorting every conversation
+    to find the oldest few would grow with the store.
+    """
+    where, args = ["status = ?"], []
     if assignee is not None:
         where.append("assignee = ?")
         args.append(assignee)
@@ -305,10 +317,14 @@ async def list_conversations(
         args.append(team)
     if unassigned:
         where.append("assignee IS NULL")
-    clause = f"WHERE {' AND '.join(where)}" if where else ""
-    return await _all(
-        conn, f"SELECT * FROM conversations {clause} ORDER BY last_message_at, id", args
-    )
+    walk = f"SELECT * FROM conversations WHERE {' AND '.join(where)}"
+    statuses = CONVERSATION_STATUSES if status is None else (status,)
+    sql = " UNION ALL ".join([walk] * len(statuses)) + " ORDER BY last_message_at, id"
+    params: list[object] = [value for each in statuses for value in (each, *args)]
+    if limit is not None:
+        sql += " LIMIT ?"
+        params.append(limit)
+    return await _all(conn, sql, params)
 
 
 # --- events -------------------------------------------------------------------
@@ -373,11 +389,20 @@ async def set_agent_status(conn: aiosqlite.Connection, agent: str, status: str, 
     )
 
 
-async def open_counts(conn: aiosqlite.Connection) -> dict[str, int]:
+async def open_counts(conn: aiosqlite.Connection, agents: Sequence[str]) -> dict[str, int]:
+    """Open conversations of each of `agents` (absent: none).
+
+    Named agents let the count walk only the (assignee, status) index, without
+    reading a row; it still grows with the open conversations, since it counts them.
+    """
+    if not agents:
+        return {}
+    marks = ",".join("?" * len(agents))
     rows = await _all(
         conn,
-        "SELECT assignee, count(*) AS n FROM conversations WHERE status = 'open'"
-        " AND assignee IS NOT NULL GROUP BY assignee",
+        f"SELECT assignee, count(*) AS n FROM conversations WHERE assignee IN ({marks})"
+        " AND status = 'open' GROUP BY assignee",
+        tuple(agents),
     )
     return {row["assignee"]: row["n"] for row in rows}
 
