@@ -1,13 +1,19 @@
 """The single door: dedup, make the raw message durable, wake intake.
 
 Whoever calls `accept` answers its sender only after it returns: that is what
-"accepted means durable" rests on.
+"accepted means durable" rests on. Callers that arrive while a commit is being
+made durable wait for the next one, which carries all of them (group commit):
+one fsync serves a whole burst, and still no caller hears back before its own
+message is on disk.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 import aiosqlite
 import structlog
@@ -23,6 +29,18 @@ log = structlog.get_logger("gateway.accept")
 
 Also = Callable[[aiosqlite.Connection, str], Awaitable[None]]  # (connection, dedup key)
 
+# Messages per commit. SQLite binds at most 32,766 values; each message takes 7.
+GROUP_LIMIT = 256
+
+
+@dataclass
+class _Unit:
+    """Mail that must be committed together, and the caller waiting for its ids."""
+
+    mails: list[tuple[RawMail, str]]  # (mail, dedup key)
+    also: list[Also | None]
+    done: asyncio.Future[list[int | None]]
+
 
 class Accept:
     def __init__(
@@ -31,6 +49,8 @@ class Accept:
         self._db = db
         self._clock = clock
         self._on_stored = on_stored
+        self._waiting: deque[_Unit] = deque()
+        self._writer: asyncio.Task[None] | None = None
 
     async def __call__(self, mail: RawMail, also: Also | None = None) -> int | None:
         """The stored message's id; None when it was a duplicate (stored before).
@@ -38,17 +58,71 @@ class Accept:
         `also` writes more in the same transaction, duplicate or not: the IMAP
         poller's checkpoint moves exactly when the message is durable.
         """
-        key = dedup_key(parse_headers(mail.raw), mail.raw)
-        try:
-            async with self._db.transaction() as conn:
-                stored = await queries.insert_message(conn, mail, key, stamp(self._clock()))
-                if also is not None:
-                    await also(conn, key)
-        except sqlite3.Error as error:
-            raise StoreUnavailable(f"the message could not be stored: {error}") from None
-        if stored is None:
-            log.info("message.duplicate", inbox=mail.inbox, dedup_key=key, source=mail.source)
-        else:
-            log.debug("message.accepted", id=stored, inbox=mail.inbox, source=mail.source)
-            self._on_stored()
-        return stored
+        return (await self.together([(mail, also)]))[0]
+
+    async def together(self, items: Sequence[tuple[RawMail, Also | None]]) -> list[int | None]:
+        """Store every item in one transaction (all of them or none); their ids."""
+        unit = _Unit(
+            mails=[(mail, dedup_key(parse_headers(mail.raw), mail.raw)) for mail, _ in items],
+            also=[also for _, also in items],
+            done=asyncio.get_running_loop().create_future(),
+        )
+        self._waiting.append(unit)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+        ids = await unit.done
+        for (mail, key), stored in zip(unit.mails, ids, strict=True):
+            if stored is None:
+                log.info("message.duplicate", inbox=mail.inbox, dedup_key=key, source=mail.source)
+            else:
+                log.debug("message.accepted", id=stored, inbox=mail.inbox, source=mail.source)
+        return ids
+
+    async def _write(self) -> None:
+        """Commit what waits, group after group, until nothing does."""
+        while self._waiting:
+            group = [self._waiting.popleft()]
+            count = len(group[0].mails)
+            while self._waiting and count + len(self._waiting[0].mails) <= GROUP_LIMIT:
+                count += len(self._waiting[0].mails)
+                group.append(self._waiting.popleft())
+            try:
+                results = await self._commit(group)
+            except sqlite3.Error as error:
+                _fail(group, f"the message could not be stored: {error}")
+                continue
+            except StoreUnavailable as error:
+                _fail(group, str(error))
+                continue
+            except asyncio.CancelledError:
+                _fail(group, "the gateway stopped before the message was stored")
+                raise
+            except Exception as error:  # a bug: each caller answers for it (SMTP: 451)
+                for unit in group:
+                    if not unit.done.done():
+                        unit.done.set_exception(error)
+                continue
+            for unit, ids in zip(group, results, strict=True):
+                if not unit.done.done():  # its caller may have gone meanwhile
+                    unit.done.set_result(ids)
+            if any(stored is not None for ids in results for stored in ids):
+                self._on_stored()
+
+    async def _commit(self, group: list[_Unit]) -> list[list[int | None]]:
+        async with self._db.transaction() as conn:
+            flat = [mail for unit in group for mail in unit.mails]
+            ids = await queries.insert_messages(conn, flat, stamp(self._clock()))
+            results = []
+            for unit in group:
+                results.append(ids[: len(unit.mails)])
+                ids = ids[len(unit.mails) :]
+                for (_, key), also in zip(unit.mails, unit.also, strict=True):
+                    if also is not None:
+                        await also(conn, key)
+        return results
+
+
+def _fail(group: list[_Unit], reason: str) -> None:
+    for unit in group:
+        if not unit.done.done():
+            unit.done.set_exception(StoreUnavailable(reason))

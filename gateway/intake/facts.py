@@ -30,8 +30,19 @@ _TOKEN = re.compile(r"\[#([0-9]{1,18})\]")  # 18 digits: always a valid SQLite i
 THREAD_SUBJECT_CHARS = 1000
 
 
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+
+
+def header_block(raw: bytes) -> bytes:
+    """The header section: nothing here needs the body, which may be megabytes."""
+    if raw.startswith((b"\r\n", b"\n")):
+        return b""
+    end = _HEADER_END.search(raw)
+    return raw if end is None else raw[: end.end()]
+
+
 def parse_headers(raw: bytes) -> Message:
-    return _HEADER_PARSER.parsebytes(raw, headersonly=True)
+    return _HEADER_PARSER.parsebytes(header_block(raw), headersonly=True)
 
 
 def clean_text(text: str) -> str:

@@ -72,24 +72,25 @@ def _stored(row: Row) -> StoredMail:
     )
 
 
-async def insert_message(
-    conn: aiosqlite.Connection, mail: RawMail, dedup_key: str, at: str
-) -> int | None:
-    """The new message's id, or None when (inbox, dedup key) is stored already."""
-    cursor = await conn.execute(
+async def insert_messages(
+    conn: aiosqlite.Connection, mails: Sequence[tuple[RawMail, str]], at: str
+) -> list[int | None]:
+    """Each (mail, dedup key)'s new id, or None when it is stored already (or earlier in
+    `mails`). One statement for them all: a group commit costs one round trip."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(mails))
+    params: list[object] = []
+    for mail, key in mails:
+        params += (mail.inbox, key, mail.source, mail.envelope_from)
+        params += (json.dumps(list(mail.envelope_to)), mail.raw, at)
+    rows = await conn.execute_fetchall(
         "INSERT INTO messages (inbox, dedup_key, source, envelope_from, envelope_to, raw,"
-        " received_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (inbox, dedup_key) DO NOTHING",
-        (
-            mail.inbox,
-            dedup_key,
-            mail.source,
-            mail.envelope_from,
-            json.dumps(list(mail.envelope_to)),
-            mail.raw,
-            at,
-        ),
+        f" received_at) VALUES {values} ON CONFLICT (inbox, dedup_key) DO NOTHING"
+        " RETURNING id, inbox, dedup_key",
+        params,
     )
-    return cursor.lastrowid if cursor.rowcount == 1 else None
+    new = {(row["inbox"], row["dedup_key"]): int(row["id"]) for row in rows}
+    # RETURNING's order is not promised; a key given twice belongs to its first mail.
+    return [new.pop((mail.inbox, key), None) for mail, key in mails]
 
 
 async def is_stored(conn: aiosqlite.Connection, inbox: str, dedup_key: str) -> bool:

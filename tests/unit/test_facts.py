@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from email import policy
 from email.message import EmailMessage
+from email.parser import BytesParser
 from email.policy import SMTP
 
 from hypothesis import given
@@ -12,6 +14,7 @@ from gateway.addresses import normalize_address
 from gateway.intake.facts import (
     conversation_token,
     extract,
+    facts_of,
     normalize_message_id,
     thread_subject,
 )
@@ -99,3 +102,23 @@ def test_hostile_subjects_are_handled_in_linear_time() -> None:
     assert thread_subject("re" + " " * 200_000 + ":x") == "re"
     assert thread_subject("Re" + "[#1]" * 50_000 + "x").startswith("re")
     assert conversation_token("[#" + "9" * 30 + "]") is None
+
+
+HEADERISH = st.lists(
+    st.sampled_from(
+        [
+            *(b"From: a@b.c", b"Subject: hi", b"Message-ID: <x@y>", b" folded", b"\t", b""),
+            *(b"\r", b"References: <r@s>", b"no colon", b"Content-Type: text/plain", b"\xff\x00"),
+        ]
+    ),
+    max_size=12,
+)
+
+
+@given(HEADERISH, st.sampled_from([b"\r\n", b"\n"]), st.binary(max_size=300))
+def test_the_body_is_never_parsed_and_facts_are_the_same(
+    lines: list[bytes], newline: bytes, body: bytes
+) -> None:
+    raw = newline.join(lines) + newline + body
+    whole = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+    assert extract(raw) == facts_of(whole, None)
