@@ -39,6 +39,19 @@ def record_id(text: str) -> int:
     return value
 
 
+def list_limit(text: str) -> int:
+    """How many conversations to list: 0 for all of them."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is below 0: give how many to show, or 0 for all")
+    if value >= 2**63 - 1:  # one more is asked of SQLite, which holds 64-bit integers
+        raise argparse.ArgumentTypeError(f"{text} is too large: use 0 for all")
+    return value
+
+
 def printable(text: object) -> str:
     """Control characters shown escaped, so a subject cannot move the terminal around."""
     if text is None:
@@ -151,19 +164,39 @@ async def _try_mailboxes(mailboxes: list[tuple[str, ImapSection]]) -> list[str]:
 
 def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
     status = None if args.status == "all" else args.status
+    # One row more than shown says whether more wait, without counting the queue.
+    asked = args.limit + 1 if args.limit else None
     found = _with_db(
         settings,
         lambda db: views.conversations(
-            db, status=status, assignee=args.agent, team=args.team, unassigned=args.unassigned
+            db,
+            status=status,
+            assignee=args.agent,
+            team=args.team,
+            unassigned=args.unassigned,
+            limit=asked,
         ),
         readonly=True,
     )
+    more = asked is not None and len(found) == asked
+    if more:
+        found = found[: args.limit]
     if args.json:
         print(json.dumps(found, ensure_ascii=False, indent=2))
-        return 0
-    if not found:
+    elif not found:
         print("No conversations.")
-        return 0
+    else:
+        print(_conversations_table(found))
+    if more:
+        print(
+            f"More conversations are waiting; showing the first {args.limit} (oldest first)."
+            " Use --limit 0 for all.",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _conversations_table(found: list[dict[str, Any]]) -> str:
     now = utcnow()
     rows = [
         [
@@ -178,10 +211,9 @@ def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
         ]
         for c in found
     ]
-    print(
-        table(["ID", "WAITING", "CUSTOMER", "SUBJECT", "ASSIGNEE", "TEAM", "STATUS", "TAGS"], rows)
+    return table(
+        ["ID", "WAITING", "CUSTOMER", "SUBJECT", "ASSIGNEE", "TEAM", "STATUS", "TAGS"], rows
     )
-    return 0
 
 
 def describe(event: dict[str, Any]) -> str:
@@ -497,6 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--agent", metavar="ID", help="an agent's queue")
     which.add_argument("--team", metavar="ID", help="a team's queue")
     p.add_argument("--status", choices=["open", "closed", "all"], default="open")
+    p.add_argument(
+        "--limit",
+        type=list_limit,
+        default=100,
+        metavar="N",
+        help="show the N longest waiting (default: 100); 0 shows all",
+    )
     p = command(
         "show", cmd_show, "a conversation: messages and activity timeline", json_output=True
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ import pytest
 
 from gateway.cli import main as gateway
 from gateway.config import Settings
+from gateway.store import queries
+from gateway.store.db import Database
 from tests.conftest import RunningDaemon, free_port, mail, wait_until
 
 pytestmark = pytest.mark.integration
@@ -118,6 +121,95 @@ def test_conversations_table_for_people(
     ]
     assert "nobody there" in lines[1] and "<1 min" in lines[1]
     assert len(lines) == 3
+
+
+QUEUE = 105  # more than the default page of 100
+
+
+@pytest.fixture
+def long_queue(make_settings: Callable[..., Settings]) -> Path:
+    """QUEUE open conversations, made through the store; the last made has waited longest."""
+    settings = make_settings()
+
+    async def fill() -> None:
+        db = await Database.open(settings.gateway.database, create=True)
+        try:
+            async with db.transaction() as conn:
+                for n in range(QUEUE):
+                    at = f"2025-01-01T{(QUEUE - n) // 60:02}:{(QUEUE - n) % 60:02}:00+00:00"
+                    await queries.create_conversation(
+                        conn,
+                        inbox="support@example.com",
+                        customer=f"c{n}@example.org",
+                        subject=f"question {n}",
+                        thread_subject=f"question {n}",
+                        assignee=None,
+                        team=None,
+                        at=at,
+                    )
+        finally:
+            await db.close()
+
+    asyncio.run(fill())
+    return Path(settings.gateway.database).with_name("gateway.toml")
+
+
+MORE_WAITING = "More conversations are waiting; showing the first {} (oldest first)."
+
+
+def test_conversations_shows_the_first_100_and_says_more_wait(
+    long_queue: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert gateway(["conversations", "--config", str(long_queue)]) == 0
+    out, err = capsys.readouterr()
+    header, *rows = out.splitlines()
+    assert header.split()[0] == "ID" and len(rows) == 100
+    assert rows[0].split()[0] == str(QUEUE)  # the last made has waited longest
+    assert err.strip() == MORE_WAITING.format(100) + " Use --limit 0 for all."
+
+
+def test_conversations_limit_0_shows_all(
+    long_queue: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert gateway(["conversations", "--limit", "0", "--config", str(long_queue)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 + QUEUE and err == ""
+
+
+def test_conversations_limit_with_json_is_that_many_oldest_first(
+    long_queue: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert gateway(["conversations", "--limit", "5", "--json", "--config", str(long_queue)]) == 0
+    out, err = capsys.readouterr()
+    found = json.loads(out)
+    assert [c["id"] for c in found] == [105, 104, 103, 102, 101]
+    assert [c["last_message_at"] for c in found] == sorted(c["last_message_at"] for c in found)
+    assert err.strip().startswith(MORE_WAITING.format(5))
+
+
+def test_conversations_says_nothing_more_when_the_limit_holds_the_queue(
+    long_queue: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert gateway(["conversations", "--limit", str(QUEUE), "--config", str(long_queue)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1 + QUEUE and err == ""
+
+
+@pytest.mark.parametrize("given", ["-1", "many"])
+def test_conversations_refuses_a_bad_limit_with_a_sentence(
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    given: str,
+) -> None:
+    make_settings()
+    with pytest.raises(SystemExit) as exited:
+        gateway(["conversations", "--limit", given, "--config", str(tmp_path / "gateway.toml")])
+    assert exited.value.code == 2
+    reason = "-1 is below 0: give how many to show, or 0 for all"
+    if given == "many":
+        reason = "'many' is not a number"
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"argument --limit: {reason}")
 
 
 def test_show_json_has_messages_and_the_timeline(
