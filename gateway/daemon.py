@@ -54,8 +54,16 @@ class Daemon:
             async with db.transaction() as conn:
                 secret = await alertmark.load_secret(conn)
             outbox = Outbox(db, self.settings, secret, clock=self._clock, retry=self._retry)
-            intake = Intake(db, self.settings, secret, clock=self._clock, on_routed=outbox.wake)
-            accept = Accept(db, clock=self._clock, on_stored=intake.wake)
+            accept = Accept(db, clock=self._clock)
+            intake = Intake(
+                db,
+                self.settings,
+                secret,
+                clock=self._clock,
+                on_routed=outbox.wake,
+                accept_busy=accept.busy,
+            )
+            accept.on_stored = intake.wake
             smtp = SmtpServer(self.settings, Relay(self.settings, accept))
             pollers = [
                 MailboxPoller(db, inbox, accept, clock=self._clock)

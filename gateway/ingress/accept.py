@@ -48,9 +48,13 @@ class Accept:
     ) -> None:
         self._db = db
         self._clock = clock
-        self._on_stored = on_stored
+        self.on_stored = on_stored
         self._waiting: deque[_Unit] = deque()
         self._writer: asyncio.Task[None] | None = None
+
+    def busy(self) -> bool:
+        """Mail is being committed or waits to be: a burst is on."""
+        return self._writer is not None and not self._writer.done()
 
     async def __call__(self, mail: RawMail, also: Also | None = None) -> int | None:
         """The stored message's id; None when it was a duplicate (stored before).
@@ -106,7 +110,7 @@ class Accept:
                 if not unit.done.done():  # its caller may have gone meanwhile
                     unit.done.set_result(ids)
             if any(stored is not None for ids in results for stored in ids):
-                self._on_stored()
+                self.on_stored()
 
     async def _commit(self, group: list[_Unit]) -> list[list[int | None]]:
         async with self._db.transaction() as conn:

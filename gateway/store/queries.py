@@ -100,12 +100,31 @@ async def is_stored(conn: aiosqlite.Connection, inbox: str, dedup_key: str) -> b
     return row is not None
 
 
-async def pending_ids(conn: aiosqlite.Connection, limit: int) -> list[int]:
-    """The oldest pending messages first: intake keeps arrival order."""
-    rows = await _all(
-        conn, "SELECT id FROM messages WHERE state = 'pending' ORDER BY id LIMIT ?", (limit,)
+async def pending_messages(
+    conn: aiosqlite.Connection, limit: int, max_bytes: int
+) -> list[StoredMail]:
+    """The oldest pending messages first (intake keeps arrival order): at most `limit`,
+    and no more raw bytes than `max_bytes` unless the first alone is larger."""
+    sizes = await _all(
+        conn,
+        "SELECT id, length(raw) AS size FROM messages WHERE state = 'pending' ORDER BY id LIMIT ?",
+        (limit,),
     )
-    return [int(row["id"]) for row in rows]
+    ids: list[int] = []
+    total = 0
+    for row in sizes:
+        total += int(row["size"])
+        if ids and total > max_bytes:
+            break
+        ids.append(int(row["id"]))
+    if not ids:
+        return []
+    rows = await _all(
+        conn,
+        f"SELECT * FROM messages WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id",
+        ids,
+    )
+    return [_stored(row) for row in rows]
 
 
 async def message(conn: aiosqlite.Connection, message_pk: int) -> StoredMail | None:
