@@ -1,0 +1,112 @@
+"""Group commit and batched intake: fewer fsyncs, the same guarantees per message."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from gateway import alertmark
+from gateway.config import Settings
+from gateway.ingress.accept import Accept
+from gateway.intake import worker
+from gateway.intake.worker import Intake
+from gateway.model import RawMail
+from gateway.store import queries
+from gateway.store.db import Database
+
+INBOX = "support@example.com"
+
+
+def raw(n: int, subject: str = "Question") -> bytes:
+    return (
+        f"From: c{n}@example.org\r\nTo: {INBOX}\r\nSubject: {subject} {n}\r\n"
+        f"Message-ID: <batch-{n}@example.org>\r\n\r\nbody {n}\r\n"
+    ).encode()
+
+
+def mail(n: int, subject: str = "Question") -> RawMail:
+    return RawMail(INBOX, raw(n, subject), "smtp", f"c{n}@example.org", (INBOX,))
+
+
+@pytest.fixture
+async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[Settings, Database]]:
+    settings = make_settings()
+    db = await Database.open(settings.gateway.database)
+    yield settings, db
+    await db.close()
+
+
+async def count_commits(db: Database) -> list[str]:
+    seen: list[str] = []
+    await db._conn.set_trace_callback(
+        lambda sql: seen.append(sql) if sql.strip().upper() == "COMMIT" else None
+    )
+    return seen
+
+
+async def test_concurrent_messages_share_commits_and_each_is_stored(
+    store: tuple[Settings, Database],
+) -> None:
+    _, db = store
+    commits = await count_commits(db)
+    ids = await asyncio.gather(*(Accept(db)(mail(n)) for n in range(50)))
+    # Each Accept is its own door here; one door groups what reaches it together.
+    door = Accept(db)
+    grouped = await asyncio.gather(*(door(mail(n)) for n in range(50, 100)))
+    assert None not in ids + grouped and len(set(ids + grouped)) == 100
+    async with db.reading() as conn:
+        stored = [await queries.message(conn, i) for i in grouped]
+    assert [s.mail.raw for s in stored if s] == [raw(n) for n in range(50, 100)]
+    assert len(commits) - 50 < 10  # the 50 sent together took a handful of commits
+
+
+async def test_the_same_message_twice_in_one_group_is_stored_once(
+    store: tuple[Settings, Database],
+) -> None:
+    _, db = store
+    door = Accept(db)
+    first, second, other = await asyncio.gather(door(mail(1)), door(mail(1)), door(mail(2)))
+    assert first is not None and second is None and other is not None
+
+
+async def test_a_message_that_fails_in_a_batch_is_shunted_alone_and_leaves_nothing(
+    store: tuple[Settings, Database], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, db = store
+    door = Accept(db)
+    await asyncio.gather(*(door(mail(n, "explode" if n == 3 else "Question")) for n in range(6)))
+    real = worker.queue_keywords
+
+    async def faulty(conn, conversation_id, at):  # type: ignore[no-untyped-def]
+        row = await queries.conversation(conn, conversation_id)
+        if "explode" in row["subject"]:
+            raise RuntimeError("injected after the conversation was written")
+        await real(conn, conversation_id, at)
+
+    monkeypatch.setattr(worker, "queue_keywords", faulty)
+    async with db.transaction() as conn:
+        secret = await alertmark.load_secret(conn)
+    commits = await count_commits(db)
+    assert await Intake(db, settings, secret).drain() == 6
+    assert len(commits) == 1  # the six in one transaction
+    async with db.reading() as conn:
+        states = [(await queries.message(conn, i)) for i in range(1, 7)]
+        subjects = [r["subject"] for r in await queries.list_conversations(conn, status=None)]
+    assert [s.state for s in states if s] == ["routed"] * 3 + ["shunted"] + ["routed"] * 2
+    assert sorted(subjects) == [f"Question {n}" for n in (0, 1, 2, 4, 5)]
+
+
+async def test_intake_keeps_routing_while_accept_is_busy(
+    store: tuple[Settings, Database],
+) -> None:
+    settings, db = store
+    door = Accept(db)
+    await asyncio.gather(*(door(mail(n)) for n in range(25)))
+    async with db.transaction() as conn:
+        secret = await alertmark.load_secret(conn)
+    intake = Intake(db, settings, secret, accept_busy=lambda: True)
+    assert await intake.drain() == 25
+    async with db.reading() as conn:
+        assert await queries.pending_messages(conn, 100, 1 << 20) == []
