@@ -32,7 +32,7 @@ from gateway.imapsession import (
     unless,
     unless_lost,
 )
-from gateway.ingress.accept import Accept
+from gateway.ingress.accept import Accept, Also
 from gateway.model import RawMail
 from gateway.store import queries
 from gateway.store.db import Database
@@ -189,24 +189,55 @@ class MailboxPoller:
                 raise MailboxError(f"the fetch failed: {text(fetched.lines)}")
             got = _messages(fetched.lines)
             unread = sorted(set(batch) - {uid for uid, _, _ in got})
-            for uid, internaldate, raw in got:
-                if unread and uid > unread[0]:
-                    # Never move the checkpoint past a message not read: the next
-                    # session asks again (one expunged meanwhile is simply gone).
-                    raise MailboxError(f"message UID {unread[0]} could not be read; trying again")
-                cursor = await self._store(cursor, uid, internaldate, raw)
+            readable = [item for item in got if not unread or item[0] < unread[0]]
+            if readable:
+                cursor = await self._store(cursor, readable)
+            if unread:
+                # Never move the checkpoint past a message not read: the next
+                # session asks again (one expunged meanwhile is simply gone).
+                raise MailboxError(f"message UID {unread[0]} could not be read; trying again")
         if self._rescan is not None and cursor.last_uid >= self._rescan[1] - 1:
             self._rescan = None  # the renumbered mail is all seen again
         return cursor
 
     async def _store(
-        self, cursor: queries.Cursor, uid: int, internaldate: datetime | None, raw: bytes
+        self, cursor: queries.Cursor, fetched: list[tuple[int, datetime | None, bytes]]
     ) -> queries.Cursor:
+        """Store a fetched batch in one commit, each message with its checkpoint."""
+        taken: list[int] = []
+        items: list[tuple[RawMail, Also | None]] = []
+        for uid, internaldate, raw in fetched:
+            old = (
+                self._rescan is not None
+                and uid < self._rescan[1]
+                and internaldate is not None
+                and internaldate < self._rescan[0]
+            )
+            if not old:  # after a renumbering, mail from before the first contact stays alone
+                taken.append(uid)
+                items.append(
+                    (
+                        RawMail(self._inbox, raw, "imap", None, (self._inbox,)),
+                        self._checkpoint(cursor, uid),
+                    )
+                )
+        stored = await self._accept.together(items) if items else []
+        for uid, message in zip(taken, stored, strict=True):
+            self._log.info("imap.taken", uid=uid, message=message, duplicate=message is None)
+        moved = queries.Cursor(
+            cursor.uidvalidity, max(fetched[-1][0], cursor.last_uid), cursor.first_connected_at
+        )
+        if not taken or taken[-1] != fetched[-1][0]:
+            async with self._db.transaction() as conn:
+                await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)
+        return moved
+
+    def _checkpoint(self, cursor: queries.Cursor, uid: int) -> Also:
         moved = queries.Cursor(
             cursor.uidvalidity, max(uid, cursor.last_uid), cursor.first_connected_at
         )
 
-        async def checkpoint(conn: aiosqlite.Connection, key: str) -> None:
+        async def write(conn: aiosqlite.Connection, key: str) -> None:
             await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)
             await queries.add_imap_source(
                 conn, self._inbox, self._imap.folder, cursor.uidvalidity, uid, key
@@ -216,20 +247,7 @@ class MailboxPoller:
             if routed is not None:
                 await queue_keywords(conn, routed, stamp(self._clock()))
 
-        old = (
-            self._rescan is not None
-            and uid < self._rescan[1]
-            and internaldate is not None
-            and internaldate < self._rescan[0]
-        )
-        if old:  # after a renumbering, mail from before the first contact stays alone
-            async with self._db.transaction() as conn:
-                await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)
-            return moved
-        mail = RawMail(self._inbox, raw, "imap", None, (self._inbox,))
-        stored = await self._accept(mail, also=checkpoint)
-        self._log.info("imap.taken", uid=uid, message=stored, duplicate=stored is None)
-        return moved
+        return write
 
     async def _idle(self, client: aioimaplib.IMAP4, lost: asyncio.Event) -> None:
         """Wait in IDLE until the mailbox changes, the renewal time, stop, or a lost link."""
