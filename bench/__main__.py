@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from importlib.metadata import version
+from importlib.util import find_spec
 from pathlib import Path
 
 import aiosmtplib
@@ -110,7 +111,7 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-m", "bench.bare", str(port)], cwd=ROOT)
 
 
-def start_gateway(port: int, folder: Path) -> subprocess.Popen[bytes]:
+def start_gateway(port: int, folder: Path, loop: str = "asyncio") -> subprocess.Popen[bytes]:
     config = {
         "gateway": {"database": "gateway.db", "hostname": "bench.test"},
         "smtp": {"listen": [f"127.0.0.1:{port}"]},
@@ -122,8 +123,9 @@ def start_gateway(port: int, folder: Path) -> subprocess.Popen[bytes]:
     }
     path = folder / "gateway.toml"
     path.write_text(tomli_w.dumps(config))
+    program = "gateway" if loop == "asyncio" else "bench.uvloop_gateway"
     return subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "--config", str(path)],
+        [sys.executable, "-m", program, "run", "--config", str(path)],
         cwd=ROOT,
         stderr=subprocess.DEVNULL,
     )
@@ -141,25 +143,42 @@ def routed_after(database: Path, timeout: float = 120) -> float:
     return float("inf")
 
 
-def run(seconds: float, rounds: int) -> tuple[list[Result], list[tuple[int, float]]]:
+# uvloop is measured where it is installed (`pip install uvloop`); the gateway runs on asyncio.
+TARGETS = ("bare", "gateway") + (("gateway+uvloop",) if find_spec("uvloop") else ())
+
+
+def measure(target: str, connections: int, seconds: float) -> tuple[Result, float | None]:
+    """One run against a fresh server: the client's result, and for the gateway how
+    long intake still needed after the client stopped."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        if target == "bare":
+            process = start_bare(port)
+        else:
+            loop = "uvloop" if target.endswith("uvloop") else "asyncio"
+            process = start_gateway(port, Path(tmp), loop)
+        try:
+            wait_port(port, process)
+            result = asyncio.run(load(port, connections, seconds, target))
+            after = None if target == "bare" else routed_after(Path(tmp) / "gateway.db")
+        finally:
+            process.terminate()
+            process.wait(30)
+    return result, after
+
+
+Backlog = list[tuple[str, int, float]]  # (target, connections, seconds to route after)
+
+
+def run(seconds: float, rounds: int) -> tuple[list[Result], Backlog]:
     results: list[Result] = []
-    backlog: list[tuple[int, float]] = []
+    backlog: Backlog = []
     for round_ in range(rounds):
         for connections in CONNECTIONS:
-            for target in ("bare", "gateway"):
-                port = free_port()
-                with tempfile.TemporaryDirectory() as tmp:
-                    process = (
-                        start_bare(port) if target == "bare" else start_gateway(port, Path(tmp))
-                    )
-                    try:
-                        wait_port(port, process)
-                        result = asyncio.run(load(port, connections, seconds, target))
-                        if target == "gateway":
-                            backlog.append((connections, routed_after(Path(tmp) / "gateway.db")))
-                    finally:
-                        process.terminate()
-                        process.wait(30)
+            for target in TARGETS:
+                result, after = measure(target, connections, seconds)
+                if after is not None:
+                    backlog.append((target, connections, after))
                 results.append(result)
                 print(
                     f"round {round_ + 1}/{rounds} {target:8} {connections:2} conn: "
@@ -170,43 +189,73 @@ def run(seconds: float, rounds: int) -> tuple[list[Result], list[tuple[int, floa
     return results, backlog
 
 
-def report(results: list[Result], backlog: list[tuple[int, float]], seconds: float) -> str:
+def _median_rate(results: list[Result], target: str, connections: int) -> float:
+    return statistics.median(
+        r.rate for r in results if r.target == target and r.connections == connections
+    )
+
+
+def _latency(results: list[Result], target: str, connections: int) -> str:
+    pooled = [
+        x
+        for r in results
+        if r.target == target and r.connections == connections
+        for x in r.latencies
+    ]
+    joined = Result("", 0, 0, 1, pooled)
+    return f"{joined.percentile(0.5):.2f} / {joined.percentile(0.99):.2f}"
+
+
+def report(results: list[Result], backlog: Backlog) -> str:
     lines = [
-        "| connections | bare aiosmtpd msg/s | gateway msg/s | ratio | bare p50 / p99 ms "
-        "| gateway p50 / p99 ms | routed after the burst |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| connections | server | msg/s | x bare | p50 / p99 ms | routed after the run |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for connections in CONNECTIONS:
-
-        def of(target: str, c: int = connections) -> list[Result]:
-            return [r for r in results if r.target == target and r.connections == c]
-
-        bare, gw = of("bare"), of("gateway")
-        bare_rate = statistics.median(r.rate for r in bare)
-        gw_rate = statistics.median(r.rate for r in gw)
-
-        def pct(rs: list[Result]) -> str:
-            joined = Result("", 0, 0, 1, [x for r in rs for x in r.latencies])
-            return f"{joined.percentile(0.5):.2f} / {joined.percentile(0.99):.2f}"
-
-        after = max(s for c, s in backlog if c == connections)
-        lines.append(
-            f"| {connections} | {bare_rate:.0f} | {gw_rate:.0f} | {gw_rate / bare_rate:.2f} "
-            f"| {pct(bare)} | {pct(gw)} | {after:.2f} s |"
-        )
+        bare = _median_rate(results, "bare", connections)
+        for target in TARGETS:
+            rate = _median_rate(results, target, connections)
+            afters = [a for t, c, a in backlog if t == target and c == connections]
+            after = f"{max(afters):.2f} s" if afters else ""
+            lines.append(
+                f"| {connections} | {target} | {rate:.0f} | {rate / bare:.2f} "
+                f"| {_latency(results, target, connections)} | {after} |"
+            )
     return "\n".join(lines)
+
+
+def burst(seconds: float, loop: str) -> str:
+    """A long burst at 32 connections: bare, then the gateway; how long routing lags."""
+    target = "gateway" if loop == "asyncio" else "gateway+uvloop"
+    print(f"burst: {seconds:g} s at 32 connections, bare then {target}", flush=True)
+    bare, _ = measure("bare", 32, seconds)
+    gateway, after = measure(target, 32, seconds)
+    assert after is not None
+    routed_rate = gateway.sent / (gateway.seconds + after)
+    return (
+        "| load | bare accept msg/s | gateway accept msg/s | x bare | gateway p50 / p99 ms "
+        "| routed after the burst | routed msg/s, first to last | x bare |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
+        f"| {seconds:g} s at 32 connections ({target}) | {bare.rate:.0f} | {gateway.rate:.0f} "
+        f"| {gateway.rate / bare.rate:.2f} "
+        f"| {gateway.percentile(0.5):.2f} / {gateway.percentile(0.99):.2f} "
+        f"| {after:.2f} s | {routed_rate:.0f} | {routed_rate / bare.rate:.2f} |"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
+    parser.add_argument("--burst", type=float, default=30.0, help="length of the long burst")
     parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md")
     args = parser.parse_args()
     results, backlog = run(args.seconds, args.rounds)
-    table = report(results, backlog, args.seconds)
+    table = report(results, backlog)
     print()
     print(table)
+    long_burst = burst(args.burst, "asyncio")
+    print(long_burst)
     if args.write:
         machine = (
             f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} "

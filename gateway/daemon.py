@@ -53,8 +53,15 @@ class Daemon:
         try:
             async with db.transaction() as conn:
                 secret = await alertmark.load_secret(conn)
-            outbox = Outbox(db, self.settings, secret, clock=self._clock, retry=self._retry)
             accept = Accept(db, clock=self._clock)
+            outbox = Outbox(
+                db,
+                self.settings,
+                secret,
+                clock=self._clock,
+                retry=self._retry,
+                accept_busy=accept.busy,
+            )
             intake = Intake(
                 db,
                 self.settings,

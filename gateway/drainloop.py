@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
+from collections.abc import Callable
 
 import structlog
 
@@ -17,14 +19,27 @@ log = structlog.get_logger("gateway.loop")
 
 POLL_SECONDS = 1.0  # also picks up what other processes queued (`gateway` commands)
 RETRY_SECONDS = 2.0
+# While accept is busy (a burst), a loop rests this many times as long as it worked:
+# accept first, like a mail server's queue, and the loop still never stops.
+BURST_REST = 4.0
 
 
 class DrainLoop:
     name = "loop"
 
-    def __init__(self) -> None:
+    def __init__(self, accept_busy: Callable[[], bool] = lambda: False) -> None:
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._accept_busy = accept_busy
+
+    @property
+    def accept_busy(self) -> bool:
+        return self._accept_busy()
+
+    async def accept_first(self, worked_since: float) -> None:
+        """During a burst, give accept the loop (and the store) for a while."""
+        if self._accept_busy():
+            await asyncio.sleep((time.perf_counter() - worked_since) * BURST_REST)
 
     def wake(self) -> None:
         self._wakeup.set()

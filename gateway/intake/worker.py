@@ -36,9 +36,8 @@ log = structlog.get_logger("gateway.intake")
 
 ACTOR = "gateway"
 BATCH = 100  # messages per transaction when accept is quiet
-BURST_BATCH = 10  # while accept is busy: short transactions keep its commits waiting little
+BURST_BATCH = 3  # while accept is busy: short transactions keep its commits waiting little
 BATCH_BYTES = 16 * 1024 * 1024  # raw mail held in memory at once (at least one message)
-BURST_YIELD = 2.0  # during a burst, intake rests twice as long as it worked: 1/3 of the loop
 
 
 @dataclass(frozen=True)
@@ -63,34 +62,30 @@ class Intake(DrainLoop):
         on_routed: Callable[[], None] = lambda: None,
         accept_busy: Callable[[], bool] = lambda: False,
     ) -> None:
-        super().__init__()
+        super().__init__(accept_busy)
         self._db = db
         self._settings = settings
         self._policy = Policy.from_settings(settings)
         self._secret = secret
         self._clock = clock
         self._on_routed = on_routed
-        self._accept_busy = accept_busy
         self._agent_addresses = {normalize_address(a.email) for a in settings.agents}
 
     async def drain(self) -> int:
         """Handle every pending message; the count handled."""
         handled = 0
         while not self.stopping:
-            # Accept first, like a mail server's queue: during a burst intake takes
-            # small batches (short transactions) and a share of the loop, never none.
-            busy = self._accept_busy()
+            # During a burst: small batches, so accept's commits wait little for the store.
+            started = time.perf_counter()
             async with self._db.reading() as conn:
                 batch = await queries.pending_messages(
-                    conn, BURST_BATCH if busy else BATCH, BATCH_BYTES
+                    conn, BURST_BATCH if self.accept_busy else BATCH, BATCH_BYTES
                 )
             if not batch:
                 break
-            started = time.perf_counter()
             await self.process_batch(batch)
             handled += len(batch)
-            if busy:
-                await asyncio.sleep((time.perf_counter() - started) * BURST_YIELD)
+            await self.accept_first(started)
         return handled
 
     async def process(self, stored: StoredMail) -> Outcome:

@@ -8,6 +8,8 @@ sends the alert again, with the same Message-ID (derived from the event id).
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
@@ -60,8 +62,9 @@ class Outbox(DrainLoop):
         clock: Clock = utcnow,
         retry: RetryPolicy = DEFAULT_RETRY,
         transport: Transport | None = None,
+        accept_busy: Callable[[], bool] = lambda: False,
     ) -> None:
-        super().__init__()
+        super().__init__(accept_busy)
         self._db = db
         self._settings = settings
         self._secret = secret
@@ -87,6 +90,7 @@ class Outbox(DrainLoop):
             if not rows:
                 break
             for row in rows:
+                started = time.perf_counter()
                 lease = await self._claim(row["id"])
                 if lease is None:
                     continue
@@ -95,6 +99,7 @@ class Outbox(DrainLoop):
                 else:
                     await self._attempt(row, lease)
                 attempted += 1
+                await self.accept_first(started)
         return attempted
 
     async def _claim(self, outbox_id: int) -> str | None:
