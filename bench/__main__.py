@@ -1,12 +1,16 @@
-"""SMTP accept: the gateway against a bare aiosmtpd server, same client, alternating.
+"""The gateway's speed, each figure against a baseline measured in the same run.
 
-    .venv/bin/python -m bench [--seconds 3] [--rounds 2] [--write]
+    .venv/bin/python -m bench [--seconds 3] [--rounds 2] [--burst 30] [--smtp-only] [--write]
 
-Each server runs in its own process; the client (aiosmtplib, N connections)
-runs here. Latency is end of DATA → reply. Rounds alternate bare/gateway so
-the shared machine's noise falls on both; the ratio is the figure. After each
-gateway round, the time until intake has routed every accepted message is
-measured too (the backlog a burst leaves behind).
+SMTP: the gateway against a bare aiosmtpd server (and the gateway on uvloop
+where uvloop is installed), same aiosmtplib client, N connections, each server
+in its own process, rounds alternating so the shared machine's noise falls on
+all; the ratio is the figure. After each gateway run, the time until intake
+has routed every accepted message. Then one long burst at 32 connections: the
+bare server's rate, the gateway's, how long routing lags after it and the
+routed rate from first message to last. Then routing cost (bench.routing),
+IMAP (bench.imap) and the queue views (bench.views). `--write` puts the
+tables into BENCHMARKS.md between its figure markers.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from pathlib import Path
 
 import aiosmtplib
 import tomli_w
+
+from bench import imap, routing, views
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 8, 32)
@@ -248,50 +254,48 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     parser.add_argument("--burst", type=float, default=30.0, help="length of the long burst")
+    parser.add_argument("--smtp-only", action="store_true", help="skip routing, IMAP, views")
     parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md")
     args = parser.parse_args()
     results, backlog = run(args.seconds, args.rounds)
-    table = report(results, backlog)
-    print()
-    print(table)
-    long_burst = burst(args.burst, "asyncio")
-    print(long_burst)
+    sections = {"smtp": report(results, backlog)}
+    print(sections["smtp"], flush=True)
+    sections["burst"] = burst(args.burst, "asyncio")
+    print(sections["burst"], flush=True)
+    if not args.smtp_only:
+        for name, module in (("routing", routing), ("imap", imap), ("views", views)):
+            print(f"{name}...", flush=True)
+            sections[name] = module.measure()
+            print(sections[name], flush=True)
     if args.write:
         machine = (
             f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}, "
-            f"aiosmtpd {version('aiosmtpd')}, aiosqlite {version('aiosqlite')}"
+            f"aiosmtpd {version('aiosmtpd')}, aiosqlite {version('aiosqlite')}, "
+            f"SQLite {sqlite3.sqlite_version}"
         )
-        (ROOT / "BENCHMARKS.md").write_text(
-            TEMPLATE.format(
-                date=datetime.now(UTC).strftime("%Y-%m-%d"),
-                machine=machine,
-                table=table,
-                seconds=args.seconds,
-                rounds=args.rounds,
-            )
+        figures = (
+            f"Latest run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, on {machine}.\n"
+            f"Command: `python -m bench --seconds {args.seconds:g} --rounds {args.rounds}"
+            f" --burst {args.burst:g} --write`.\n\n"
+            + "\n\n".join(f"### {TITLES[name]}\n\n{table}" for name, table in sections.items())
         )
+        path = ROOT / "BENCHMARKS.md"
+        before, _, rest = path.read_text().partition(START)
+        _, _, after = rest.partition(END)
+        path.write_text(f"{before}{START}\n{figures}\n{END}{after}")
+        print(f"written to {path.name}")
 
 
-TEMPLATE = """# Benchmarks
-
-Latest run: {date}, on {machine}.
-Command: `.venv/bin/python -m bench --seconds {seconds:g} --rounds {rounds} --write`.
-
-## SMTP accept: the gateway against a bare aiosmtpd server
-
-Same client (aiosmtplib in one process, N connections, ~2 KB messages), each
-server in its own process, rounds alternating bare/gateway; rates are the median
-of the rounds, latencies (end of DATA → reply) pooled. The bare server's
-`handle_DATA` only answers 250; the gateway commits each message to SQLite (WAL,
-`synchronous=FULL`, one fsync'd commit per message) before its 250, and runs
-intake in the same process and loop. "Routed after the burst" is how long intake
-still needed, once the client stopped, until every accepted message was routed.
-
-{table}
-
-The ratio is the figure: absolute rates move with the machine's load.
-"""
+# BENCHMARKS.md's figures sit between these; the prose around them is written by hand.
+START, END = "<!-- figures -->", "<!-- /figures -->"
+TITLES = {
+    "smtp": "SMTP accept, 1 / 8 / 32 connections",
+    "burst": "A long burst: accept, then routing",
+    "routing": "Routing cost",
+    "imap": "IMAP",
+    "views": "Queue views",
+}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from gateway import alertmark
 from gateway.clock import Clock, utcnow
 from gateway.config import Settings
 from gateway.errors import Refused
-from gateway.intake.facts import dedup_key, extract, parse_headers
+from gateway.intake.facts import dedup_key, extract
 from gateway.intake.threads import find_conversation
 from gateway.model import Delivery, RoutingState
 from gateway.routing.router import Policy, route
@@ -140,7 +140,7 @@ async def explain_route(
     state, joins, joined, ours, stored = RoutingState(), None, None, False, False
     if db is not None:
         async with db.reading() as conn:
-            stored = await queries.is_stored(conn, inbox, dedup_key(parse_headers(raw), raw))
+            stored = await queries.is_stored(conn, inbox, dedup_key(raw))
             secret = await queries.get_meta(conn, alertmark.SECRET_KEY)
             if secret is not None:
                 ours = alertmark.is_ours(bytes.fromhex(secret), facts.notification)

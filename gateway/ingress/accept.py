@@ -20,7 +20,7 @@ import structlog
 
 from gateway.clock import Clock, stamp, utcnow
 from gateway.errors import StoreUnavailable
-from gateway.intake.facts import dedup_key, parse_headers
+from gateway.intake.facts import dedup_key
 from gateway.model import RawMail
 from gateway.store import queries
 from gateway.store.db import Database
@@ -67,7 +67,7 @@ class Accept:
     async def together(self, items: Sequence[tuple[RawMail, Also | None]]) -> list[int | None]:
         """Store every item in one transaction (all of them or none); their ids."""
         unit = _Unit(
-            mails=[(mail, dedup_key(parse_headers(mail.raw), mail.raw)) for mail, _ in items],
+            mails=[(mail, dedup_key(mail.raw)) for mail, _ in items],
             also=[also for _, also in items],
             done=asyncio.get_running_loop().create_future(),
         )

@@ -107,10 +107,40 @@ def message_ids(text: str) -> list[str]:
     return [v for v in (_WS.sub("", m) for m in _ID.findall(text)) if v]
 
 
-def dedup_key(msg: Message, raw: bytes) -> str:
+# A header line as the email package's feed parser tells one: a name (any printable
+# but ':', possibly empty) and a colon, an mbox "From " line, or a continuation.
+_HEADER_LINE = re.compile(rb"From |[\x21-\x39\x3b-\x7e]*:|[\t ]")
+_LINE = re.compile(rb"[^\r\n]*(?:\r\n|\r|\n)?")
+
+
+def first_message_id(raw: bytes) -> str | None:
+    """The first Message-ID header's raw value, exactly as `email` would give it.
+
+    Accept needs only this of every message, before its 250: the feed parser's
+    rules for where headers end and how they fold, without building a Message
+    (a fifth of the time accept spends per message).
+    """
+    lines = [m.group() for m in _LINE.finditer(header_block(raw)) if m.group()]
+    for index, line in enumerate(lines):
+        if not _HEADER_LINE.match(line):
+            return None  # the headers end here (the parser files a defect)
+        name, colon, value = line.partition(b":")
+        if not colon or name.lower() != b"message-id" or line[:1] in b" \t":
+            continue
+        folded = [value.lstrip(b" \t")]
+        for following in lines[index + 1 :]:
+            if following[:1] not in (b" ", b"\t"):
+                break
+            folded.append(following)
+        text = b"".join(folded).rstrip(b"\r\n").decode("ascii", "surrogateescape")
+        return clean_text(text)
+    return None
+
+
+def dedup_key(raw: bytes) -> str:
     """Message-ID where there is one; the raw message's SHA-256 stands in otherwise."""
-    ids = _raw_values(msg, "Message-ID")
-    message_id = normalize_message_id(ids[0]) if ids else None
+    found = first_message_id(raw)
+    message_id = normalize_message_id(found) if found is not None else None
     return message_id or "sha256:" + hashlib.sha256(raw).hexdigest()
 
 

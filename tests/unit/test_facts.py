@@ -12,9 +12,11 @@ from hypothesis import strategies as st
 
 from gateway.addresses import normalize_address
 from gateway.intake.facts import (
+    clean_text,
     conversation_token,
     extract,
     facts_of,
+    first_message_id,
     normalize_message_id,
     thread_subject,
 )
@@ -122,3 +124,26 @@ def test_the_body_is_never_parsed_and_facts_are_the_same(
     raw = newline.join(lines) + newline + body
     whole = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
     assert extract(raw) == facts_of(whole, None)
+
+
+MESSAGE_IDS = st.lists(
+    st.sampled_from(
+        [
+            *(b"Message-ID: <a@b>", b"message-id:<c@d>", b"MESSAGE-ID:   <e@f>", b" <folded@x>"),
+            *(b"\tmore", b"Message-Id:", b"Message-ID : <space@before>", b": empty name"),
+            *(b"From someone Tue", b"X-Other: 1", b"no colon", b"Message-ID: \xe9t\xe9@x"),
+            *(b"", b"\r", b"Message-ID: <unterminated", b"Message-ID: <g@h>\rbare-cr"),
+        ]
+    ),
+    max_size=10,
+)
+
+
+@given(MESSAGE_IDS, st.sampled_from([b"\r\n", b"\n"]), st.binary(max_size=50))
+def test_the_fast_message_id_is_the_one_email_parses(
+    lines: list[bytes], newline: bytes, body: bytes
+) -> None:
+    raw = newline.join(lines) + newline + body
+    parsed = BytesParser(policy=policy.default).parsebytes(raw, headersonly=True)
+    values = [clean_text(str(v)) for k, v in parsed.raw_items() if k.lower() == "message-id"]
+    assert first_message_id(raw) == (values[0] if values else None)
