@@ -157,18 +157,21 @@ def conversation_token(subject: str) -> int | None:
 
 
 def _automatic(msg: Message, envelope_from: str | None) -> str | None:
+    # Tokens, never encoded words: the raw values do (the header registry costs more).
+    def raw(name: str) -> str | None:
+        values = _raw_values(msg, name)
+        return _WS.sub(" ", values[0]).strip().lower() if values else None
+
     if envelope_from == "":
         return "bounce"
-    content_type = (header_text(msg, "Content-Type") or "").lower()
+    content_type = raw("Content-Type") or ""
     if "multipart/report" in content_type and "delivery-status" in content_type:
         return "bounce"
-    auto_submitted = (header_text(msg, "Auto-Submitted") or "no").strip().lower()
-    if not auto_submitted.startswith("no"):
+    if not (raw("Auto-Submitted") or "no").startswith("no"):
         return "auto-submitted"
-    precedence = (header_text(msg, "Precedence") or "").strip().lower()
-    if precedence in {"bulk", "junk", "list"}:
+    if raw("Precedence") in {"bulk", "junk", "list"}:
         return "precedence"
-    if header_text(msg, "X-Autoreply") is not None or header_text(msg, "X-Autorespond"):
+    if raw("X-Autoreply") is not None or raw("X-Autorespond"):
         return "auto-reply"
     return None
 
