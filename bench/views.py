@@ -369,7 +369,7 @@ def measure(conversations: int = SCALE, repeat: int = REPEAT, command_runs: int 
     rows = " / ".join(f"{command[name][1]:,}" for name in stores)
     lines.append(
         row(
-            f"`python -m gateway conversations --unassigned`, the whole process, no limit"
+            f"`python -m gateway conversations --unassigned`, whole process, default page of 100"
             f" ({rows} rows; median / max of {command_runs} runs)",
             runs,
             lambda s: f"{statistics.median(s) * 1000:.0f} / {max(s) * 1000:.0f}",
