@@ -14,17 +14,12 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from gateway.addresses import normalize_address
 from gateway.model import Delivery
 from gateway.routing.rules import CompiledRule, Matched, fold
 
 _RUN = re.compile(r"\w+")
-
-# The inbox and the usual recipients come back with every message, and the IDNA
-# decoding behind a normalized address costs more than the rest of routing.
-_normalized = lru_cache(maxsize=4096)(normalize_address)
 
 
 def parents(domain: str | None) -> set[str]:
@@ -179,7 +174,7 @@ class RuleIndex:
         recipients: set[str] = set()
         if self.recipients:
             addresses = (delivery.inbox, *delivery.envelope_to, *facts.recipients)
-            recipients = {_normalized(address) for address in addresses}
+            recipients = {normalize_address(address) for address in addresses}
             for address in recipients:
                 candidates.update(self.by_recipient.get(address, ()))
         seen = Seen(domains, keywords, recipients)
