@@ -65,6 +65,7 @@ class Dovecot:
         self.port = port
         self.users = users
         self._process: subprocess.Popen[bytes] | None = None
+        self.client_logins = 0
         for name in ("run", "state", "home"):
             (folder / name).mkdir(parents=True, exist_ok=True)
         shutil.chown(folder / "home", "nobody", "nogroup")
@@ -112,6 +113,7 @@ class Dovecot:
         """A second client, as an agent's mail program would be."""
         client = imaplib.IMAP4("127.0.0.1", self.port)
         client.login(user, self.users[user])
+        self.client_logins += 1  # the log counts them beside the gateway's
         return client
 
     def append(self, user: str, raw: bytes, folder: str = "INBOX") -> None:

@@ -7,8 +7,11 @@ gateway's previous keywords on each copy, so a retried or late job is harmless.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import time
 from collections import defaultdict
+from contextlib import AsyncExitStack
 
 import structlog
 
@@ -18,6 +21,7 @@ from gateway.store import queries
 
 log = structlog.get_logger("gateway.keywords")
 
+REUSE_SECONDS = 60.0  # a session quiet longer than this is closed, not reused
 _NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$&'+,\-./:;<=>?@^_`|~]")  # RFC 3501 atom-chars
 _FLAGS = re.compile(rb"UID (\d+).*?FLAGS \(([^)]*)\)|FLAGS \(([^)]*)\).*?UID (\d+)")
 
@@ -36,6 +40,9 @@ def wanted(assignee: str | None, team: str | None, tags: list[str]) -> set[str]:
 
 
 class KeywordWriter:
+    """Sets keywords through one session per mailbox, kept open between jobs: a backlog
+    of ten thousand conversations is not ten thousand logins to the mail server."""
+
     def __init__(self, settings: Settings) -> None:
         self._mailboxes: dict[str, ImapSection] = {
             inbox.address: inbox.imap for inbox in settings.inboxes if inbox.imap is not None
@@ -43,6 +50,33 @@ class KeywordWriter:
         tags = {tag for rule in settings.rules for tag in rule.tags} | {"auto"}
         self._ours_exact = {"unassigned"} | {keyword(tag) for tag in tags}
         self._warned: set[str] = set()
+        self._sessions: dict[str, tuple[AsyncExitStack, Mailbox, float]] = {}
+
+    async def _session(self, imap: ImapSection) -> Mailbox:
+        name = _name(imap)
+        held = self._sessions.get(name)
+        if held is not None:
+            stack, box, used = held
+            # Servers end idle sessions (Dovecot after 30 minutes); one quiet for
+            # a while is closed rather than found dead halfway through a job.
+            if not box.lost.is_set() and time.monotonic() - used < REUSE_SECONDS:
+                self._sessions[name] = (stack, box, time.monotonic())
+                return box
+            await self._close(name)
+        stack = AsyncExitStack()
+        box = await stack.enter_async_context(open_mailbox(imap))
+        self._sessions[name] = (stack, box, time.monotonic())
+        return box
+
+    async def _close(self, name: str) -> None:
+        held = self._sessions.pop(name, None)
+        if held is not None:
+            with contextlib.suppress(Exception):
+                await held[0].aclose()
+
+    async def close(self) -> None:
+        for name in list(self._sessions):
+            await self._close(name)
 
     def _ours(self, flag: str) -> bool:
         return flag.startswith(("assigned-", "team-")) or flag in self._ours_exact
@@ -58,37 +92,47 @@ class KeywordWriter:
             await self._mailbox(imap, rows, want)
 
     async def _mailbox(self, imap: ImapSection, rows: list[queries.Row], want: set[str]) -> None:
-        async with open_mailbox(imap) as box:
-            name = f"{imap.username}@{imap.host}/{imap.folder}"
-            if not box.keywords:
-                if name not in self._warned:  # said once, not for every message
-                    self._warned.add(name)
-                    log.warning(
-                        "imap.no_keywords",
-                        mailbox=name,
-                        reason="the server does not keep new keywords; no tagging",
-                    )
-                return
-            uids = [str(r["uid"]) for r in rows if r["uidvalidity"] == box.uidvalidity]
-            if not uids:
-                return  # renumbered since: the rescan lists the copies anew
-            fetched = await unless_lost(
-                box.client.uid("fetch", ",".join(uids), "(UID FLAGS)"), box.lost
-            )
-            if fetched.result != "OK":
-                raise MailboxError(f"cannot read the flags: {text(fetched.lines)}")
-            for line in fetched.lines:
-                found = _FLAGS.search(bytes(line))
-                if found is None:
-                    continue
-                uid = (found.group(1) or found.group(4)).decode()
-                flags = (found.group(2) or found.group(3) or b"").decode().split()
-                stale = [f for f in flags if self._ours(f) and f not in want]
-                missing = sorted(want - set(flags))
-                if stale:
-                    await _store(box, uid, "-FLAGS", stale)
-                if missing:
-                    await _store(box, uid, "+FLAGS", missing)
+        try:
+            box = await self._session(imap)
+            await self._tag(box, _name(imap), rows, want)
+        except BaseException:
+            await self._close(_name(imap))  # the next job starts afresh
+            raise
+
+    async def _tag(self, box: Mailbox, name: str, rows: list[queries.Row], want: set[str]) -> None:
+        if not box.keywords:
+            if name not in self._warned:  # said once, not for every message
+                self._warned.add(name)
+                log.warning(
+                    "imap.no_keywords",
+                    mailbox=name,
+                    reason="the server does not keep new keywords; no tagging",
+                )
+            return
+        uids = [str(r["uid"]) for r in rows if r["uidvalidity"] == box.uidvalidity]
+        if not uids:
+            return  # renumbered since: the rescan lists the copies anew
+        fetched = await unless_lost(
+            box.client.uid("fetch", ",".join(uids), "(UID FLAGS)"), box.lost
+        )
+        if fetched.result != "OK":
+            raise MailboxError(f"cannot read the flags: {text(fetched.lines)}")
+        for line in fetched.lines:
+            found = _FLAGS.search(bytes(line))
+            if found is None:
+                continue
+            uid = (found.group(1) or found.group(4)).decode()
+            flags = (found.group(2) or found.group(3) or b"").decode().split()
+            stale = [f for f in flags if self._ours(f) and f not in want]
+            missing = sorted(want - set(flags))
+            if stale:
+                await _store(box, uid, "-FLAGS", stale)
+            if missing:
+                await _store(box, uid, "+FLAGS", missing)
+
+
+def _name(imap: ImapSection) -> str:
+    return f"{imap.username}@{imap.host}/{imap.folder}"
 
 
 async def _store(box: Mailbox, uid: str, how: str, flags: list[str]) -> None:

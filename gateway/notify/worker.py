@@ -73,6 +73,12 @@ class Outbox(DrainLoop):
         self._transport = transport or transport_for(settings.notify)
         self._keyword_writer = KeywordWriter(settings)
 
+    async def run(self) -> None:
+        try:
+            await super().run()
+        finally:
+            await self._keyword_writer.close()
+
     async def idle_seconds(self) -> float:
         async with self._db.reading() as conn:
             due = await queries.next_due(conn)

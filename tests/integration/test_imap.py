@@ -309,3 +309,27 @@ def test_a_later_imap_copy_of_a_reply_routed_over_smtp_gets_the_keywords(
         lambda: "assigned-alice" in dovecot.flags("support").get(2, set()),
         what="the reply's IMAP copy to carry the keyword",
     )
+
+
+def test_keywords_for_many_conversations_take_one_login_not_one_each(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    running = start_daemon(imap_settings())
+    connected(running)
+    for n in range(6):
+        dovecot.append("support", raw(f"Question {n}"))
+    wait_until(lambda: len(running.conversations()) == 6, what="six routed")
+    wait_until(
+        lambda: (
+            all(
+                any(f.startswith("assigned-") for f in flags)
+                for flags in dovecot.flags("support").values()
+            )
+            and len(dovecot.flags("support")) == 6
+        ),
+        what="keywords on all six",
+    )
+    logins = (dovecot.folder / "dovecot.log").read_text().count("Login: user=<support>")
+    assert logins - dovecot.client_logins <= 2  # the poller's session and the keyword writer's
