@@ -60,8 +60,13 @@ class KeywordWriter:
             # Servers end idle sessions (Dovecot after 30 minutes); one quiet for
             # a while is closed rather than found dead halfway through a job.
             if not box.lost.is_set() and time.monotonic() - used < REUSE_SECONDS:
-                self._sessions[name] = (stack, box, time.monotonic())
-                return box
+                # A session sees mail that arrived since it selected the folder only
+                # once told of it (EXISTS); NOOP asks, or a new copy's UID is unknown.
+                with contextlib.suppress(Exception):  # any trouble: a new session instead
+                    synced = await unless_lost(box.client.noop(), box.lost)
+                    if synced.result == "OK":
+                        self._sessions[name] = (stack, box, time.monotonic())
+                        return box
             await self._close(name)
         stack = AsyncExitStack()
         box = await stack.enter_async_context(open_mailbox(imap))
