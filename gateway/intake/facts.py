@@ -156,11 +156,17 @@ def conversation_token(subject: str) -> int | None:
     return int(found.group(1)) if found else None
 
 
+def _token(msg: Message, name: str) -> str | None:
+    """A header that holds tokens or a date, never encoded words, as written: reading it
+    through the header registry would cost more than the rest of the message."""
+    values = _raw_values(msg, name)
+    return _WS.sub(" ", values[0]).strip() if values else None
+
+
 def _automatic(msg: Message, envelope_from: str | None) -> str | None:
-    # Tokens, never encoded words: the raw values do (the header registry costs more).
     def raw(name: str) -> str | None:
-        values = _raw_values(msg, name)
-        return _WS.sub(" ", values[0]).strip().lower() if values else None
+        value = _token(msg, name)
+        return value.lower() if value is not None else None
 
     if envelope_from == "":
         return "bounce"
@@ -207,6 +213,6 @@ def facts_of(msg: Message | EmailMessage, envelope_from: str | None) -> MailFact
         ),
         references=tuple(references),
         auto=_automatic(msg, envelope_from),
-        notification=header_text(msg, "X-Gateway-Notification"),
-        date=header_text(msg, "Date"),
+        notification=_token(msg, "X-Gateway-Notification"),
+        date=_token(msg, "Date"),
     )
