@@ -36,7 +36,7 @@ from pathlib import Path
 import aiosmtplib
 import tomli_w
 
-from bench import imap, routing, views
+from bench import imap, postfix, routing, views
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 8, 32)
@@ -149,8 +149,13 @@ def routed_after(database: Path, timeout: float = 120) -> float:
     return float("inf")
 
 
-# uvloop is measured where it is installed (`pip install uvloop`); the gateway runs on asyncio.
-TARGETS = ("bare", "gateway") + (("gateway+uvloop",) if find_spec("uvloop") else ())
+# uvloop is measured where it is installed (`pip install uvloop`; the gateway runs on
+# asyncio), Postfix where Debian's package is and we are root (`apt-get install postfix`).
+TARGETS = (
+    ("bare", "gateway")
+    + (("gateway+uvloop",) if find_spec("uvloop") else ())
+    + (("postfix",) if postfix.available() and os.geteuid() == 0 else ())
+)
 
 
 def measure(target: str, connections: int, seconds: float) -> tuple[Result, float | None]:
@@ -160,14 +165,19 @@ def measure(target: str, connections: int, seconds: float) -> tuple[Result, floa
     with tempfile.TemporaryDirectory() as tmp:
         if target == "bare":
             process = start_bare(port)
+        elif target == "postfix":
+            process = postfix.start(port)
         else:
             loop = "uvloop" if target.endswith("uvloop") else "asyncio"
             process = start_gateway(port, Path(tmp), loop)
         try:
             wait_port(port, process)
             result = asyncio.run(load(port, connections, seconds, target))
-            after = None if target == "bare" else routed_after(Path(tmp) / "gateway.db")
+            gateway = target.startswith("gateway")
+            after = routed_after(Path(tmp) / "gateway.db") if gateway else None
         finally:
+            if target == "postfix":
+                postfix.stop()
             process.terminate()
             process.wait(30)
     return result, after
