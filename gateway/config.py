@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ from pydantic_settings import (
 
 from gateway.addresses import normalize_address
 from gateway.errors import ConfigError
+from gateway.ingress import users
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -86,10 +88,28 @@ class SmtpSection(BaseModel):
     listen: list[str] = ["127.0.0.1:2525"]
     max_message_size: Size = 25_000_000
     allowed_networks: list[str] = ["127.0.0.0/8", "::1/128"]
+    # STARTTLS with this certificate (PEM; key in tls_key, or in the same file).
     tls_cert: str | None = None
     tls_key: str | None = None
+    # SMTP AUTH (PLAIN, LOGIN; only after STARTTLS) against scrypt hashes in this file.
     auth_users_file: str | None = None
     require_auth: bool = False
+    # Seconds a client may be silent between commands, and take for a whole DATA.
+    timeout: float = Field(300.0, gt=0)
+    # Per client address; 0 turns a limit off. Beyond: 421 to a new connection, 451 to MAIL.
+    max_connections_per_client: int = Field(50, ge=0)
+    max_messages_per_minute_per_client: int = Field(6000, ge=0)
+
+    @model_validator(mode="after")
+    def _tls_and_auth(self) -> SmtpSection:
+        if self.tls_key and not self.tls_cert:
+            raise ValueError("tls_key is set without tls_cert")
+        if self.require_auth and not self.auth_users_file:
+            raise ValueError("require_auth needs auth_users_file")
+        if self.auth_users_file and not self.tls_cert:
+            # Passwords never cross the wire in the clear: AUTH is offered only after STARTTLS.
+            raise ValueError("auth_users_file needs tls_cert (AUTH is offered only over TLS)")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -110,19 +130,19 @@ class SmtpSection(BaseModel):
                 raise ValueError(f"{item!r} is not a network such as 127.0.0.0/8") from None
         return value
 
-    @field_validator("tls_cert", "tls_key", "auth_users_file", "require_auth")
-    @classmethod
-    def _not_yet(cls, value: object) -> object:
-        # Accepting these and ignoring them would run a relay less safe than its file says.
-        if value:
-            raise ValueError(
-                "STARTTLS and SMTP AUTH are not built yet; remove it, or put the gateway behind"
-                " an MTA that does them"
-            )
-        return value
-
     def endpoints(self) -> list[tuple[str, int]]:
         return [parse_listen(item) for item in self.listen]
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server context STARTTLS offers; None when no certificate is configured."""
+        if self.tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.tls_cert, self.tls_key)
+        return context
+
+    def users(self) -> dict[str, users.Hashed]:
+        return users.load(Path(self.auth_users_file)) if self.auth_users_file else {}
 
     def networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
         return [ipaddress.ip_network(item, strict=False) for item in self.allowed_networks]
@@ -373,7 +393,27 @@ def load(path: Path, environ: Mapping[str, str] = os.environ) -> Settings:
         settings: Settings = FileSettings()
     except ValidationError as error:
         raise ConfigError(f"{path}: invalid configuration", _describe(error)) from None
-    return _anchor(settings, path.parent)
+    settings = _anchor(settings, path.parent)
+    problems = _unreadable(settings.smtp)
+    if problems:
+        raise ConfigError(f"{path}: invalid configuration", problems)
+    return settings
+
+
+def _unreadable(smtp: SmtpSection) -> list[str]:
+    """The certificate and users file are read at start, so a bad one stops the start."""
+    problems = []
+    try:
+        smtp.tls_context()
+    except (OSError, ssl.SSLError) as error:
+        problems.append(f"smtp.tls_cert = {smtp.tls_cert!r}: cannot be loaded: {error}")
+    try:
+        smtp.users()
+    except OSError as error:
+        problems.append(f"smtp.auth_users_file = {smtp.auth_users_file!r}: {error.strerror}")
+    except ValueError as error:
+        problems.append(f"smtp.auth_users_file = {smtp.auth_users_file!r}: {error}")
+    return problems
 
 
 def _anchor(settings: Settings, folder: Path) -> Settings:
@@ -395,9 +435,17 @@ def _anchor(settings: Settings, folder: Path) -> Settings:
         else inbox
         for inbox in settings.inboxes
     ]
+    smtp = settings.smtp.model_copy(
+        update={
+            key: str(folder / value)
+            for key in ("tls_cert", "tls_key", "auth_users_file")
+            if (value := getattr(settings.smtp, key)) is not None
+        }
+    )
     return settings.model_copy(
         update={
             "gateway": settings.gateway.model_copy(update={"database": database}),
+            "smtp": smtp,
             "notify": settings.notify.model_copy(update={"file_dir": file_dir}),
             "inboxes": inboxes,
         }

@@ -1,31 +1,42 @@
 """The SMTP relay: aiosmtpd's protocol served on the daemon's own event loop.
 
-Refusals happen as early as SMTP allows: 554 at MAIL/RCPT for a client outside
-`allowed_networks` (as Postfix does with delayed rejection), 550 at RCPT for an
-address that is no inbox, 552 for an oversized message (aiosmtpd enforces SIZE).
+Refusals happen as early as SMTP allows: 421 at the greeting to a client over
+its connection limit (and to everyone while the gateway stops), 554 at MAIL/RCPT
+for a client outside `allowed_networks` (as Postfix does with delayed
+rejection), 451 at MAIL beyond a client's messages a minute, 550 at RCPT for an
+address that is no inbox, 552 for an oversized message (aiosmtpd enforces
+SIZE). STARTTLS when a certificate is configured; AUTH PLAIN/LOGIN only after
+it, against the users file.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import weakref
 from collections.abc import Callable
 from typing import Any, AnyStr
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from gateway.addresses import normalize_address
 from gateway.config import Settings
 from gateway.errors import GatewayError, StoreUnavailable
+from gateway.ingress import users
 from gateway.ingress.accept import Accept
+from gateway.ingress.limits import ClientLimits
 from gateway.intake.facts import clean_text
 from gateway.model import RawMail
 
 log = structlog.get_logger("gateway.smtp")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Per session. Mail commands are bounded by the client's rate instead; the rest
+# cannot keep a session alive forever, nor guess passwords at leisure.
+COMMAND_LIMITS = {"*": 50, "MAIL": 10**9, "RCPT": 10**9, "DATA": 10**9, "RSET": 10**9, "AUTH": 5}
 
 
 class Relay:
@@ -35,6 +46,11 @@ class Relay:
         self._accept = accept
         self._inboxes = settings.inbox_map()
         self._networks: list[Network] = settings.smtp.networks()
+        self._users = settings.smtp.users()
+        self.limits = ClientLimits(
+            settings.smtp.max_connections_per_client,
+            settings.smtp.max_messages_per_minute_per_client,
+        )
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -54,10 +70,38 @@ class Relay:
 
     def _refusal(self, session: Session) -> str | None:
         if self.closing:
-            return "421 4.3.2 Shutting down, try again later"
+            return CLOSING
         if not self._allowed(session):
             return "554 5.7.1 Your address may not send mail through this gateway"
         return None
+
+    def greeting_refusal(self, session: Session) -> str | None:
+        """Why a new connection is turned away before its greeting; None: it is counted in."""
+        if self.closing:
+            return CLOSING
+        if not self.limits.connect(client_of(session)):
+            return "421 4.7.0 Too many connections from your address; try again later"
+        return None
+
+    def closed(self, session: Session) -> None:
+        """A connection counted in has ended."""
+        self.limits.disconnect(client_of(session))
+
+    async def handle_AUTH(
+        self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
+    ) -> str | None:
+        """PLAIN or LOGIN (aiosmtpd has checked TLS and the mechanism), verified off the loop."""
+        credentials = await _credentials(server, args)
+        if credentials is None:
+            return None  # the exchange was answered already (aborted, bad base64)
+        name, password = credentials
+        if not await asyncio.to_thread(users.verify, self._users, name, password):
+            # The name, never the password: logs are read by more people than the users file.
+            log.warning("smtp.auth_failed", user=name, peer=str(session.peer))
+            return "535 5.7.8 Authentication credentials invalid"
+        session.authenticated = True
+        log.info("smtp.authenticated", user=name, peer=str(session.peer))
+        return "235 2.7.0 Authentication successful"
 
     async def handle_MAIL(
         self,
@@ -70,6 +114,9 @@ class Relay:
         refusal = self._refusal(session)
         if refusal:
             return refusal
+        if not self.limits.message(client_of(session)):
+            log.warning("smtp.rate_limited", peer=str(session.peer))
+            return "451 4.7.1 Too many messages from your address; try again in a minute"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 OK"
@@ -124,8 +171,71 @@ class Relay:
         await self._idle.wait()
 
 
+CLOSING = "421 4.3.2 Shutting down, try again later"
+
+
+def client_of(session: Session) -> str:
+    """The client's address, without its port: what per-client limits count."""
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
+async def _credentials(server: SMTP, args: list[str]) -> tuple[str, bytes] | None:
+    """(name, password) from an AUTH exchange; None once the client was answered."""
+    if args[0].upper() == "PLAIN":
+        blob = await _response(server, args, "")
+        if blob is None:
+            return None
+        parts = blob.split(b"\0")
+        if len(parts) != 3:
+            await server.push("501 5.5.2 Cannot split the PLAIN response")
+            return None
+        return parts[1].decode("utf-8", "replace"), parts[2]
+    login = await _response(server, args, "Username:")
+    if login is None:
+        return None
+    password = await server.challenge_auth("Password:")
+    if password is MISSING:
+        return None
+    return login.decode("utf-8", "replace"), bytes(password)
+
+
+async def _response(server: SMTP, args: list[str], challenge: str) -> bytes | None:
+    """The initial response given with AUTH, or the answer to a challenge."""
+    if len(args) == 1:
+        answer = await server.challenge_auth(challenge)
+        return None if answer is MISSING else bytes(answer)
+    try:
+        return base64.b64decode(args[1], validate=True)
+    except ValueError:
+        await server.push("501 5.5.2 Cannot decode base64")
+        return None
+
+
 class _Session(SMTP):
-    """aiosmtpd's session, with the enhanced status code RFC 3463 gives a too-big message."""
+    """aiosmtpd's session, with the enhanced status code RFC 3463 gives a too-big message,
+    a 421 instead of the greeting when the relay turns the connection away, and the
+    per-client connection count kept."""
+
+    _counted = False
+
+    async def _handle_client(self) -> None:
+        # aiosmtpd has no hook before its greeting; this is where a refusal must go.
+        assert self.session is not None
+        refusal = self.event_handler.greeting_refusal(self.session)
+        if refusal is not None:
+            await self.push(refusal)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self._counted = True
+        await super()._handle_client()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted and self.session is not None:
+            self._counted = False
+            self.event_handler.closed(self.session)
+        super().connection_lost(error)
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str) and status.startswith("552 Error:"):
@@ -140,6 +250,7 @@ class SmtpServer:
     def __init__(self, settings: Settings, relay: Relay) -> None:
         self._settings = settings
         self._relay = relay
+        self._tls = settings.smtp.tls_context()
         self._servers: list[asyncio.Server] = []
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
@@ -151,6 +262,11 @@ class SmtpServer:
             enable_SMTPUTF8=True,
             hostname=self._settings.gateway.hostname,
             ident="inbox gateway",
+            tls_context=self._tls,
+            auth_required=self._settings.smtp.require_auth,
+            auth_require_tls=True,
+            timeout=self._settings.smtp.timeout,
+            command_call_limit=COMMAND_LIMITS,
             loop=asyncio.get_running_loop(),
         )
         self._sessions.add(session)
@@ -176,14 +292,14 @@ class SmtpServer:
         return bound
 
     async def stop(self, grace: float) -> None:
-        """Stop listening, let DATA in flight finish (up to `grace` s), close the rest."""
+        """Answer new connections 421, let DATA in flight finish (up to `grace` s), close."""
         self._relay.closing = True
-        for server in self._servers:
-            server.close()
         try:
             await asyncio.wait_for(self._relay.drained(), grace)
         except TimeoutError:
             log.warning("smtp.drain_timeout", seconds=grace)
+        for server in self._servers:
+            server.close()
         for session in list(self._sessions):
             if session.transport is not None:
                 session.transport.close()

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.config import load, parse_size
 from gateway.errors import ConfigError
+from gateway.ingress import users
 
 VALID = """
 [[agents]]
@@ -114,9 +115,30 @@ def test_a_password_in_the_file_is_refused(tmp_path: Path) -> None:
     assert "hunter2" not in message
 
 
-def test_tls_and_auth_settings_are_refused_until_built(tmp_path: Path) -> None:
-    message = error_of(tmp_path, VALID + "[smtp]\nrequire_auth = true\n")
-    assert "smtp.require_auth" in message and "not built yet" in message
+def test_require_auth_needs_a_users_file_and_auth_needs_tls(tmp_path: Path) -> None:
+    assert "require_auth needs auth_users_file" in error_of(
+        tmp_path, VALID + "[smtp]\nrequire_auth = true\n"
+    )
+    (tmp_path / "users").write_text(users.hash_password("pw").line("desk") + "\n")
+    assert "auth_users_file needs tls_cert" in error_of(
+        tmp_path, VALID + '[smtp]\nauth_users_file = "users"\n'
+    )
+
+
+def test_a_plaintext_users_file_is_refused_naming_its_line(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("")
+    (tmp_path / "users").write_text("# desk users\ndesk:hunter2\n")
+    message = error_of(
+        tmp_path, VALID + '[smtp]\ntls_cert = "cert.pem"\nauth_users_file = "users"\n'
+    )
+    assert "smtp.auth_users_file" in message and "line 2 holds no scrypt hash" in message
+    assert "hunter2" not in message
+
+
+def test_a_certificate_that_cannot_be_loaded_stops_the_start(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    message = error_of(tmp_path, VALID + '[smtp]\ntls_cert = "cert.pem"\n')
+    assert f"smtp.tls_cert = '{tmp_path / 'cert.pem'}': cannot be loaded" in message
 
 
 def test_inbox_addresses_differing_only_by_plus_tag_collide(tmp_path: Path) -> None:
