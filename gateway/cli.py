@@ -112,7 +112,7 @@ def _short(text: object, columns: int = 50) -> str:
 def cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from gateway.daemon import Daemon  # the daemon's imports are needed only here
 
-    asyncio.run(Daemon(settings).run())
+    asyncio.run(Daemon(settings, config_path=Path(args.config_path)).run())
     return 0
 
 

@@ -1,4 +1,12 @@
-"""One event loop: the SMTP relay, intake and the outbox worker, stopped cleanly on SIGTERM."""
+"""One event loop: the SMTP relay, intake and the outbox worker.
+
+SIGTERM (or SIGINT) stops it cleanly; SIGHUP reloads the configuration file:
+rules, agents, teams, the rotation, inboxes, notification and relay access
+take effect from the next message on, without dropping a connection. A bad
+new file is refused with its reason in the log and the old one stays.
+Under systemd (`Type=notify`) it says READY, RELOADING, STOPPING and pings the
+watchdog.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +14,21 @@ import asyncio
 import signal
 import threading
 from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
 
 import structlog
 
-from gateway import alertmark
+from gateway import alertmark, config
 from gateway.clock import Clock, utcnow
 from gateway.config import Settings
+from gateway.errors import ConfigError
 from gateway.ingress.accept import Accept
 from gateway.ingress.imap import MailboxPoller
 from gateway.ingress.smtp import Relay, SmtpServer
 from gateway.intake.worker import Intake
 from gateway.notify.worker import DEFAULT_RETRY, Outbox, RetryPolicy
+from gateway.sdnotify import Notifier
 from gateway.store.db import Database
 
 log = structlog.get_logger("gateway.daemon")
@@ -24,27 +36,73 @@ log = structlog.get_logger("gateway.daemon")
 GRACE_SECONDS = 30.0
 
 
+class Reloadable(Protocol):
+    def reload(self, settings: Settings) -> None: ...
+
+
 class Daemon:
     def __init__(
         self,
         settings: Settings,
         *,
+        config_path: Path | None = None,
         clock: Clock = utcnow,
         retry: RetryPolicy = DEFAULT_RETRY,
         grace: float = GRACE_SECONDS,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
+        self._config_path = config_path
         self._clock = clock
         self._retry = retry
         self._grace = grace
+        self._notifier = notifier or Notifier()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._reloadable: list[Reloadable] = []
         self.bound: list[tuple[str, int]] = []
 
     def request_stop(self) -> None:
         """Safe from any thread and from a signal handler."""
         if self._loop is not None and self._stop is not None:
             self._loop.call_soon_threadsafe(self._stop.set)
+
+    def request_reload(self) -> None:
+        """Read the configuration file again; safe from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._reload)
+
+    def _status(self) -> str:
+        listening = ", ".join(f"{host}:{port}" for host, port in self.bound)
+        return f"accepting mail on {listening}; {len(self.settings.rules)} rules"
+
+    def _reload(self) -> None:
+        if self._config_path is None:
+            log.warning("gateway.reload_unavailable", reason="started without a configuration file")
+            return
+        self._notifier.reloading()
+        try:
+            new = config.load(self._config_path)
+        except ConfigError as error:
+            log.error(
+                "gateway.reload_refused", reason=str(error), keeping="the running configuration"
+            )
+            self._notifier.ready(self._status())
+            return
+        later = needs_restart(self.settings, new)
+        if later:
+            log.warning("gateway.reload_partial", needs_restart=later)
+        for service in self._reloadable:
+            service.reload(new)
+        self.settings = new
+        log.info(
+            "gateway.reloaded",
+            rules=len(new.rules),
+            agents=len(new.agents),
+            teams=len(new.teams),
+            inboxes=len(new.inboxes),
+        )
+        self._notifier.ready(self._status())
 
     async def run(self, ready: Callable[[Daemon], None] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
@@ -71,17 +129,21 @@ class Daemon:
                 accept_busy=accept.busy,
             )
             accept.on_stored = intake.wake
-            smtp = SmtpServer(self.settings, Relay(self.settings, accept))
+            relay = Relay(self.settings, accept)
+            smtp = SmtpServer(self.settings, relay)
             pollers = [
                 MailboxPoller(db, inbox, accept, clock=self._clock)
                 for inbox in self.settings.inboxes
                 if inbox.imap is not None
             ]
+            self._reloadable = [intake, outbox, relay]
             self.bound = await smtp.start()
             if threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     self._loop.add_signal_handler(signum, self._stop.set)
+                self._loop.add_signal_handler(signal.SIGHUP, self._reload)
             log.info("gateway.ready", database=db.path, smtp=self.bound)
+            self._notifier.ready(self._status())
             if ready is not None:
                 ready(self)
             async with asyncio.TaskGroup() as tasks:
@@ -89,8 +151,11 @@ class Daemon:
                 tasks.create_task(outbox.run())
                 for poller in pollers:
                     tasks.create_task(poller.run())
+                watchdog = tasks.create_task(self._notifier.watchdog())
                 await self._stop.wait()
                 log.info("gateway.stopping")
+                self._notifier.stopping()
+                watchdog.cancel()
                 await smtp.stop(self._grace)
                 for poller in pollers:
                     poller.stop()
@@ -99,3 +164,20 @@ class Daemon:
         finally:
             await db.close()
         log.info("gateway.stopped")
+
+
+def needs_restart(old: Settings, new: Settings) -> list[str]:
+    """The changed keys a reload cannot apply: sockets, the store, TLS, the mailboxes' sessions."""
+    changed = []
+    if old.gateway != new.gateway:
+        changed.append("gateway")
+    for key in ("listen", "tls_cert", "tls_key", "timeout", "max_message_size", "require_auth"):
+        if getattr(old.smtp, key) != getattr(new.smtp, key):
+            changed.append(f"smtp.{key}")
+    if _mailboxes(old) != _mailboxes(new):
+        changed.append("inboxes.imap")
+    return changed
+
+
+def _mailboxes(settings: Settings) -> list[tuple[str, object]]:
+    return [(i.address, i.imap) for i in settings.inboxes if i.imap is not None]

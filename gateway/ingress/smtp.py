@@ -44,17 +44,20 @@ class Relay:
 
     def __init__(self, settings: Settings, accept: Accept) -> None:
         self._accept = accept
-        self._inboxes = settings.inbox_map()
-        self._networks: list[Network] = settings.smtp.networks()
-        self._users = settings.smtp.users()
-        self.limits = ClientLimits(
-            settings.smtp.max_connections_per_client,
-            settings.smtp.max_messages_per_minute_per_client,
-        )
+        self.limits = ClientLimits(0, 0)
+        self.reload(settings)
         self._in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
         self.closing = False
+
+    def reload(self, settings: Settings) -> None:
+        """Inboxes, allowed networks, users and limits, from the next command on."""
+        self._inboxes = settings.inbox_map()
+        self._networks: list[Network] = settings.smtp.networks()
+        self._users = settings.smtp.users()
+        self.limits.connections = settings.smtp.max_connections_per_client
+        self.limits.per_minute = settings.smtp.max_messages_per_minute_per_client
 
     def _allowed(self, session: Session) -> bool:
         peer = session.peer

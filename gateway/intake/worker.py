@@ -64,11 +64,15 @@ class Intake(DrainLoop):
     ) -> None:
         super().__init__(accept_busy)
         self._db = db
-        self._settings = settings
-        self._policy = Policy.from_settings(settings)
         self._secret = secret
         self._clock = clock
         self._on_routed = on_routed
+        self.reload(settings)
+
+    def reload(self, settings: Settings) -> None:
+        """Route from the next message on by these rules, agents, teams and rotation."""
+        self._settings = settings
+        self._policy = Policy.from_settings(settings)
         self._agent_addresses = {normalize_address(a.email) for a in settings.agents}
 
     async def drain(self) -> int:

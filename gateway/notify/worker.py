@@ -73,6 +73,12 @@ class Outbox(DrainLoop):
         self._transport = transport or transport_for(settings.notify)
         self._keyword_writer = KeywordWriter(settings)
 
+    def reload(self, settings: Settings) -> None:
+        """Agents' addresses and their `notify`, and where alerts go, from the next alert on."""
+        if settings.notify != self._settings.notify:
+            self._transport = transport_for(settings.notify)
+        self._settings = settings
+
     async def run(self) -> None:
         try:
             await super().run()

@@ -1,0 +1,191 @@
+"""`gateway run` as systemd runs it: notify protocol, watchdog, SIGHUP reload, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from copy import deepcopy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from gateway.config import Settings
+from gateway.daemon import needs_restart
+from tests.conftest import BASE, free_port, mail, wait_until
+
+pytestmark = pytest.mark.integration
+
+WATCHDOG_USEC = 200_000
+
+
+class Systemd:
+    """The notify socket a service manager listens on, and the datagrams it got."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(str(path))
+        self._sock.settimeout(30)
+        self.received: list[dict[str, str]] = []
+
+    def next(self) -> dict[str, str]:
+        data = self._sock.recv(4096).decode()
+        message = dict(line.split("=", 1) for line in data.splitlines())
+        self.received.append(message)
+        return message
+
+    def wait_for(self, key: str) -> dict[str, str]:
+        while True:
+            message = self.next()
+            if key in message:
+                return message
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[Systemd]:
+    manager = Systemd(tmp_path / "notify.sock")
+    yield manager
+    manager.close()
+
+
+class Service:
+    def __init__(self, folder: Path, systemd: Systemd) -> None:
+        self.port = free_port()
+        self.config = folder / "gateway.toml"
+        self.database = folder / "gateway.db"
+        self.write()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "run", "--config", str(self.config)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={
+                **_environment_without_gateway(),
+                "PYTHONUNBUFFERED": "1",
+                "NOTIFY_SOCKET": str(systemd.path),
+                "WATCHDOG_USEC": str(WATCHDOG_USEC),
+            },
+        )
+
+    def write(self, **sections: Any) -> None:
+        data = deepcopy(BASE)
+        data["smtp"] = {**data["smtp"], "listen": [f"127.0.0.1:{self.port}"]}
+        data.update(sections)
+        self.config.write_text(tomli_w.dumps(data))
+
+    def stop(self) -> list[dict[str, Any]]:
+        """SIGTERM; the log lines it wrote."""
+        self.process.send_signal(signal.SIGTERM)
+        _, err = self.process.communicate(timeout=60)
+        return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+    def assignee_of(self, subject: str) -> str | None:
+        with sqlite3.connect(self.database, timeout=10) as conn:
+            row = conn.execute(
+                "SELECT assignee FROM conversations WHERE subject = ?", (subject,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+
+def _environment_without_gateway() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("GATEWAY_", "NOTIFY_"))}
+
+
+@pytest.fixture
+def service(tmp_path: Path, systemd: Systemd) -> Iterator[Callable[[], Service]]:
+    started: list[Service] = []
+
+    def start() -> Service:
+        started.append(Service(tmp_path, systemd))
+        return started[-1]
+
+    yield start
+    for running in started:
+        if running.process.poll() is None:
+            running.process.kill()
+            running.process.communicate()
+
+
+def test_it_says_ready_pings_the_watchdog_and_says_stopping(
+    service: Callable[[], Service], systemd: Systemd
+) -> None:
+    running = service()
+    ready = systemd.wait_for("READY")
+    assert ready["READY"] == "1" and f"127.0.0.1:{running.port}" in ready["STATUS"]
+    assert systemd.next() == {"WATCHDOG": "1"} and systemd.next() == {"WATCHDOG": "1"}
+    running.stop()
+    assert "STOPPING" in systemd.wait_for("STOPPING")
+    assert running.process.returncode == 0
+
+
+ACME_TO_CAROL = [
+    {"name": "ACME is Carol's", "sender_domain": ["acme.com"], "assign_to": "agent:carol"}
+]
+
+
+def test_sighup_applies_new_rules_without_dropping_a_connection(
+    service: Callable[[], Service], systemd: Systemd
+) -> None:
+    running = service()
+    systemd.wait_for("READY")
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+        client.sendmail(
+            "wile@acme.com", ["support@example.com"], mail("first", "wile@acme.com").as_bytes()
+        )
+        wait_until(lambda: running.assignee_of("first"), what="the first to be routed")
+        assert running.assignee_of("first") == "alice"  # the rotation: no rule yet
+        running.write(rules=ACME_TO_CAROL)
+        running.process.send_signal(signal.SIGHUP)
+        assert "RELOADING" in systemd.wait_for("RELOADING")
+        systemd.wait_for("READY")
+        # The same connection, still open, goes on; the new rule takes the next message.
+        client.sendmail(
+            "road@acme.com", ["support@example.com"], mail("second", "road@acme.com").as_bytes()
+        )
+    wait_until(lambda: running.assignee_of("second"), what="the second to be routed")
+    assert running.assignee_of("second") == "carol"
+    events = [line["event"] for line in running.stop()]
+    assert "gateway.reloaded" in events
+
+
+def test_a_bad_file_on_sighup_is_refused_with_its_reason_and_the_old_rules_stay(
+    service: Callable[[], Service], systemd: Systemd
+) -> None:
+    running = service()
+    systemd.wait_for("READY")
+    running.write(rules=[{"name": "broken", "assign_to": "agent:nobody"}])
+    running.process.send_signal(signal.SIGHUP)
+    systemd.wait_for("RELOADING")
+    systemd.wait_for("READY")
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+        client.sendmail("c@example.org", ["support@example.com"], mail("after").as_bytes())
+    wait_until(lambda: running.assignee_of("after"), what="the message to be routed")
+    assert running.assignee_of("after") == "alice"
+    lines = running.stop()
+    [refused] = [line for line in lines if line["event"] == "gateway.reload_refused"]
+    assert "rules[0].assign_to" in refused["reason"] and "'agent:nobody'" in refused["reason"]
+    assert running.process.returncode == 0
+
+
+def test_a_reload_names_the_changes_that_wait_for_a_restart(
+    make_settings: Callable[..., Settings],
+) -> None:
+    old = make_settings()
+    new = make_settings(
+        smtp={**BASE["smtp"], "listen": ["127.0.0.1:2526"]},
+        rules=ACME_TO_CAROL,
+    )
+    assert needs_restart(old, new) == ["smtp.listen"]
+    assert needs_restart(old, make_settings(rules=ACME_TO_CAROL)) == []
