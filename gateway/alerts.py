@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 import aiosqlite
 
+from gateway.clock import stamp
 from gateway.config import Settings
 from gateway.store import queries
 
@@ -19,15 +22,35 @@ async def queue_alert(
     how: str,
     message_pk: int,
     at: str,
+    sender: str | None = None,
 ) -> bool:
     """Queue it where the global switch and the agent's own `notify` allow; True if queued.
 
     The outbox worker sends it after this transaction commits; its Message-ID
     derives from `event_id`, so a resend is recognisably the same alert.
+    An alert caused by mail from `sender` also counts against that sender's
+    hourly allowance: past it, the timeline says the alert was held back.
     """
     agent = settings.agent(agent_id)
     if not settings.notify.enabled or agent is None or not agent.notify:
         return False
+    limit = settings.notify.max_alerts_per_sender_per_hour
+    if sender and limit:
+        since = stamp(datetime.fromisoformat(at) - timedelta(hours=1))
+        if await queries.count_sender_alert(conn, sender, at, since) > limit:
+            await queries.add_event(
+                conn,
+                conversation_id,
+                at,
+                "notify_skipped",
+                "gateway",
+                agent=agent_id,
+                detail={
+                    "reason": reason,
+                    "why": f"more than {limit} alerts from {sender} this hour",
+                },
+            )
+            return False
     await queries.enqueue(
         conn,
         "alert",

@@ -244,6 +244,8 @@ def describe(event: dict[str, Any]) -> str:
         retry = detail.get("retry_at")
         then = f"; retrying at {retry}" if retry else "; given up"
         return f"alert to {agent} failed: {printable(detail.get('error'))}{then}"
+    if kind == "notify_skipped":
+        return f"alert to {agent} held back: {printable(detail.get('why'))}"
     if kind in {"reopened", "closed"}:
         return f"{kind} by {actor}" + (f" ({detail['reason']})" if "reason" in detail else "")
     if kind == "claimed":

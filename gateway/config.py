@@ -162,6 +162,9 @@ class NotifySection(BaseModel):
     password_file: str | None = None
     file_dir: str = "alerts"
     on_reply: bool = True
+    # Alerts one sender's mail may cause in an hour (0: no limit): ends a loop with a
+    # peer that strips Auto-Submitted, and a flood from one address.
+    max_alerts_per_sender_per_hour: int = Field(30, ge=0)
 
     def secret(self) -> str | None:
         """The smarthost password, from the environment or its file."""

@@ -229,6 +229,7 @@ class Intake(DrainLoop):
                 how=_how(decision),
                 message_pk=stored.id,
                 at=at,
+                sender=facts.sender,
             )
         return conversation_id, decision
 
@@ -279,6 +280,7 @@ class Intake(DrainLoop):
                 how="the customer wrote again",
                 message_pk=stored.id,
                 at=at,
+                sender=facts.sender,
             )
 
 

@@ -529,6 +529,22 @@ async def enqueue(
     )
 
 
+async def count_sender_alert(conn: aiosqlite.Connection, sender: str, at: str, since: str) -> int:
+    """Count one more alert caused by `sender` in its hour (a new hour from `at` once
+    `since` has passed its window's start); the count, this one included."""
+    async with conn.execute(
+        "INSERT INTO alert_senders (sender, window_start, alerts) VALUES (?, ?, 1)"
+        " ON CONFLICT (sender) DO UPDATE SET"
+        " alerts = CASE WHEN window_start > ? THEN alerts + 1 ELSE 1 END,"
+        " window_start = CASE WHEN window_start > ? THEN window_start ELSE ? END"
+        " RETURNING alerts",
+        (sender, at, since, since, at),
+    ) as cursor:
+        row = await cursor.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 async def due_outbox(conn: aiosqlite.Connection, now: str, limit: int) -> list[Row]:
     return await _all(
         conn,
