@@ -1,0 +1,125 @@
+"""Outages cost nothing: a full disk or a smarthost down, and the daemon carries on after."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from email import message_from_bytes
+from email.policy import SMTP
+from pathlib import Path
+
+import pytest
+
+from gateway.config import Settings
+from tests.conftest import BASE, RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Path]:
+    """A 4 MB file system of its own (tmpfs), so filling it harms nothing else."""
+    if os.geteuid() != 0:
+        pytest.fail("mounting a small file system needs root (CI runs as root)")
+    folder = Path(tempfile.mkdtemp(prefix="gateway-full-"))
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], check=True)
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=True)
+        folder.rmdir()
+
+
+def fill(folder: Path) -> Path:
+    """Take every free byte; the file that holds them."""
+    filler = folder / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def ingest(config: Path, raw: bytes) -> int:
+    command = ["ingest", "--to", "support@example.com", "--config", str(config)]
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *command],
+        input=raw,
+        capture_output=True,
+        timeout=60,
+    ).returncode
+
+
+def test_a_full_disk_answers_451_and_75_writes_nothing_and_recovers_without_a_restart(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    small_disk: Path,
+) -> None:
+    settings = make_settings(
+        gateway={"database": str(small_disk / "gateway.db"), "hostname": "gw.test"},
+        smtp={**BASE["smtp"], "max_message_size": "2MB"},
+    )
+    running = start_daemon(settings)
+    config = Path(settings.notify.file_dir).parent / "gateway.toml"
+    big = mail("attachment", body=("y" * 76 + "\n") * 13_000).as_bytes(policy=SMTP)  # 1 MB
+    filler = fill(small_disk)
+
+    with pytest.raises(Exception) as refused:
+        running.send(big)
+    assert getattr(refused.value, "smtp_code", None) == 451
+    assert ingest(config, big) == 75  # EX_TEMPFAIL: the MTA keeps it and tries again
+    with sqlite3.connect(settings.gateway.database, timeout=10) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+
+    filler.unlink()
+    assert running.send(big) == {}  # the same process, now that there is room
+    assert ingest(config, mail("piped after").as_bytes(policy=SMTP)) == 0
+    running.drain()
+    assert sorted(c["subject"] for c in running.conversations()) == ["attachment", "piped after"]
+
+
+def test_alerts_wait_out_a_smarthost_outage_and_each_is_notified_once(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    port = free_port()
+    running = start_daemon(make_settings(notify=smtp_notify(port)))
+    for n in range(5):
+        running.send(mail(f"while it is down {n}"))
+    # Every alert fails, backs off and is tried again, the waits growing.
+    wait_until(
+        lambda: running.query("SELECT min(attempts) FROM outbox")[0][0] >= 3,
+        timeout=30,
+        what="three attempts at every alert",
+    )
+    failed = running.query(
+        "SELECT at, detail FROM events WHERE kind = 'notify_failed' AND conversation_id = 1"
+    )
+    waits = [
+        datetime.fromisoformat(json.loads(row["detail"])["retry_at"])
+        - datetime.fromisoformat(row["at"])
+        for row in failed[:3]
+    ]
+    assert waits == sorted(waits) and waits[0] < waits[2]  # exponential, up to its cap
+    late = Sink(port)
+    late.start()
+    try:
+        wait_until(
+            lambda: len(running.query("SELECT id FROM events WHERE kind = 'notified'")) == 5,
+            timeout=30,
+            what="every alert to go out",
+        )
+        ids = [message_from_bytes(e.original_content)["Message-ID"] for e in late.received]
+        assert len(ids) == 5 and len(set(ids)) == 5
+    finally:
+        late.stop()
+    assert {row[0] for row in running.query("SELECT state FROM outbox")} == {"done"}
