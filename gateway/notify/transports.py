@@ -52,7 +52,7 @@ class FileTransport:
         await asyncio.to_thread(self._write, message.as_bytes(policy=policy.SMTP), name)
 
     def _write(self, data: bytes, name: str) -> None:
-        self._folder.mkdir(parents=True, exist_ok=True)
+        self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # alerts carry customer mail
         fd, temporary = tempfile.mkstemp(dir=self._folder, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as out:
