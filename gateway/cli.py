@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ from gateway.clock import utcnow
 from gateway.config import ImapSection, Settings
 from gateway.errors import ConfigError, GatewayError, Refused, StoreUnavailable
 from gateway.imapsession import MailboxError, open_mailbox
+from gateway.ingress import users
 from gateway.ingress.accept import Accept
 from gateway.model import STATUSES, RawMail
 from gateway.store.db import Database
@@ -459,6 +461,25 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
 # --- plumbing -----------------------------------------------------------------
 
 
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """A users-file line for SMTP AUTH; the password from the terminal, or a pipe."""
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            print("The two passwords differ; nothing was made.", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("An empty password is refused.", file=sys.stderr)
+        return 1
+    if ":" in args.name or not args.name.strip():
+        print("A user name cannot be empty nor hold ':'.", file=sys.stderr)
+        return 2
+    print(users.hash_password(password).line(args.name))
+    return 0
+
+
 def _with_db(
     settings: Settings,
     work: Callable[[Database], Awaitable[T]],
@@ -581,12 +602,22 @@ def build_parser() -> argparse.ArgumentParser:
     command("shunted", cmd_shunted, "messages intake failed on, with the error", json_output=True)
     p = command("retry", cmd_retry, "run intake again on a shunted message")
     p.add_argument("id", type=record_id, metavar="ID")
+    p = sub.add_parser(
+        "hash-password",
+        help="print an SMTP AUTH users-file line (password read from standard input)",
+        description="Print NAME:scrypt$... for smtp.auth_users_file; needs no configuration.",
+    )
+    p.add_argument("name", metavar="NAME")
+    p.set_defaults(standalone=cmd_hash_password)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if hasattr(args, "standalone"):
+        code: int = args.standalone(args)
+        return code
     path = getattr(args, "config", None) or os.environ.get("GATEWAY_CONFIG")
     if not path:
         parser.error("no configuration: pass --config PATH or set GATEWAY_CONFIG")
@@ -594,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(logging.INFO if args.command == "run" else logging.WARNING)
     try:
         settings = config.load(Path(path))
-        code: int = args.run(settings, args)
+        code = args.run(settings, args)
         return code
     except ConfigError as error:
         print(str(error), file=sys.stderr)

@@ -6,6 +6,8 @@ import asyncio
 import smtplib
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +17,6 @@ import trustme
 from structlog.testing import capture_logs
 
 from gateway.config import Settings
-from gateway.ingress import users
 from tests.conftest import BASE, RunningDaemon, mail, wait_until
 
 pytestmark = pytest.mark.integration
@@ -60,14 +61,31 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
+def hash_password(name: str, password: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", "hash-password", name],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 @pytest.fixture
 def tls_files(tmp_path: Path, ca: trustme.CA) -> dict[str, str]:
     cert = ca.issue_cert("gw.test", "127.0.0.1")
     cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "relay.pem"))
-    (tmp_path / "users").write_text(
-        "# who may send through the relay\n" + users.hash_password(PASSWORD).line("desk") + "\n"
-    )
+    # The users file as a person makes it: `gateway hash-password desk` (no configuration needed).
+    made = hash_password("desk", PASSWORD)
+    assert made.returncode == 0 and made.stdout.startswith("desk:scrypt$")
+    assert PASSWORD not in made.stdout
+    (tmp_path / "users").write_text("# who may send through the relay\n" + made.stdout)
     return {"tls_cert": "relay.pem", "auth_users_file": "users"}
+
+
+def test_hash_password_refuses_an_empty_password() -> None:
+    refused = hash_password("desk", "")
+    assert refused.returncode == 1 and "empty password" in refused.stderr
 
 
 @pytest.fixture
