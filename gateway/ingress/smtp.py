@@ -222,6 +222,13 @@ class _Session(SMTP):
 
     _counted = False
 
+    def __init__(self, handler: Relay, *, line_length_limit: int, **options: Any) -> None:
+        # RFC 5321 allows 1,000 octets a line, yet mail with longer lines exists, and so does
+        # mail with bare LF endings (one line to aiosmtpd): bounced, it would be lost. Only
+        # the size limit refuses mail; command lines keep aiosmtpd's own 512-octet limit.
+        self.line_length_limit = line_length_limit
+        super().__init__(handler, **options)
+
     async def _handle_client(self) -> None:
         # aiosmtpd has no hook before its greeting; this is where a refusal must go.
         assert self.session is not None
@@ -261,6 +268,7 @@ class SmtpServer:
         session = _Session(
             self._relay,
             data_size_limit=self._settings.smtp.max_message_size,
+            line_length_limit=self._settings.smtp.max_message_size + 2,
             # Stored as bytes, never decoded here: international addresses are fine.
             enable_SMTPUTF8=True,
             hostname=self._settings.gateway.hostname,

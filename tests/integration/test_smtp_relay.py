@@ -168,3 +168,32 @@ def test_smtputf8_sender_is_accepted(daemon: RunningDaemon) -> None:
     assert refused == {}
     daemon.drain()
     assert daemon.conversations()[0]["customer"] == "jörg@bücher.example"
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"From: a@example.org\nTo: support@example.com\nSubject: bare LF\n\n"
+        + b"a line ending in a bare LF\n" * 400,
+        b"From: a@example.org\r\nTo: support@example.com\r\nSubject: long line\r\n\r\n"
+        + b"x" * 20_000
+        + b"\r\n",
+    ],
+    ids=["bare-lf-endings", "a-20000-octet-line"],
+)
+def test_mail_breaking_the_line_limit_is_stored_byte_for_byte_not_bounced(
+    daemon: RunningDaemon, raw: bytes
+) -> None:
+    with smtplib.SMTP("127.0.0.1", daemon.port) as client:
+        client.ehlo()
+        client.mail("a@example.org")
+        client.rcpt("support@example.com")
+        # smtplib would rewrite the endings; send the bytes as they are, then the end mark.
+        client.send(b"DATA\r\n")
+        assert client.getreply()[0] == 354
+        client.send(raw + b"\r\n.\r\n")
+        assert client.getreply()[0] == 250
+    [row] = daemon.query("SELECT raw FROM messages")
+    assert bytes(row["raw"]) == raw + b"\r\n"
+    daemon.drain()
+    assert daemon.query("SELECT state FROM messages")[0][0] == "routed"
