@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from copy import deepcopy
 from pathlib import Path
@@ -17,10 +19,11 @@ from typing import Any
 
 import pytest
 import tomli_w
+from aiosmtpd.smtp import Envelope
 
 from gateway.config import Settings
 from gateway.daemon import needs_restart
-from tests.conftest import BASE, free_port, mail, wait_until
+from tests.conftest import BASE, RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +192,33 @@ def test_a_reload_names_the_changes_that_wait_for_a_restart(
     )
     assert needs_restart(old, new) == ["smtp.listen"]
     assert needs_restart(old, make_settings(rules=ACME_TO_CAROL)) == []
+
+
+class SlowSmarthost(Sink):
+    """Takes its time over each alert, so a stop arrives while one is being sent."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.sending = threading.Event()
+
+    async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
+        self.sending.set()
+        await asyncio.sleep(1.0)
+        return await super().handle_DATA(server, session, envelope)
+
+
+def test_a_stop_waits_for_the_alert_being_sent_and_records_it(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    smarthost = SlowSmarthost(free_port())
+    smarthost.start()
+    try:
+        running = start_daemon(make_settings(notify=smtp_notify(smarthost.port)))
+        running.send(mail("alert in flight"))
+        assert smarthost.sending.wait(15)
+        running.stop()  # joins the daemon: it has exited
+        assert len(smarthost.received) == 1
+        assert [row["state"] for row in running.query("SELECT state FROM outbox")] == ["done"]
+        assert len(running.events(1, "notified")) == 1  # not sent again at the next start
+    finally:
+        smarthost.stop()
