@@ -10,7 +10,7 @@ from email.policy import SMTP
 import pytest
 
 from gateway.config import Settings
-from tests.conftest import RunningDaemon, mail
+from tests.conftest import RunningDaemon, mail, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -128,28 +128,37 @@ def test_store_failure_answers_451_and_the_sender_can_retry(
     assert daemon.send(mail("held up")) == {}
 
 
-def test_stop_answers_the_data_in_flight_then_refuses_new_connections(
+def test_stop_answers_the_data_in_flight_and_new_connections_421_then_exits(
     daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import asyncio
+    import socket
     import threading
 
     from gateway.ingress.accept import Accept
 
-    in_accept = threading.Event()
+    in_accept, release = threading.Event(), threading.Event()
     real_call = Accept.__call__
 
-    async def slow(self: Accept, mail_: object) -> int | None:
+    async def held(self: Accept, mail_: object) -> int | None:
         in_accept.set()
-        await asyncio.sleep(0.5)  # the stop request arrives while this DATA is in flight
+        await asyncio.to_thread(release.wait, 10)  # the stop arrives while this DATA is in flight
         return await real_call(self, mail_)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(Accept, "__call__", slow)
+    def greeting() -> bytes:
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=10) as sock:
+            return sock.recv(1024)
+
+    monkeypatch.setattr(Accept, "__call__", held)
     answers: list[dict[str, tuple[int, bytes]]] = []
     client = threading.Thread(target=lambda: answers.append(daemon.send(mail("in flight"))))
     client.start()
     assert in_accept.wait(10)
     daemon.daemon.request_stop()
+    try:
+        wait_until(lambda: greeting().startswith(b"421"), what="421 to a new connection")
+    finally:
+        release.set()
     client.join(10)
     assert answers == [{}]  # 250, not a dropped connection
     daemon.thread.join(10)

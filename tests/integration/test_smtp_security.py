@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import smtplib
 import socket
 import ssl
@@ -295,41 +294,3 @@ def test_an_overlong_command_line_is_refused(daemon: RunningDaemon) -> None:
         code, _ = client.docmd("MAIL FROM:<" + "a" * 2000 + "@example.org>")
         assert code == 500
         assert client.noop()[0] == 250  # and the session goes on
-
-
-# --- stopping ---------------------------------------------------------------------
-
-
-def test_while_stopping_a_new_connection_gets_421_and_the_data_in_flight_250(
-    daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from gateway.ingress.accept import Accept
-
-    in_accept, release = threading.Event(), threading.Event()
-    real_call = Accept.__call__
-
-    async def held(self: Accept, mail_: object) -> int | None:
-        in_accept.set()
-        await asyncio.to_thread(release.wait, 10)
-        return await real_call(self, mail_)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Accept, "__call__", held)
-    answers: list[dict[str, tuple[int, bytes]]] = []
-    client = threading.Thread(target=lambda: answers.append(daemon.send(mail("in flight"))))
-    client.start()
-    assert in_accept.wait(10)
-    daemon.daemon.request_stop()
-    try:
-        wait_until(lambda: _greeting(daemon.port).startswith(b"421"), what="421 while stopping")
-    finally:
-        release.set()
-    client.join(10)
-    assert answers == [{}]
-    daemon.thread.join(10)
-    assert not daemon.thread.is_alive()
-    assert stored(daemon) == 1
-
-
-def _greeting(port: int) -> bytes:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        return sock.recv(1024)
