@@ -8,6 +8,8 @@ sends the alert again, with the same Message-ID (derived from the event id).
 from __future__ import annotations
 
 import json
+import os
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from gateway import alertmark
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.drainloop import POLL_SECONDS, DrainLoop
+from gateway.errors import StoreUnavailable
 from gateway.notify.keywords import KeywordWriter, wanted
 from gateway.notify.render import AlertInput, render
 from gateway.notify.transports import Transport, transport_for
@@ -48,6 +51,8 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 LEASE = timedelta(minutes=2)  # longer than an attempt can take (the SMTP timeout is 30 s)
+# Who holds a lease, for a person reading the outbox; recovery does not depend on it.
+OWNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
 class Outbox(DrainLoop):
@@ -80,10 +85,27 @@ class Outbox(DrainLoop):
         self._settings = settings
 
     async def run(self) -> None:
+        presence = self._db.presence("outbox")
         try:
+            if presence.alone():
+                await self._release_leases()
+            await presence.share()
             await super().run()
         finally:
+            presence.leave()
             await self._keyword_writer.close()
+
+    async def _release_leases(self) -> None:
+        """No other outbox runs on this database: a row leased now was leased by a process
+        that died mid-attempt. It is due again at once, not when the lease would end."""
+        try:
+            async with self._db.transaction() as conn:
+                released = await queries.release_leases(conn, stamp(self._clock()))
+        except StoreUnavailable as error:  # they come due anyway, when their leases end
+            log.warning("outbox.leases_kept", error=str(error))
+            return
+        if released:
+            log.info("outbox.leases_released", rows=released, why="their process died")
 
     async def idle_seconds(self) -> float:
         async with self._db.reading() as conn:
@@ -119,12 +141,13 @@ class Outbox(DrainLoop):
 
         The lease (a due time in the future) is returned: the attempt marks the
         row done only if it still holds it. Should this process die mid-attempt,
-        the row is due again when the lease ends.
+        the row is due again when the lease ends, or at once when an outbox
+        starts with no other running on the database (`run`).
         """
         now = self._clock()
         lease = stamp(now + LEASE)
         async with self._db.transaction() as conn:
-            taken = await queries.claim_outbox(conn, outbox_id, stamp(now), lease)
+            taken = await queries.claim_outbox(conn, outbox_id, stamp(now), lease, OWNER)
         return lease if taken else None
 
     async def _keywords(self, row: queries.Row, lease: str) -> None:

@@ -3,12 +3,15 @@
 One aiosqlite connection is shared by the daemon's tasks; a lock keeps their
 transactions from interleaving on it. Other processes (the `gateway` command)
 open their own connection; WAL, `BEGIN IMMEDIATE` and the busy timeout make
-them wait their turn rather than fail.
+them wait their turn rather than fail. `Presence` tells a process starting a
+job whether another is doing it too, or whoever did it is dead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
 import sqlite3
 import urllib.parse
@@ -153,8 +156,54 @@ class Database:
         if self._conn.in_transaction:
             await self._conn.execute("ROLLBACK")
 
+    def presence(self, job: str) -> Presence:
+        """The processes doing `job` on this database (see `Presence`)."""
+        return Presence(f"{self.path}-{job}.lock")
+
     async def close(self) -> None:
         await self._conn.close()
+
+
+class Presence:
+    """The processes doing one job on a database: each holds a lock file beside it.
+
+    Each holds the lock shared while it does the job; the kernel lets go when
+    the process ends, SIGKILL included. One that starts and can take it
+    exclusively knows no other process is doing the job: whatever is found half
+    done was left by the dead, and is its to take up before it shares the lock.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def alone(self) -> bool:
+        """Take the lock exclusively, if nobody holds it; whether that worked."""
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return False  # nobody can be told apart: as if others were there
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+    async def share(self) -> None:
+        """Hold it shared from now on, alongside the others doing the job.
+
+        Waits (off the loop) while another holds it exclusively: the moment it
+        takes to clear up after the dead.
+        """
+        fd = self._fd
+        if fd is not None:
+            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_SH)
+
+    def leave(self) -> None:
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # closing lets go of the lock
+            self._fd = None
 
 
 async def _check_version(conn: aiosqlite.Connection, path: str) -> None:

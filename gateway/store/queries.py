@@ -523,7 +523,7 @@ async def enqueue(
     await conn.execute(
         "INSERT INTO outbox (kind, event_id, conversation_id, payload, created_at, due_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO UPDATE SET"
-        " state = 'pending', due_at = excluded.due_at, attempts = 0"
+        " state = 'pending', due_at = excluded.due_at, attempts = 0, leased_by = NULL"
         " WHERE outbox.kind = 'keywords'",
         (kind, event_id, conversation_id, json.dumps(payload, ensure_ascii=False), at, at),
     )
@@ -558,19 +558,32 @@ async def next_due(conn: aiosqlite.Connection) -> str | None:
     return None if row is None or row["due"] is None else str(row["due"])
 
 
-async def claim_outbox(conn: aiosqlite.Connection, outbox_id: int, now: str, until: str) -> bool:
+async def claim_outbox(
+    conn: aiosqlite.Connection, outbox_id: int, now: str, until: str, owner: str
+) -> bool:
     cursor = await conn.execute(
-        "UPDATE outbox SET due_at = ? WHERE id = ? AND state = 'pending' AND due_at <= ?",
-        (until, outbox_id, now),
+        "UPDATE outbox SET due_at = ?, leased_by = ?"
+        " WHERE id = ? AND state = 'pending' AND due_at <= ?",
+        (until, owner, outbox_id, now),
     )
     return cursor.rowcount == 1
+
+
+async def release_leases(conn: aiosqlite.Connection, now: str) -> int:
+    """Every leased row due now: for when their holders are known to be dead. How many."""
+    cursor = await conn.execute(
+        "UPDATE outbox SET due_at = ?, leased_by = NULL"
+        " WHERE state = 'pending' AND leased_by IS NOT NULL",
+        (now,),
+    )
+    return cursor.rowcount
 
 
 async def outbox_done(conn: aiosqlite.Connection, outbox_id: int, lease: str) -> None:
     """Done, unless the row was queued again while this attempt ran (its lease is gone)."""
     await conn.execute(
-        "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL"
-        " WHERE id = ? AND due_at = ?",
+        "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL,"
+        " leased_by = NULL WHERE id = ? AND due_at = ?",
         (outbox_id, lease),
     )
 
@@ -581,12 +594,13 @@ async def outbox_failed(
     """Count the failed attempt; retry at `retry_at`, or give up (dead) when it is None."""
     if retry_at is None:
         await conn.execute(
-            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?"
-            " WHERE id = ?",
+            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?,"
+            " leased_by = NULL WHERE id = ?",
             (error, outbox_id),
         )
     else:
         await conn.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, due_at = ? WHERE id = ?",
+            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, due_at = ?,"
+            " leased_by = NULL WHERE id = ?",
             (error, retry_at, outbox_id),
         )
