@@ -31,6 +31,7 @@ Also = Callable[[aiosqlite.Connection, str], Awaitable[None]]  # (connection, de
 
 # Messages per commit. SQLite binds at most 32,766 values; each message takes 7.
 GROUP_LIMIT = 256
+OFF_LOOP_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -67,7 +68,7 @@ class Accept:
     async def together(self, items: Sequence[tuple[RawMail, Also | None]]) -> list[int | None]:
         """Store every item in one transaction (all of them or none); their ids."""
         unit = _Unit(
-            mails=[(mail, dedup_key(mail.raw)) for mail, _ in items],
+            mails=[(mail, await _dedup_key(mail.raw)) for mail, _ in items],
             also=[also for _, also in items],
             done=asyncio.get_running_loop().create_future(),
         )
@@ -124,6 +125,14 @@ class Accept:
                     if also is not None:
                         await also(conn, key)
         return results
+
+
+async def _dedup_key(raw: bytes) -> str:
+    # A header block of megabytes (a header bomb at the size limit) takes most of a
+    # second to read: off the loop, which every SMTP session and intake share.
+    if len(raw) <= OFF_LOOP_BYTES:
+        return dedup_key(raw)
+    return await asyncio.to_thread(dedup_key, raw)
 
 
 def _fail(group: list[_Unit], reason: str) -> None:

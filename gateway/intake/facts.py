@@ -1,8 +1,15 @@
 """Raw bytes → MailFacts, with the standard `email` package, tolerant of broken mail.
 
-Every header is read defensively: policy.default parses lazily and can raise on
-hostile input, so each access falls back to the raw header text. Nothing here
-raises for a malformed message; the worst case is empty facts.
+Every header is read from its raw text, and decoded defensively: where the
+decoder raises, the raw text stands. Nothing here raises for a malformed
+message; the worst case is empty facts.
+
+The header registry's parser (encoded words, addresses) slices off the rest of
+the value at every token, so its time grows with the square of a header's length
+(80,000 addresses in To took 70 s and 1.2 GB; 60,000 encoded words in a Subject,
+over 15 minutes), and it recurses into nested comments. It is only ever given a
+header's first PARSE_CHARS characters: more than a subject or the recipients a
+rule looks for need.
 """
 
 from __future__ import annotations
@@ -10,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from email import policy
+from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import getaddresses
@@ -19,7 +27,10 @@ from gateway.model import MailFacts
 
 _ID = re.compile(r"<([^<>]*)>")
 _WS = re.compile(r"\s+")
-_HEADER_PARSER = BytesParser(policy=policy.default)
+# compat32 only splits the header block: at its end the feed parser reads the
+# Content-Type, and policy.default would parse it with the registry (recursive in
+# comments, quadratic in length). Every header is read raw below.
+_HEADER_PARSER = BytesParser(policy=policy.compat32)
 # Applied to text whose white space is already single spaces, so no two parts of
 # the pattern compete for the same characters (linear time on hostile subjects).
 _REPLY_PREFIX = re.compile(
@@ -28,6 +39,10 @@ _REPLY_PREFIX = re.compile(
 )
 _TOKEN = re.compile(r"\[#([0-9]{1,18})\]")  # 18 digits: always a valid SQLite integer
 THREAD_SUBJECT_CHARS = 1000
+PARSE_CHARS = 16 * 1024
+# A thread is found by its parent (In-Reply-To) or by its root (References' first);
+# a long chain's middle adds nothing, and SQLite binds 32,766 values (by default).
+MAX_REFERENCES = 100
 
 
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
@@ -51,7 +66,11 @@ def clean_text(text: str) -> str:
         text.encode("utf-8")
         return text
     except UnicodeEncodeError:
+        pass
+    try:
         data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate no byte stands for (decoded, not raw)
+        return text.encode("utf-8", "replace").decode("utf-8")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
@@ -63,6 +82,15 @@ def _raw_values(msg: Message, name: str) -> list[str]:
     return [clean_text(str(value)) for key, value in msg.raw_items() if key.lower() == wanted]
 
 
+_REGISTRY = HeaderRegistry()  # policy.default's
+_LINE_BREAK = re.compile(r"[\r\n]")  # unfolding, as policy.default does before parsing
+
+
+def _parsed(name: str, value: str) -> BaseHeader:
+    """The header registry's reading of the value's first PARSE_CHARS characters."""
+    return _REGISTRY(name, _LINE_BREAK.sub("", value[:PARSE_CHARS]))
+
+
 def header_text(msg: Message, name: str) -> str | None:
     """The first `name` header, decoded (RFC 2047, or raw 8-bit as UTF-8 else Latin-1)."""
     wanted = name.lower()
@@ -71,23 +99,39 @@ def header_text(msg: Message, name: str) -> str | None:
         return None
     # 8-bit bytes arrive as surrogates; the email package would turn them into U+FFFD.
     if clean_text(raw) != raw:
-        return _WS.sub(" ", clean_text(raw)).strip()
+        return _WS.sub(" ", clean_text(raw)[:PARSE_CHARS]).strip()
     try:
-        value = str(msg.get(name))
+        value = str(_parsed(name, raw))
     except Exception:  # the header parser itself failed on this input
-        value = raw
+        value = raw[:PARSE_CHARS]
     return _WS.sub(" ", clean_text(value)).strip()
 
 
+def _address_list(values: list[str]) -> str:
+    """Every `values` as one list, cut to PARSE_CHARS after a whole address."""
+    text = ", ".join(values)
+    if len(text) <= PARSE_CHARS:
+        return text
+    cut = text[:PARSE_CHARS]
+    comma = cut.rfind(",")
+    return cut[:comma] if comma > 0 else cut
+
+
 def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
-    """(display name, addr-spec) pairs of every `name` header."""
+    """(display name, addr-spec) pairs of the `name` headers, from their first PARSE_CHARS."""
+    text = _address_list(_raw_values(msg, name))
+    if not text:
+        return []
+    pairs: list[tuple[str, str]]
     try:
-        headers = msg.get_all(name) or []
-        pairs = [
-            (a.display_name, a.addr_spec) for h in headers for a in getattr(h, "addresses", ())
-        ]
+        header = _parsed(name, text)
+        found: tuple[Address, ...] = header.addresses if isinstance(header, AddressHeader) else ()
+        pairs = [(a.display_name, a.addr_spec) for a in found]
     except Exception:  # unparseable: fall back to the permissive old parser
-        pairs = getaddresses(_raw_values(msg, name))
+        try:
+            pairs = getaddresses([text])
+        except RecursionError:  # it recurses into nested comments
+            pairs = []
     return [
         (clean_text(display), clean_text(spec).strip())
         for display, spec in pairs
@@ -105,6 +149,16 @@ def normalize_message_id(text: str) -> str | None:
 
 def message_ids(text: str) -> list[str]:
     return [v for v in (_WS.sub("", m) for m in _ID.findall(text)) if v]
+
+
+def _references(msg: Message) -> tuple[str, ...]:
+    """In-Reply-To's ids, then References' root and last ones: at most MAX_REFERENCES."""
+    replying = [i for value in _raw_values(msg, "In-Reply-To") for i in message_ids(value)]
+    chain = [i for value in _raw_values(msg, "References") for i in message_ids(value)]
+    if len(chain) > MAX_REFERENCES:
+        chain = chain[:1] + chain[1 - MAX_REFERENCES :]
+    unique = dict.fromkeys(replying + chain)  # in order, each once
+    return tuple(unique)[:MAX_REFERENCES]
 
 
 # A header line as the email package's feed parser tells one: a name (any printable
@@ -198,10 +252,6 @@ def facts_of(msg: Message | EmailMessage, envelope_from: str | None) -> MailFact
         sender_name, sender = "", None
     domain = sender.rpartition("@")[2] if sender and "@" in sender else None
     id_values = _raw_values(msg, "Message-ID")
-    references: list[str] = []
-    for name in ("In-Reply-To", "References"):
-        for value in _raw_values(msg, name):
-            references.extend(i for i in message_ids(value) if i not in references)
     return MailFacts(
         message_id=normalize_message_id(id_values[0]) if id_values else None,
         sender=sender,
@@ -211,7 +261,7 @@ def facts_of(msg: Message | EmailMessage, envelope_from: str | None) -> MailFact
         recipients=tuple(
             spec.lower() for name in ("To", "Cc") for _, spec in _addresses(msg, name)
         ),
-        references=tuple(references),
+        references=_references(msg),
         auto=_automatic(msg, envelope_from),
         notification=_token(msg, "X-Gateway-Notification"),
         date=_token(msg, "Date"),
