@@ -248,7 +248,8 @@ class _Session(SMTP):
         super().connection_lost(error)
 
     async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str) and status.startswith("552 Error:"):
+        # A DATA line over the line limit (the size limit, as set here) is over the size too.
+        if isinstance(status, str) and status.startswith(("552 Error:", "500 Line too long")):
             await super().push("552 5.3.4 Message too big for this gateway")
         else:
             await super().push(status)

@@ -71,16 +71,7 @@ def test_hostile_mail_is_taken_like_any_mail(gateway: RunningDaemon, name: str) 
     assert routes_the_next_mail(gateway)
 
 
-# aiosmtpd answers a line longer than its line limit (the size limit, as the relay sets
-# it) with "500 Line too long" before it counts the size: to be mapped to 552 5.3.4 in
-# gateway/ingress/smtp.py, as aiosmtpd's own 552 is.
-ONE_LINE_GAP = pytest.mark.xfail(strict=True, reason="500 Line too long, not 552 5.3.4")
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=ONE_LINE_GAP) if n == "oversize-one-line" else n for n in REFUSED],
-)
+@pytest.mark.parametrize("name", list(REFUSED))
 def test_mail_over_a_limit_is_refused_with_its_code_and_nothing_kept(
     gateway: RunningDaemon, name: str
 ) -> None:
