@@ -29,7 +29,7 @@ from gateway.intake.threads import find_conversation
 from gateway.model import Decision, Delivery, MailFacts
 from gateway.routing.router import Policy, route
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, store_trouble
 from gateway.store.queries import StoredMail
 
 log = structlog.get_logger("gateway.intake")
@@ -119,22 +119,32 @@ class Intake(DrainLoop):
             if isinstance(facts, Exception):
                 raise facts
             outcome = await self._handle(conn, stored, facts)
-        except (StoreUnavailable, sqlite3.OperationalError):
+        except StoreUnavailable:
             raise  # the store's trouble: the whole batch stays pending
+        except sqlite3.Error as error:
+            if store_trouble(error):
+                raise  # locked, full, failing: the whole batch stays pending
+            outcome = await self._shunt(conn, stored, error)  # this message's data did it
         except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
-            await conn.execute("ROLLBACK TO message")
-            await queries.shunt(conn, stored.id, reason)
-            log.error(
-                "message.shunted",
-                message=stored.id,
-                inbox=stored.mail.inbox,
-                error=reason,
-                traceback="".join(traceback.format_exception(error)),
-            )
-            outcome = Outcome("shunted", error=reason)
+            outcome = await self._shunt(conn, stored, error)
         await conn.execute("RELEASE message")
         return outcome
+
+    async def _shunt(
+        self, conn: aiosqlite.Connection, stored: StoredMail, error: Exception
+    ) -> Outcome:
+        """Undo what the message wrote and park it with its error; the rest flow on."""
+        reason = f"{type(error).__name__}: {error}"
+        await conn.execute("ROLLBACK TO message")
+        await queries.shunt(conn, stored.id, reason)
+        log.error(
+            "message.shunted",
+            message=stored.id,
+            inbox=stored.mail.inbox,
+            error=reason,
+            traceback="".join(traceback.format_exception(error)),
+        )
+        return Outcome("shunted", error=reason)
 
     async def _handle(
         self, conn: aiosqlite.Connection, stored: StoredMail, facts: MailFacts

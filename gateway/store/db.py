@@ -29,6 +29,20 @@ T = TypeVar("T")
 BUSY_TIMEOUT_MS = 10_000
 
 
+# SQLite's primary result codes that say the store is in trouble (locked, busy, full,
+# read-only, failing I/O, corrupt), not the statement: retried later, never blamed on mail.
+_STORE_TROUBLE = {5, 6, 7, 8, 10, 11, 13, 14, 15, 26}
+
+
+def store_trouble(error: sqlite3.Error) -> bool:
+    """Whether `error` is the store's trouble rather than something a statement's data caused
+    (too many variables, too big a value), which retrying would only meet again."""
+    code = getattr(error, "sqlite_errorcode", None)
+    if code is None:  # no code to tell by: the cautious answer keeps the mail pending
+        return isinstance(error, sqlite3.OperationalError)
+    return code & 0xFF in _STORE_TROUBLE
+
+
 class _Connection(aiosqlite.Connection):
     """aiosqlite's connection, whose statements can run on the loop's own thread.
 

@@ -145,3 +145,34 @@ def test_a_retried_message_keeps_its_arrival_time(
     [message] = daemon.query("SELECT received_at FROM messages")
     [conversation] = daemon.conversations()
     assert conversation["created_at"] == conversation["last_message_at"] == message[0]
+
+
+@pytest.mark.parametrize(
+    ("statement", "kind"),
+    [
+        ("SELECT 1 WHERE 0 IN (" + ", ".join(["?"] * 300_000) + ")", "too many SQL variables"),
+        ("SELECT * FROM no_such_table", "no such table"),
+    ],
+    ids=["too-many-variables", "a-bad-statement"],
+)
+def test_an_sql_error_a_message_causes_shunts_it_instead_of_stalling_intake(
+    daemon: RunningDaemon, monkeypatch: pytest.MonkeyPatch, statement: str, kind: str
+) -> None:
+    """Only a store in trouble (locked, full, failing) keeps mail pending; an error that
+    this message's data causes would meet it again on every retry, holding up the rest."""
+    from gateway.store import queries
+
+    real = queries.create_conversation
+
+    async def poisoned(conn, **fields):  # type: ignore[no-untyped-def]
+        if fields["subject"] == "poison":
+            await conn.execute(statement, tuple(range(statement.count("?"))))
+        return await real(conn, **fields)
+
+    monkeypatch.setattr(queries, "create_conversation", poisoned)
+    for subject in ("before", "poison", "after"):
+        daemon.send(mail(subject))
+    daemon.drain()
+    rows = daemon.query("SELECT state, error FROM messages ORDER BY id")
+    assert [r["state"] for r in rows] == ["routed", "shunted", "routed"]
+    assert kind in rows[1]["error"]
