@@ -28,8 +28,10 @@ class SmtpTransport:
     async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
         n = self._notify
         sender = message["From"].addresses[0].addr_spec
+        # Flattened off the loop: the original attached may be megabytes.
+        data = await asyncio.to_thread(message.as_bytes, policy=policy.SMTP)
         await aiosmtplib.send(
-            message,
+            data,
             sender=sender,
             recipients=[recipient],
             hostname=n.smtp_host,
