@@ -26,6 +26,7 @@ from gateway.errors import ConfigError
 from gateway.ingress.accept import Accept
 from gateway.ingress.imap import MailboxPoller
 from gateway.ingress.smtp import Relay, SmtpServer
+from gateway.intake.parsing import ProcessParser
 from gateway.intake.worker import Intake
 from gateway.notify.worker import DEFAULT_RETRY, Outbox, RetryPolicy
 from gateway.sdnotify import Notifier
@@ -108,6 +109,7 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         db = await Database.open(self.settings.gateway.database)
+        parser = ProcessParser()
         try:
             async with db.transaction() as conn:
                 secret = await alertmark.load_secret(conn)
@@ -127,6 +129,7 @@ class Daemon:
                 clock=self._clock,
                 on_routed=outbox.wake,
                 accept_busy=accept.busy,
+                parse=parser,
             )
             accept.on_stored = intake.wake
             relay = Relay(self.settings, accept)
@@ -162,6 +165,7 @@ class Daemon:
                 intake.stop()
                 outbox.stop()
         finally:
+            parser.close()
             await db.close()
         log.info("gateway.stopped")
 

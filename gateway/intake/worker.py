@@ -7,7 +7,6 @@ the message's fault: the message stays pending and intake tries again later.
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 import time
 import traceback
@@ -24,7 +23,8 @@ from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.drainloop import DrainLoop
 from gateway.errors import StoreUnavailable
-from gateway.intake.facts import extract, thread_subject
+from gateway.intake.facts import thread_subject
+from gateway.intake.parsing import Parser, ThreadParser
 from gateway.intake.threads import find_conversation
 from gateway.model import Decision, Delivery, MailFacts
 from gateway.routing.router import Policy, route
@@ -61,8 +61,10 @@ class Intake(DrainLoop):
         clock: Clock = utcnow,
         on_routed: Callable[[], None] = lambda: None,
         accept_busy: Callable[[], bool] = lambda: False,
+        parse: Parser | None = None,
     ) -> None:
         super().__init__(accept_busy)
+        self._parse = parse or ThreadParser()
         self._db = db
         self._secret = secret
         self._clock = clock
@@ -99,7 +101,7 @@ class Intake(DrainLoop):
         """Route `batch` in one transaction; a message that raises is shunted alone."""
         started = time.perf_counter()
         # Off the loop: decoding a hostile header can take a while.
-        parsed = await asyncio.to_thread(_extract_each, batch)
+        parsed = await self._parse([(b.mail.raw, b.mail.envelope_from) for b in batch])
         outcomes: list[Outcome] = []
         async with self._db.transaction() as conn:
             for stored, facts in zip(batch, parsed, strict=True):
@@ -292,16 +294,6 @@ class Intake(DrainLoop):
                 at=at,
                 sender=facts.sender,
             )
-
-
-def _extract_each(batch: list[StoredMail]) -> list[MailFacts | Exception]:
-    parsed: list[MailFacts | Exception] = []
-    for stored in batch:
-        try:
-            parsed.append(extract(stored.mail.raw, stored.mail.envelope_from))
-        except Exception as error:  # shunted with its reason, like any failure
-            parsed.append(error)
-    return parsed
 
 
 def _log(stored: StoredMail, facts: MailFacts | Exception, outcome: Outcome, ms: float) -> None:

@@ -222,3 +222,38 @@ def test_a_stop_waits_for_the_alert_being_sent_and_records_it(
         assert len(running.events(1, "notified")) == 1  # not sent again at the next start
     finally:
         smarthost.stop()
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_killed_with_sigkill_it_leaves_no_process_behind(
+    service: Callable[[], Service], systemd: Systemd
+) -> None:
+    running = service()
+    systemd.wait_for("READY")
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+        client.sendmail("c@example.org", ["support@example.com"], mail("parsed").as_bytes())
+    wait_until(lambda: running.assignee_of("parsed"), what="the message to be routed")
+    helpers = _children(running.process.pid)
+    assert helpers  # intake's parser process (and multiprocessing's resource tracker)
+    running.process.kill()
+    running.process.communicate(timeout=10)
+    wait_until(lambda: not any(_alive(pid) for pid in helpers), what="its helpers to end")
