@@ -97,7 +97,9 @@ def test_alerts_wait_out_a_smarthost_outage_and_each_is_notified_once(
         running.send(mail(f"while it is down {n}"))
     # Every alert fails, backs off and is tried again, the waits growing.
     wait_until(
-        lambda: running.query("SELECT min(attempts) FROM outbox")[0][0] >= 3,
+        lambda: running.query(
+            "SELECT count(*) = 5 AND min(attempts) >= 3 FROM outbox WHERE kind = 'alert'"
+        )[0][0],
         timeout=30,
         what="three attempts at every alert",
     )
