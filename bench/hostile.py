@@ -7,10 +7,11 @@ default 25 MB size limit, alerts written as files), sends each sample of the
 hostile corpus (tests/hostile.py) over SMTP, one at a time, and waits until it is
 routed and its alert written. Per sample: its size, the SMTP answer and DATA
 round trip, intake ms (from the daemon's own `message.routed` line: its batch,
-taken to committed), the time until the alert was written, the daemon's RSS and
-its peak RSS so far (VmHWM: it only grows, so the sample that raises it is the one
-to look at), and, measured here in this process, the pure parts: `extract`,
-`dedup_key`, and the alert's render and flattening. `--at-limit` adds samples
+taken to committed), the time until the alert was written, the RSS and peak RSS
+so far of the daemon and its parser process together (VmHWM: it only grows, so
+the sample that raises it is the one to look at), and, measured here in this
+process, the pure parts: `extract`, `dedup_key`, and the alert's render and
+flattening. `--at-limit` adds samples
 grown to the size limit, where any cost worse than linear would show. At the end
 one ordinary message must still be routed.
 """
@@ -37,7 +38,7 @@ from bench.__main__ import ROOT, free_port, wait_port
 from gateway.intake.facts import dedup_key, extract
 from gateway.notify.render import AlertInput, render
 from tests import hostile
-from tests.hostile import SIZE_LIMIT, Sample, deliver
+from tests.hostile import SIZE_LIMIT, Sample, deliver, memory_mb
 
 WAIT = 600.0  # seconds a sample may take to be routed and alerted before it counts as stuck
 
@@ -167,14 +168,6 @@ class Probe:
         self._client.close()
 
 
-def memory(pid: int) -> tuple[int, int]:
-    """(RSS, peak RSS) in MB, from the kernel's accounting of the process."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmRSS"].split()[0]) // 1024, int(fields["VmHWM"].split()[0]) // 1024
-
-
 def routed_ms(log: Path, ids: set[int]) -> list[float]:
     """The intake ms the daemon logged for these stored messages."""
     found = []
@@ -223,7 +216,7 @@ def measure(samples: list[Sample]) -> None:
         folder, port = Path(tmp), free_port()
         process, log = start(folder, port)
         database = folder / "gateway.db"
-        print(f"daemon pid {process.pid}, started: RSS {memory(process.pid)[0]} MB", flush=True)
+        print(f"daemon pid {process.pid}, started: RSS {memory_mb(process.pid)[0]} MB", flush=True)
         print(
             f"{'sample':28} {'bytes':>10} {'smtp':>4} {'DATA ms':>8} {'intake ms':>10} "
             f"{'alert s':>7} {'stall ms':>8} {'RSS MB':>6} {'peak MB':>7} {'extract ms':>10} "
@@ -239,7 +232,9 @@ def measure(samples: list[Sample]) -> None:
             code = deliver(port, ordinary, ["support@example.com"])[0]
             state = wait(database, "SELECT state FROM messages WHERE message_id = 'after@x'")
             print(f"an ordinary message afterwards: SMTP {code}, {state}", flush=True)
-            print(f"peak RSS of the daemon over the run: {memory(process.pid)[1]} MB", flush=True)
+            print(
+                f"peak RSS of the daemon over the run: {memory_mb(process.pid)[1]} MB", flush=True
+            )
         finally:
             probe.stop()
             process.terminate()
@@ -281,7 +276,7 @@ def one(sample: Sample, port: int, pid: int, database: Path, log: Path, probe: P
             ids = {r[0] for r in conn.execute(f"SELECT id FROM messages WHERE id > {before}")}
         intake = ",".join(f"{ms:.1f}" for ms in routed_ms(log, ids)) or "?"
     stall = probe.worst_ms()
-    rss, peak = memory(pid)
+    rss, peak = memory_mb(pid)
     extract_ms, dedup_ms, render_ms = pure(sample.stored)
     print(
         f"{sample.name:28} {len(sample.raw):>10} {code:>4} {data_ms:>8.1f} {intake:>10} "

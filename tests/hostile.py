@@ -300,3 +300,31 @@ def deliver(
             return code, text
         client.send(wire + b".\r\n")
         return client.getreply()
+
+
+def memory_mb(pid: int) -> tuple[int, int]:
+    """(RSS, peak RSS) in MB of the daemon and its children (intake's parser process),
+    from the kernel's accounting (VmRSS, VmHWM) of each."""
+    rss = peak = 0
+    for one in [pid, *_children(pid)]:
+        try:
+            status = Path(f"/proc/{one}/status").read_text()
+        except OSError:
+            continue  # ended meanwhile
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if "VmRSS" in fields:
+            rss += int(fields["VmRSS"].split()[0]) // 1024
+            peak += int(fields["VmHWM"].split()[0]) // 1024
+    return rss, peak
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == pid:
+            found.append(int(stat.parent.name))
+    return found

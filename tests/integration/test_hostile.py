@@ -26,7 +26,7 @@ from gateway.config import Settings
 from gateway.intake.facts import MAX_REFERENCES, dedup_key, extract
 from gateway.notify.render import AlertInput, render
 from tests.conftest import BASE, RunningDaemon, free_port, mail, wait_until
-from tests.hostile import ACCEPTED, NAMES, REFUSED, SIZE_LIMIT, deliver, sample
+from tests.hostile import ACCEPTED, NAMES, REFUSED, SIZE_LIMIT, deliver, memory_mb, sample
 
 pytestmark = pytest.mark.integration
 
@@ -110,11 +110,13 @@ def test_forged_alert_headers_are_routed_like_any_mail(gateway: RunningDaemon) -
     assert [(r["state"], r["conversation_id"]) for r in rows] == [("routed", 1), ("routed", 2)]
 
 
-PEAK_MB = 500  # measured 230-240 MB (the 20 MB sample and its alert): twice that is a leak
+# Measured 340-400 MB, the daemon's and its parser process's peaks added (the 20 MB sample
+# and its alert; the 260,000 References): a leak would soon pass this.
+PEAK_MB = 600
 
 
 def test_the_daemons_peak_memory_stays_bounded_through_the_corpus(tmp_path: Path) -> None:
-    """`gateway run` in its own process, as in production: its high-water mark (VmHWM)."""
+    """`gateway run` in its own process, as in production: its high-water marks (VmHWM)."""
     port = free_port()
     config = dict(BASE, smtp={"listen": [f"127.0.0.1:{port}"], "max_message_size": SIZE_LIMIT})
     (tmp_path / "gateway.toml").write_text(tomli_w.dumps(config))
@@ -127,8 +129,7 @@ def test_the_daemons_peak_memory_stays_bounded_through_the_corpus(tmp_path: Path
             deliver(port, hostile.raw, hostile.recipients)
         with closing(sqlite3.connect(tmp_path / "gateway.db", timeout=30)) as store:
             wait_until(lambda: _settled(store), SETTLE, "every message routed and alerted")
-        peak = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{daemon.pid}/status").read_text())
-        assert peak is not None and int(peak.group(1)) // 1024 < PEAK_MB
+        assert memory_mb(daemon.pid)[1] < PEAK_MB  # the daemon and its parser process
     finally:
         daemon.terminate()
         daemon.wait(30)
