@@ -20,20 +20,42 @@ TIMEOUT_SECONDS = 30
 class Transport(Protocol):
     async def send(self, message: EmailMessage, recipient: str, name: str) -> None: ...
 
+    async def close(self) -> None:
+        """Let go of what `send` kept open between alerts."""
+
 
 class SmtpTransport:
+    """One session with the smarthost for a run of alerts (connect, TLS and login once),
+    closed by the outbox when the run is over: a backlog is not one connection an alert."""
+
     def __init__(self, notify: NotifySection) -> None:
         self._notify = notify
+        self._client: aiosmtplib.SMTP | None = None
 
     async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
-        n = self._notify
         sender = message["From"].addresses[0].addr_spec
         # Flattened off the loop: the original attached may be megabytes.
         data = await asyncio.to_thread(message.as_bytes, policy=policy.SMTP)
-        await aiosmtplib.send(
-            data,
-            sender=sender,
-            recipients=[recipient],
+        if self._client is not None and self._client.is_connected:
+            try:
+                await self._client.sendmail(sender, [recipient], data)
+                return
+            except aiosmtplib.SMTPServerDisconnected:
+                pass  # the smarthost ended the session between alerts: a new one below
+            except BaseException:
+                self._drop()  # whatever state the session is in, the next starts clean
+                raise
+        self._drop()
+        self._client = await self._connect()
+        try:
+            await self._client.sendmail(sender, [recipient], data)
+        except BaseException:
+            self._drop()
+            raise
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        n = self._notify
+        client = aiosmtplib.SMTP(
             hostname=n.smtp_host,
             port=n.smtp_port,
             use_tls=n.tls,
@@ -42,6 +64,24 @@ class SmtpTransport:
             password=n.secret(),
             timeout=TIMEOUT_SECONDS,
         )
+        await client.connect()
+        return client
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if client.is_connected:
+                await client.quit()
+        except (aiosmtplib.SMTPException, OSError):
+            client.close()
+
+    def _drop(self) -> None:
+        """Close the session at once, without QUIT."""
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 class FileTransport:
@@ -49,6 +89,9 @@ class FileTransport:
 
     def __init__(self, folder: str) -> None:
         self._folder = Path(folder)
+
+    async def close(self) -> None:
+        pass
 
     async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
         await asyncio.to_thread(self._write, message.as_bytes(policy=policy.SMTP), name)

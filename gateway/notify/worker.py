@@ -67,7 +67,6 @@ class Outbox(DrainLoop):
         *,
         clock: Clock = utcnow,
         retry: RetryPolicy = DEFAULT_RETRY,
-        transport: Transport | None = None,
         accept_busy: Callable[[], bool] = lambda: False,
     ) -> None:
         super().__init__(accept_busy)
@@ -76,13 +75,13 @@ class Outbox(DrainLoop):
         self._secret = secret
         self._clock = clock
         self._retry = retry
-        self._transport = transport or transport_for(settings.notify)
+        self._transport: Transport = transport_for(settings.notify)
+        self._transport_notify = settings.notify
         self._keyword_writer = KeywordWriter(settings)
 
     def reload(self, settings: Settings) -> None:
-        """Agents' addresses and their `notify`, and where alerts go, from the next alert on."""
-        if settings.notify != self._settings.notify:
-            self._transport = transport_for(settings.notify)
+        """Agents' addresses and their `notify` from the next alert on; where alerts go,
+        from the next drain (a drain in progress keeps its smarthost session)."""
         self._settings = settings
 
     async def run(self) -> None:
@@ -117,7 +116,19 @@ class Outbox(DrainLoop):
         return min(max(ahead, 0.0), POLL_SECONDS)
 
     async def drain(self) -> int:
-        """Attempt every row that is due now; the count attempted."""
+        """Attempt every row that is due now; the count attempted.
+
+        Alerts of one drain share the transport's session; it ends with the drain.
+        """
+        if self._settings.notify != self._transport_notify:
+            self._transport = transport_for(self._settings.notify)
+            self._transport_notify = self._settings.notify
+        try:
+            return await self._drain()
+        finally:
+            await self._transport.close()
+
+    async def _drain(self) -> int:
         attempted = 0
         while not self.stopping:
             async with self._db.reading() as conn:

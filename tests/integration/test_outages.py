@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -15,6 +16,7 @@ from email.policy import SMTP
 from pathlib import Path
 
 import pytest
+from aiosmtpd.smtp import Envelope
 
 from gateway.config import Settings
 from tests.conftest import BASE, RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
@@ -125,3 +127,82 @@ def test_alerts_wait_out_a_smarthost_outage_and_each_is_notified_once(
     finally:
         late.stop()
     assert {row[0] for row in running.query("SELECT state FROM outbox")} == {"done"}
+
+
+class CountingSmarthost(Sink):
+    """Counts its SMTP sessions; `hang_up` ends each session after one message."""
+
+    def __init__(self, port: int, hang_up: bool = False) -> None:
+        super().__init__(port)
+        self.sessions = 0
+        self._hang_up = hang_up
+
+    async def handle_EHLO(
+        self, server: object, session: object, envelope: object, hostname: str, responses: list[str]
+    ) -> list[str]:
+        self.sessions += 1
+        session.host_name = hostname  # type: ignore[attr-defined]  # a hook must, says aiosmtpd
+        return responses
+
+    async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
+        if self._hang_up:
+            transport = server.transport  # type: ignore[attr-defined]
+            asyncio.get_running_loop().call_soon(transport.close)  # after the 250 is written
+        return await super().handle_DATA(server, session, envelope)
+
+
+def alerts_due_now(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], port: int
+) -> Settings:
+    """Five alerts that failed while the smarthost was down, due again now, daemon stopped."""
+    settings = make_settings(notify=smtp_notify(port))
+    running = start_daemon(settings)
+    for n in range(5):
+        running.send(mail(f"backlog {n}"))
+    wait_until(
+        lambda: running.query("SELECT count(*) = 5 AND min(attempts) >= 1 FROM outbox")[0][0],
+        what="five failed alerts",
+    )
+    running.stop()
+    with sqlite3.connect(settings.gateway.database) as conn:
+        conn.execute("UPDATE outbox SET due_at = '2000-01-01T00:00:00.000000+00:00'")
+    return settings
+
+
+def test_a_backlog_of_alerts_goes_out_in_one_smarthost_session(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    port = free_port()
+    settings = alerts_due_now(make_settings, start_daemon, port)
+    smarthost = CountingSmarthost(port)
+    smarthost.start()
+    try:
+        running = start_daemon(settings)
+        wait_until(lambda: _notified(running) == 5, what="every alert")
+        assert len(smarthost.received) == 5
+        assert smarthost.sessions == 1  # one connection, TLS and login for the whole backlog
+    finally:
+        smarthost.stop()
+
+
+def test_a_smarthost_ending_the_session_between_alerts_loses_none_and_doubles_none(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    port = free_port()
+    settings = alerts_due_now(make_settings, start_daemon, port)
+    smarthost = CountingSmarthost(port, hang_up=True)
+    smarthost.start()
+    try:
+        running = start_daemon(settings)
+        wait_until(lambda: _notified(running) == 5, what="every alert")
+        ids = [message_from_bytes(e.original_content)["Message-ID"] for e in smarthost.received]
+        assert len(ids) == 5 and len(set(ids)) == 5
+        assert smarthost.sessions == 5  # a new session each time the old one was gone
+        failed = running.query("SELECT count(*) FROM events WHERE kind = 'notify_failed'")[0][0]
+        assert failed == 5  # the outage's, none since
+    finally:
+        smarthost.stop()
+
+
+def _notified(running: RunningDaemon) -> int:
+    return int(running.query("SELECT count(*) FROM events WHERE kind = 'notified'")[0][0])
