@@ -9,7 +9,8 @@ all; the ratio is the figure. After each gateway run, the time until intake
 has routed every accepted message. Then one long burst at 32 connections: the
 bare server's rate, the gateway's, how long routing lags after it and the
 routed rate from first message to last. Then routing cost (bench.routing),
-IMAP (bench.imap) and the queue views (bench.views). `--write` puts the
+alert delivery (bench.alerts), IMAP (bench.imap) and the queue views
+(bench.views). `--write` puts the
 tables into BENCHMARKS.md between its figure markers.
 """
 
@@ -36,9 +37,9 @@ from pathlib import Path
 import aiosmtplib
 import tomli_w
 
-from bench import imap, postfix, routing, views
+from bench import alerts, imap, postfix, routing, views
+from bench.processes import ROOT, free_port, wait_port
 
-ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = (1, 8, 32)
 
 
@@ -90,27 +91,6 @@ async def load(port: int, connections: int, seconds: float, target: str) -> Resu
     started = time.monotonic()
     await asyncio.gather(*(one(w) for w in range(connections)))
     return Result(target, connections, len(latencies), time.monotonic() - started, latencies)
-
-
-def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    import socket
-
-    for _ in range(300):
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited: {process.returncode}")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise SystemExit(f"nothing listens on {port}")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_bare(port: int) -> subprocess.Popen[bytes]:
@@ -278,7 +258,8 @@ def main() -> None:
     sections["burst"] = burst(args.burst, "asyncio")
     print(sections["burst"], flush=True)
     if not args.smtp_only:
-        for name, module in (("routing", routing), ("imap", imap), ("views", views)):
+        parts = (("routing", routing), ("alerts", alerts), ("imap", imap), ("views", views))
+        for name, module in parts:
             print(f"{name}...", flush=True)
             sections[name] = module.measure()
             print(sections[name], flush=True)
@@ -308,6 +289,7 @@ TITLES = {
     "smtp": "SMTP accept, 1 / 8 / 32 connections",
     "burst": "A long burst: accept, then routing",
     "routing": "Routing cost",
+    "alerts": "Alerts: a backlog through the outbox",
     "imap": "IMAP",
     "views": "Queue views",
 }

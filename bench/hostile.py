@@ -34,7 +34,7 @@ from pathlib import Path
 
 import tomli_w
 
-from bench.__main__ import ROOT, free_port, wait_port
+from bench.processes import ROOT, free_port, wait_port
 from gateway.intake.facts import dedup_key, extract
 from gateway.notify.render import AlertInput, render
 from tests import hostile

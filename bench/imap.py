@@ -39,7 +39,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -55,9 +54,9 @@ from pathlib import Path
 import aioimaplib
 import tomli_w
 
+from bench.processes import ROOT, free_port
 from tests.dovecot import Dovecot
 
-ROOT = Path(__file__).resolve().parent.parent
 USER, PASSWORD = "bench", "bench-s3cret"
 BATCH = 50  # the gateway's (gateway/ingress/imap.py)
 FETCH_ITEMS = "(UID INTERNALDATE BODY.PEEK[])"  # the gateway's
@@ -98,12 +97,6 @@ def message(tag: str, n: int) -> bytes:
 
 def message_id(tag: str, n: int) -> str:
     return f"bench-{tag}-{n}@example.org"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the server and its folders ---------------------------------------------------------

@@ -43,11 +43,11 @@ from typing import Any
 
 import tomli_w
 
+from bench.processes import ROOT
 from gateway import views
 from gateway.config import Settings
 from gateway.store.db import Database
 
-ROOT = Path(__file__).resolve().parent.parent
 SCALE = 1_000_000
 SMALL = 5_000
 PAGE = 100
