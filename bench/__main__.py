@@ -35,10 +35,9 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import aiosmtplib
-import tomli_w
 
 from bench import alerts, imap, postfix, routing, views
-from bench.processes import ROOT, free_port, wait_port
+from bench.processes import ROOT, free_port, gateway_config, wait_port
 
 CONNECTIONS = (1, 8, 32)
 
@@ -98,22 +97,11 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
 
 
 def start_gateway(port: int, folder: Path, loop: str = "asyncio") -> subprocess.Popen[bytes]:
-    config = {
-        "gateway": {"database": "gateway.db", "hostname": "bench.test"},
-        # One client address sends everything here: its limits would measure the throttle.
-        "smtp": {
-            "listen": [f"127.0.0.1:{port}"],
-            "max_connections_per_client": 0,
-            "max_messages_per_minute_per_client": 0,
-        },
-        "notify": {"backend": "file", "file_dir": "alerts"},
-        "round_robin": {"enabled": True, "agents": ["a", "b", "c"]},
-        "agents": [{"id": x, "email": f"{x}@agents.test"} for x in "abc"],
-        "inboxes": [{"address": "support@example.com"}],
-        "rules": [{"name": "ACME", "sender_domain": ["acme.com"], "assign_to": "agent:a"}],
-    }
-    path = folder / "gateway.toml"
-    path.write_text(tomli_w.dumps(config))
+    path = gateway_config(
+        folder,
+        port,
+        rules=[{"name": "ACME", "sender_domain": ["acme.com"], "assign_to": "agent:a"}],
+    )
     program = "gateway" if loop == "asyncio" else "bench.uvloop_gateway"
     return subprocess.Popen(
         [sys.executable, "-m", program, "run", "--config", str(path)],

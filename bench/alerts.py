@@ -28,11 +28,10 @@ from datetime import datetime
 from pathlib import Path
 
 import aiosmtplib
-import tomli_w
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
-from bench.processes import ROOT, free_port, wait_port
+from bench.processes import ROOT, free_port, gateway_config, wait_port
 
 MESSAGE = (
     b"From: Customer <c@example.org>\r\nTo: support@example.com\r\nSubject: Where is my order\r\n"
@@ -68,27 +67,19 @@ def _query(database: Path, sql: str) -> object:
 def gateway_backlog(alerts: int, folder: Path) -> tuple[float, int]:
     """(alerts/s first to last, size of an alert) for a backlog of `alerts`."""
     port, smarthost_port = free_port(), free_port()
-    config = {
-        "gateway": {"database": "gateway.db", "hostname": "bench.test"},
-        "smtp": {
-            "listen": [f"127.0.0.1:{port}"],
-            "max_connections_per_client": 0,
-            "max_messages_per_minute_per_client": 0,
-        },
-        "notify": {
+    config = gateway_config(
+        folder,
+        port,
+        notify={
             "backend": "smtp",
             "smtp_host": "127.0.0.1",
             "smtp_port": smarthost_port,
             "from": "gateway@bench.test",
             "max_alerts_per_sender_per_hour": 0,
         },
-        "round_robin": {"enabled": True, "agents": ["a", "b", "c"]},
-        "agents": [{"id": x, "email": f"{x}@agents.test"} for x in "abc"],
-        "inboxes": [{"address": "support@example.com"}],
-    }
-    (folder / "gateway.toml").write_text(tomli_w.dumps(config))
+    )
     database = folder / "gateway.db"
-    command = [sys.executable, "-m", "gateway", "run", "--config", str(folder / "gateway.toml")]
+    command = [sys.executable, "-m", "gateway", "run", "--config", str(config)]
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
 
     def start() -> subprocess.Popen[bytes]:

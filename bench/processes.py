@@ -6,6 +6,9 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
+
+import tomli_w
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,3 +29,27 @@ def wait_port(port: int, process: subprocess.Popen[bytes]) -> None:
                 return
         time.sleep(0.05)
     raise SystemExit(f"nothing listens on {port}")
+
+
+def gateway_config(folder: Path, port: int, **sections: Any) -> Path:
+    """The gateway under test: SMTP on `port`, round-robin over a, b, c; `sections` replace.
+
+    One client address sends everything in a bench: per-client limits would measure
+    the throttle, so they are off.
+    """
+    config: dict[str, Any] = {
+        "gateway": {"database": "gateway.db", "hostname": "bench.test"},
+        "smtp": {
+            "listen": [f"127.0.0.1:{port}"],
+            "max_connections_per_client": 0,
+            "max_messages_per_minute_per_client": 0,
+        },
+        "notify": {"backend": "file", "file_dir": "alerts"},
+        "round_robin": {"enabled": True, "agents": ["a", "b", "c"]},
+        "agents": [{"id": x, "email": f"{x}@agents.test"} for x in "abc"],
+        "inboxes": [{"address": "support@example.com"}],
+        **sections,
+    }
+    path = folder / "gateway.toml"
+    path.write_text(tomli_w.dumps(config))
+    return path

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from tests.conftest import children
+
 FOLDER = Path(__file__).parent / "data" / "hostile"
 SIZE_LIMIT = 25_000_000  # the default max_message_size; the hostile tests run with it
 INBOX = "support@example.com"
@@ -306,7 +308,7 @@ def memory_mb(pid: int) -> tuple[int, int]:
     """(RSS, peak RSS) in MB of the daemon and its children (intake's parser process),
     from the kernel's accounting (VmRSS, VmHWM) of each."""
     rss = peak = 0
-    for one in [pid, *_children(pid)]:
+    for one in [pid, *children(pid)]:
         try:
             status = Path(f"/proc/{one}/status").read_text()
         except OSError:
@@ -316,15 +318,3 @@ def memory_mb(pid: int) -> tuple[int, int]:
             rss += int(fields["VmRSS"].split()[0]) // 1024
             peak += int(fields["VmHWM"].split()[0]) // 1024
     return rss, peak
-
-
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if parent == pid:
-            found.append(int(stat.parent.name))
-    return found

@@ -23,7 +23,16 @@ from aiosmtpd.smtp import Envelope
 
 from gateway.config import Settings
 from gateway.daemon import needs_restart
-from tests.conftest import BASE, RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
+from tests.conftest import (
+    BASE,
+    RunningDaemon,
+    Sink,
+    children,
+    free_port,
+    mail,
+    smtp_notify,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -224,18 +233,6 @@ def test_a_stop_waits_for_the_alert_being_sent_and_records_it(
         smarthost.stop()
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # gone meanwhile
-        if int(fields[1]) == pid:
-            found.append(int(stat.parent.name))
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -252,7 +249,7 @@ def test_killed_with_sigkill_it_leaves_no_process_behind(
     with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
         client.sendmail("c@example.org", ["support@example.com"], mail("parsed").as_bytes())
     wait_until(lambda: running.assignee_of("parsed"), what="the message to be routed")
-    helpers = _children(running.process.pid)
+    helpers = children(running.process.pid)
     assert helpers  # intake's parser process (and multiprocessing's resource tracker)
     running.process.kill()
     running.process.communicate(timeout=10)
