@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
+from email.errors import HeaderParseError
 from email.generator import Generator
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
@@ -105,7 +106,9 @@ def render(alert: AlertInput) -> EmailMessage:
     customer = alert.customer and parseaddr(alert.customer)[1]
     if customer and "@" in customer:
         # Not a usable address: the agent replies from the conversation instead.
-        with contextlib.suppress(ValueError, IndexError):
+        # (The email package's address parser raises HeaderParseError, and recurses into
+        # nested comments: a sender made of them came back from a hypothesis run.)
+        with contextlib.suppress(ValueError, IndexError, HeaderParseError, RecursionError):
             msg["Reply-To"] = Address(addr_spec=_one_line(customer))
     msg["Date"] = format_datetime(alert.date)
     msg["Message-ID"] = message_id(alert.event_id, alert.hostname)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -66,3 +67,16 @@ def test_cr_lf_in_a_subject_or_name_becomes_a_space() -> None:
     parsed = message_from_bytes(data, policy=policy.default)
     assert parsed["Bcc"] is None and parsed["X-Evil"] is None
     assert parsed["Subject"] == "[#3] Assigned: Hi Bcc: evil@attacker.test"
+
+
+@pytest.mark.parametrize(
+    "customer",
+    # What facts made of `From: """@` and of `From: !"""@ (((...c)))`.
+    ['"@"', '"!@ (' + "(" * 3000 + "c" + ")" * 3000 + '"'],
+    ids=["unparseable", "comments-nested-3000-deep"],
+)
+def test_a_customer_address_the_parser_cannot_take_is_left_out_of_reply_to(customer: str) -> None:
+    """Found by hypothesis: the email package raised HeaderParseError, or recursed too deep."""
+    data = render(alert("hello", customer=customer)).as_bytes(policy=policy.SMTP)
+    parsed = message_from_bytes(data, policy=policy.default)
+    assert "Reply-To" not in parsed and parsed["To"] == "Alice <alice@agents.test>"
