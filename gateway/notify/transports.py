@@ -94,9 +94,11 @@ class FileTransport:
         pass
 
     async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
-        await asyncio.to_thread(self._write, message.as_bytes(policy=policy.SMTP), name)
+        # Flattened off the loop too: the original attached may be megabytes.
+        await asyncio.to_thread(self._write, message, name)
 
-    def _write(self, data: bytes, name: str) -> None:
+    def _write(self, message: EmailMessage, name: str) -> None:
+        data = message.as_bytes(policy=policy.SMTP)
         self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # alerts carry customer mail
         fd, temporary = tempfile.mkstemp(dir=self._folder, suffix=".tmp")
         try:
