@@ -40,7 +40,9 @@ async def get_meta(conn: aiosqlite.Connection, key: str) -> str | None:
 
 async def put_meta_once(conn: aiosqlite.Connection, key: str, value: str) -> str:
     """Store `value` unless the key has one; return the value that stands."""
-    await conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
+    await conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value)
+    )
     stored = await get_meta(conn, key)
     assert stored is not None
     return stored
@@ -240,20 +242,24 @@ async def create_conversation(
     team: str | None,
     at: str,
 ) -> int:
-    cursor = await conn.execute(
+    row = await _one(
+        conn,
         "INSERT INTO conversations (inbox, customer, subject, thread_subject, assignee, team,"
-        " created_at, last_message_at, message_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)",
+        " created_at, last_message_at, message_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)"
+        " RETURNING id",
         (inbox, customer, subject, thread_subject, assignee, team, at, at),
     )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+    assert row is not None
+    return int(row["id"])
 
 
 async def add_message_to(conn: aiosqlite.Connection, conversation_id: int, at: str) -> None:
     await conn.execute(
         "UPDATE conversations SET message_count = message_count + 1,"
-        " last_message_at = max(last_message_at, ?) WHERE id = ?",
-        (at, conversation_id),
+        # CASE, not max(): PostgreSQL's max() is an aggregate only.
+        " last_message_at = CASE WHEN last_message_at > ? THEN last_message_at ELSE ? END"
+        " WHERE id = ?",
+        (at, at, conversation_id),
     )
 
 
@@ -284,7 +290,7 @@ async def set_conversation_status(
 
 async def add_tags(conn: aiosqlite.Connection, conversation_id: int, tags: Iterable[str]) -> None:
     await conn.executemany(
-        "INSERT OR IGNORE INTO tags (conversation_id, tag) VALUES (?, ?)",
+        "INSERT INTO tags (conversation_id, tag) VALUES (?, ?) ON CONFLICT DO NOTHING",
         [(conversation_id, tag) for tag in tags],
     )
 
@@ -362,9 +368,10 @@ async def add_event(
     rule: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> int:
-    cursor = await conn.execute(
+    row = await _one(
+        conn,
         "INSERT INTO events (conversation_id, at, kind, actor, agent, previous_agent, rule,"
-        " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
             conversation_id,
             at,
@@ -376,8 +383,8 @@ async def add_event(
             json.dumps(detail or {}, ensure_ascii=False),
         ),
     )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+    assert row is not None
+    return int(row["id"])
 
 
 async def events_of(conn: aiosqlite.Connection, conversation_id: int) -> list[Row]:
