@@ -30,18 +30,6 @@ def login_name() -> str:
         return "unknown"
 
 
-def _known_agent(settings: Settings, agent: str) -> None:
-    if settings.agent(agent) is None:
-        raise Refused(f"There is no agent {agent!r} in the configuration.")
-
-
-def _is(settings: Settings, actor: str, agent_id: str) -> bool:
-    """Whether `actor` (a --by name) is the agent, by id or e-mail address, any case."""
-    agent = settings.agent(agent_id)
-    names = {agent_id.casefold()} | ({agent.email.casefold()} if agent else set())
-    return actor.strip().casefold() in names
-
-
 async def _conversation(conn: aiosqlite.Connection, conversation_id: int) -> queries.Row:
     row = await queries.conversation(conn, conversation_id)
     if row is None:
@@ -58,7 +46,7 @@ async def assign(
     clock: Clock = utcnow,
 ) -> str:
     """Assign, or reassign when it has an assignee; alert the new assignee unless it is `by`."""
-    _known_agent(settings, agent)
+    agent, by = settings.agent_named(agent).id, settings.actor(by)
     async with db.transaction() as conn:
         at = stamp(clock())  # taken once the write lock is ours: the timeline's times only grow
         row = await _conversation(conn, conversation_id)
@@ -81,7 +69,7 @@ async def assign(
             detail={"via": "manual", "status": status},
         )
         await queue_keywords(conn, conversation_id, at)
-        if not _is(settings, by, agent):  # nobody is alerted about what they did themselves
+        if by != agent:  # nobody is alerted about what they did themselves
             await queue_alert(
                 conn,
                 settings,
@@ -107,7 +95,8 @@ async def claim(
     clock: Clock = utcnow,
 ) -> str:
     """Take an unassigned conversation; refused when somebody has it."""
-    _known_agent(settings, agent)
+    agent = settings.agent_named(agent).id
+    by = agent if by is None else settings.actor(by)
     async with db.transaction() as conn:
         at = stamp(clock())
         row = await _conversation(conn, conversation_id)
@@ -118,7 +107,7 @@ async def claim(
                 f"Conversation {conversation_id} is already assigned to {row['assignee']}."
             )
         await queries.set_assignee(conn, conversation_id, agent)
-        await queries.add_event(conn, conversation_id, at, "claimed", by or agent, agent=agent)
+        await queries.add_event(conn, conversation_id, at, "claimed", by, agent=agent)
         await queue_keywords(conn, conversation_id, at)
     return f"Conversation {conversation_id} is now {agent}'s."
 
@@ -126,6 +115,7 @@ async def claim(
 async def unassign(
     db: Database, settings: Settings, conversation_id: int, by: str, clock: Clock = utcnow
 ) -> str:
+    by = settings.actor(by)
     async with db.transaction() as conn:
         at = stamp(clock())
         row = await _conversation(conn, conversation_id)
@@ -141,9 +131,15 @@ async def unassign(
 
 
 async def set_open(
-    db: Database, conversation_id: int, is_open: bool, by: str, clock: Clock = utcnow
+    db: Database,
+    settings: Settings,
+    conversation_id: int,
+    is_open: bool,
+    by: str,
+    clock: Clock = utcnow,
 ) -> str:
     """Close (is_open False) or reopen (True) a conversation."""
+    by = settings.actor(by)
     status, kind = ("open", "reopened") if is_open else ("closed", "closed")
     async with db.transaction() as conn:
         at = stamp(clock())
@@ -157,12 +153,14 @@ async def set_open(
 
 async def set_status(
     db: Database, settings: Settings, agent: str, status: str, clock: Clock = utcnow
-) -> None:
-    _known_agent(settings, agent)
+) -> str:
+    """Set an agent's availability; returns the agent's configured id."""
+    agent = settings.agent_named(agent).id
     if status not in STATUSES:
         raise Refused(f"{status!r} is not a status; use one of {', '.join(STATUSES)}.")
     async with db.transaction() as conn:
         await queries.set_agent_status(conn, agent, status, stamp(clock()))
+    return agent
 
 
 async def retry(

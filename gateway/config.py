@@ -32,7 +32,7 @@ from pydantic_settings import (
 )
 
 from gateway.addresses import normalize_address
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Refused
 from gateway.ingress import users
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re.IGNORECASE)
@@ -294,8 +294,9 @@ class Settings(BaseSettings):
     def _references(self) -> Settings:
         agent_ids = [agent.id for agent in self.agents]
         team_ids = [team.id for team in self.teams]
-        _unique("agents", agent_ids)
-        _unique("teams", team_ids)
+        # People name them in any case (agent_named), so case does not make another one.
+        _unique("agents (ids, in any case)", [agent_id.casefold() for agent_id in agent_ids])
+        _unique("teams (ids, in any case)", [team_id.casefold() for team_id in team_ids])
         known_agents = set(agent_ids)
         for i, team in enumerate(self.teams):
             for name in team.agents:
@@ -321,7 +322,37 @@ class Settings(BaseSettings):
         return self
 
     def agent(self, agent_id: str) -> Agent | None:
+        """The agent of a configured id, as the store records it."""
         return next((agent for agent in self.agents if agent.id == agent_id), None)
+
+    def agent_named(self, name: str) -> Agent:
+        """The agent a person names (every door asks this): its id or e-mail address, any case."""
+        found = self._agents_named(name)
+        if len(found) > 1:
+            ids = ", ".join(agent.id for agent in found)
+            raise Refused(f"{name!r} is the address of several agents ({ids}); name one by id.")
+        if not found:
+            raise Refused(f"There is no agent {name!r}; {_which('agent', self.agents)}.")
+        return found[0]
+
+    def actor(self, name: str) -> str:
+        """Who acts (`--by`): the agent's id when the name is one agent's, else the name."""
+        found = self._agents_named(name)
+        return found[0].id if len(found) == 1 else name.strip()
+
+    def _agents_named(self, name: str) -> list[Agent]:
+        wanted = name.strip().casefold()
+        return [agent for agent in self.agents if agent.id.casefold() == wanted] or [
+            agent for agent in self.agents if agent.email.casefold() == wanted
+        ]
+
+    def team_named(self, name: str) -> Team:
+        """The team a person names, by its id in any case."""
+        wanted = name.strip().casefold()
+        for team in self.teams:
+            if team.id.casefold() == wanted:
+                return team
+        raise Refused(f"There is no team {name!r}; {_which('team', self.teams)}.")
 
     def inbox_map(self) -> dict[str, str]:
         """Normalised address or alias → the inbox address it means."""
@@ -333,6 +364,16 @@ class Settings(BaseSettings):
 
     def inbox_for(self, address: str) -> str | None:
         return self.inbox_map().get(normalize_address(address))
+
+
+def _which(kind: str, configured: list[Agent] | list[Team]) -> str:
+    """What exists, for a sentence refusing a name: 'the agents are alice, bob'."""
+    ids = [item.id for item in configured]
+    if not ids:
+        return f"no {kind} is configured"
+    if len(ids) == 1:
+        return f"the only {kind} is {ids[0]}"
+    return f"the {kind}s are {', '.join(ids)}"
 
 
 def _unique(what: str, values: list[str]) -> None:

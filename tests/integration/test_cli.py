@@ -275,6 +275,102 @@ def test_unknown_agent_status_is_refused(
     assert "no agent 'zed'" in capsys.readouterr().err
 
 
+@pytest.fixture
+def waiting(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> RunningDaemon:
+    """One conversation in the unassigned queue."""
+    running = start_daemon(make_settings(round_robin={"enabled": False, "agents": []}))
+    running.send(mail("anyone there?"))
+    running.drain()
+    return running
+
+
+def test_assign_takes_an_agent_id_in_any_case(waiting: RunningDaemon) -> None:
+    assert run(waiting, "assign", "1", "Bob", "--by", "carol") == 0
+    assert waiting.conversations()[0]["assignee"] == "bob"
+
+
+def test_claim_takes_an_agent_address_in_any_case(waiting: RunningDaemon) -> None:
+    assert run(waiting, "claim", "1", "Bob@Agents.TEST") == 0
+    assert waiting.conversations()[0]["assignee"] == "bob"
+
+
+def test_status_takes_an_agent_id_in_any_case(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(waiting, "status", "BOB", "away") == 0
+    assert capsys.readouterr().out.strip() == "bob is now away."
+    assert waiting.query("SELECT status FROM agent_status WHERE agent = 'bob'")[0][0] == "away"
+
+
+def test_conversations_agent_takes_an_address_in_any_case(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(waiting, "assign", "1", "bob")
+    capsys.readouterr()
+    assert run(waiting, "conversations", "--agent", "BOB@agents.test", "--json") == 0
+    assert [c["id"] for c in output_json(capsys)] == [1]  # type: ignore[union-attr]
+
+
+def test_by_naming_an_agent_in_any_case_records_its_id(waiting: RunningDaemon) -> None:
+    run(waiting, "assign", "1", "bob", "--by", "Carol@AGENTS.test")
+    run(waiting, "claim", "1", "bob", "--by", "CAROL")  # a no-op: bob has it
+    run(waiting, "unassign", "1", "--by", "Carol")
+    run(waiting, "claim", "1", "carol", "--by", "CAROL")
+    acts = [
+        (e["kind"], e["actor"])
+        for e in waiting.events(1)
+        if e["kind"] in {"assigned", "unassigned", "claimed"}
+    ]
+    assert acts == [("assigned", "carol"), ("unassigned", "carol"), ("claimed", "carol")]
+
+
+def test_by_naming_the_new_assignee_in_another_case_alerts_nobody(
+    waiting: RunningDaemon,
+) -> None:
+    run(waiting, "assign", "1", "bob", "--by", "BOB@Agents.Test")
+    assert waiting.query("SELECT count(*) FROM outbox WHERE kind = 'alert'")[0][0] == 0
+
+
+NO_ZED = "There is no agent 'zed'; the agents are alice, bob, carol."
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("assign", "1", "zed"),
+        ("claim", "1", "zed"),
+        ("status", "zed", "away"),
+        ("conversations", "--agent", "zed"),
+    ],
+)
+def test_an_unknown_agent_is_refused_naming_the_agents(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    capsys.readouterr()
+    assert run(waiting, *args) == 1
+    out, err = capsys.readouterr()
+    assert (out, err.strip()) == ("", NO_ZED)
+
+
+def test_an_unknown_team_is_refused_naming_the_teams(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run(waiting, "conversations", "--team", "sales") == 1
+    out, err = capsys.readouterr()
+    assert (out, err.strip()) == ("", "There is no team 'sales'; the only team is billing.")
+
+
+def test_conversations_team_takes_a_team_id_in_any_case(
+    populated: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run(populated, "conversations", "--team", "Billing", "--json") == 0
+    assert [c["id"] for c in output_json(capsys)] == [3]  # type: ignore[union-attr]
+
+
 def test_misuse_exits_2(daemon: RunningDaemon) -> None:
     with pytest.raises(SystemExit) as exited:
         run(daemon, "status", "alice", "sleeping")

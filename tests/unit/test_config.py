@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load, parse_size
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Refused
 from gateway.ingress import users
 
 VALID = """
@@ -169,3 +169,20 @@ def test_imap_starttls_and_a_missing_password_file_are_errors(tmp_path: Path) ->
     message = error_of(tmp_path, VALID + IMAP + 'password_file = "p"\nstarttls = true\n')
     assert "inboxes.0.imap.starttls" in message and "STARTTLS is not supported yet" in message
     assert "inboxes.0.imap.password_file: required" in error_of(tmp_path, VALID + IMAP)
+
+
+def test_agent_ids_differing_only_in_case_are_an_error(tmp_path: Path) -> None:
+    text = VALID + '[[agents]]\nid = "Alice"\nemail = "other@example.com"\n'
+    assert "agents (ids, in any case): 'alice' appears twice" in error_of(tmp_path, text)
+
+
+def test_an_address_shared_by_agents_is_refused_asking_for_an_id(tmp_path: Path) -> None:
+    text = VALID + '[[agents]]\nid = "desk"\nemail = "Alice@example.com"\n'
+    settings = load(write(tmp_path, text))
+    assert settings.agent_named("ALICE").id == "alice"  # an id is never ambiguous
+    with pytest.raises(Refused) as refused:
+        settings.agent_named("alice@example.com")
+    assert str(refused.value) == (
+        "'alice@example.com' is the address of several agents (alice, desk); name one by id."
+    )
+    assert settings.actor("alice@example.com") == "alice@example.com"  # nobody in particular
