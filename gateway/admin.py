@@ -169,7 +169,12 @@ async def retry(
     """Put a shunted message back and run intake on it now, in this process."""
     async with db.transaction() as conn:
         if not await queries.unshunt(conn, message_pk):
-            raise Refused(f"Message {message_pk} is not shunted (see `gateway shunted`).")
+            state = await queries.message_state(conn, message_pk)
+            if state is None:
+                raise Refused(f"There is no message {message_pk}.")
+            raise Refused(
+                f"Message {message_pk} is not shunted: it is {state} (see `gateway shunted`)."
+            )
         secret = await alertmark.load_secret(conn)
     async with db.reading() as conn:
         stored = await queries.message(conn, message_pk)

@@ -371,6 +371,22 @@ def test_conversations_team_takes_a_team_id_in_any_case(
     assert [c["id"] for c in output_json(capsys)] == [3]  # type: ignore[union-attr]
 
 
+def test_retry_of_a_message_that_does_not_exist_says_so(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(waiting, "retry", "99") == 1
+    assert capsys.readouterr().err.strip() == "There is no message 99."
+
+
+def test_retry_of_a_message_not_shunted_says_what_became_of_it(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(waiting, "retry", "1") == 1
+    assert capsys.readouterr().err.strip() == (
+        "Message 1 is not shunted: it is routed (see `gateway shunted`)."
+    )
+
+
 def test_misuse_exits_2(daemon: RunningDaemon) -> None:
     with pytest.raises(SystemExit) as exited:
         run(daemon, "status", "alice", "sleeping")
