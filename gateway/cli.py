@@ -366,7 +366,11 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(view, ensure_ascii=False, indent=2))
         return 0
     print(f"inbox:    {view['inbox']}")
-    print(f"from:     {printable(view['sender'])}")
+    print(f"from:     {printable(view['sender'])} ({_SENDER_SOURCES[view['sender_source']]})")
+    if view["envelope_from"] == "":
+        print("envelope: <> (the null sender of a bounce: automatic mail)")
+    elif view["envelope_from"] is not None and view["sender_source"] != "envelope":
+        print(f"envelope: {printable(view['envelope_from'])} (--from; a usable From comes first)")
     print(f"subject:  {printable(view['subject'])}")
     print(f"decision: {printable(view['reason'])}")
     for hit in view["matched"]:
@@ -375,6 +379,13 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
         print(f"tags:     {printable(', '.join(view['tags']))}")
     print("(a dry run: nothing was stored)")
     return 0
+
+
+_SENDER_SOURCES = {
+    "header": "the From header",
+    "envelope": "the envelope sender, --from: no usable From",
+    None: "no usable From, and no --from",
+}
 
 
 def _envelope_sender(given: str | None) -> str | None:

@@ -387,6 +387,66 @@ def test_retry_of_a_message_not_shunted_says_what_became_of_it(
     )
 
 
+ACME_TO_CAROL = [{"name": "Acme", "sender_domain": ["acme.com"], "assign_to": "agent:carol"}]
+NO_FROM = b"To: support@example.com\r\nSubject: parcel\r\nMessage-ID: <nf@x>\r\n\r\nwhere?\r\n"
+
+
+@pytest.fixture
+def acme(make_settings: Callable[..., Settings], tmp_path: Path) -> Callable[..., int]:
+    """`gateway route` of a message without From, under a rule on the sender's domain."""
+    make_settings(rules=ACME_TO_CAROL)
+    sample = tmp_path / "no-from.eml"
+    sample.write_bytes(NO_FROM)
+
+    def route(*args: str) -> int:
+        return gateway(["route", str(sample), *args, "--config", str(tmp_path / "gateway.toml")])
+
+    return route
+
+
+def test_route_from_is_the_sender_a_rule_matches_when_from_is_missing(
+    acme: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert acme("--json") == 0
+    assert output_json(capsys)["rule"] is None  # type: ignore[index]
+    assert acme("--from", "orders@Mail.ACME.com", "--json") == 0
+    view = output_json(capsys)
+    assert isinstance(view, dict)
+    assert (view["rule"], view["assignee"]) == ("Acme", "carol")
+    assert view["matched"] == [{"condition": "sender_domain", "value": "acme.com"}]
+
+
+def test_route_says_the_envelope_sender_stood_in_for_a_missing_from(
+    acme: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    acme("--from", "orders@acme.com")
+    assert "from:     orders@acme.com (the envelope sender, --from: no usable From)\n" in (
+        capsys.readouterr().out
+    )
+    acme("--from", "orders@acme.com", "--json")
+    assert output_json(capsys)["sender_source"] == "envelope"  # type: ignore[index]
+
+
+def test_route_says_the_from_header_gave_the_sender_and_shows_the_envelope_beside_it(
+    make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_settings()
+    sample = tmp_path / "bounce.eml"
+    sample.write_bytes(mail("Undeliverable", sender="mailer@example.net").as_bytes())
+    config = str(tmp_path / "gateway.toml")
+    assert gateway(["route", sample.as_posix(), "--from", "<>", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "from:     mailer@example.net (the From header)\n" in out
+    assert "envelope: <> (the null sender of a bounce: automatic mail)\n" in out
+
+
+def test_route_without_a_sender_says_it_has_none(
+    acme: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    acme()
+    assert "from:     - (no usable From, and no --from)\n" in capsys.readouterr().out
+
+
 def test_misuse_exits_2(daemon: RunningDaemon) -> None:
     with pytest.raises(SystemExit) as exited:
         run(daemon, "status", "alice", "sleeping")
