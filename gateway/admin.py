@@ -9,6 +9,7 @@ sent by the daemon's outbox worker, so these work with the daemon stopped.
 from __future__ import annotations
 
 import getpass
+import os
 
 import aiosqlite
 
@@ -24,6 +25,9 @@ from gateway.store.db import Database
 
 
 def login_name() -> str:
+    """Who runs the command: under sudo the person who ran sudo, not root."""
+    if sudo_user := os.environ.get("SUDO_USER", "").strip():
+        return sudo_user
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry, as in some containers

@@ -447,6 +447,15 @@ def test_route_without_a_sender_says_it_has_none(
     assert "from:     - (no usable From, and no --from)\n" in capsys.readouterr().out
 
 
+def test_under_sudo_the_actor_is_the_person_who_ran_sudo(
+    waiting: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUDO_USER", "dana")
+    assert run(waiting, "assign", "1", "bob") == 0
+    [assigned] = waiting.events(1, "assigned")
+    assert assigned["actor"] == "dana"
+
+
 def test_misuse_exits_2(daemon: RunningDaemon) -> None:
     with pytest.raises(SystemExit) as exited:
         run(daemon, "status", "alice", "sleeping")
