@@ -188,7 +188,7 @@ class RoundRobinSection(BaseModel):
 
 class ThreadingSection(BaseModel):
     model_config = _STRICT
-    subject_fallback_days: int = Field(14, ge=0)
+    subject_fallback_days: int = Field(14, ge=0, le=36500)  # a century; timedelta has bounds
 
 
 class Agent(BaseModel):

@@ -389,3 +389,9 @@ def test_every_configuration_error_is_a_key_and_a_reason_in_our_words(
             assert KEY_PATH.match(line), line
             assert not [phrase for phrase in STOCK if phrase in line], line
             assert FALLBACK not in line, line  # a kind of error we have no words for yet
+
+
+def test_a_subject_fallback_beyond_a_century_is_an_error(tmp_path: Path) -> None:
+    # timedelta cannot hold 10**12 days: every message's intake would fail on it
+    message = error_of(tmp_path, VALID + "[threading]\nsubject_fallback_days = 1000000000000\n")
+    assert "threading.subject_fallback_days = 1000000000000: must be 36500 or less" in message
