@@ -9,6 +9,7 @@ sent by the daemon's outbox worker, so these work with the daemon stopped.
 from __future__ import annotations
 
 import getpass
+import os
 
 import aiosqlite
 
@@ -24,22 +25,13 @@ from gateway.store.db import Database
 
 
 def login_name() -> str:
+    """Who runs the command: under sudo the person who ran sudo, not root."""
+    if sudo_user := os.environ.get("SUDO_USER", "").strip():
+        return sudo_user
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry, as in some containers
         return "unknown"
-
-
-def _known_agent(settings: Settings, agent: str) -> None:
-    if settings.agent(agent) is None:
-        raise Refused(f"There is no agent {agent!r} in the configuration.")
-
-
-def _is(settings: Settings, actor: str, agent_id: str) -> bool:
-    """Whether `actor` (a --by name) is the agent, by id or e-mail address, any case."""
-    agent = settings.agent(agent_id)
-    names = {agent_id.casefold()} | ({agent.email.casefold()} if agent else set())
-    return actor.strip().casefold() in names
 
 
 async def _conversation(conn: aiosqlite.Connection, conversation_id: int) -> queries.Row:
@@ -58,7 +50,7 @@ async def assign(
     clock: Clock = utcnow,
 ) -> str:
     """Assign, or reassign when it has an assignee; alert the new assignee unless it is `by`."""
-    _known_agent(settings, agent)
+    agent, by = settings.agent_named(agent).id, settings.actor(by)
     async with db.transaction() as conn:
         at = stamp(clock())  # taken once the write lock is ours: the timeline's times only grow
         row = await _conversation(conn, conversation_id)
@@ -81,7 +73,7 @@ async def assign(
             detail={"via": "manual", "status": status},
         )
         await queue_keywords(conn, conversation_id, at)
-        if not _is(settings, by, agent):  # nobody is alerted about what they did themselves
+        if by != agent:  # nobody is alerted about what they did themselves
             await queue_alert(
                 conn,
                 settings,
@@ -107,7 +99,8 @@ async def claim(
     clock: Clock = utcnow,
 ) -> str:
     """Take an unassigned conversation; refused when somebody has it."""
-    _known_agent(settings, agent)
+    agent = settings.agent_named(agent).id
+    by = agent if by is None else settings.actor(by)
     async with db.transaction() as conn:
         at = stamp(clock())
         row = await _conversation(conn, conversation_id)
@@ -118,7 +111,7 @@ async def claim(
                 f"Conversation {conversation_id} is already assigned to {row['assignee']}."
             )
         await queries.set_assignee(conn, conversation_id, agent)
-        await queries.add_event(conn, conversation_id, at, "claimed", by or agent, agent=agent)
+        await queries.add_event(conn, conversation_id, at, "claimed", by, agent=agent)
         await queue_keywords(conn, conversation_id, at)
     return f"Conversation {conversation_id} is now {agent}'s."
 
@@ -126,6 +119,7 @@ async def claim(
 async def unassign(
     db: Database, settings: Settings, conversation_id: int, by: str, clock: Clock = utcnow
 ) -> str:
+    by = settings.actor(by)
     async with db.transaction() as conn:
         at = stamp(clock())
         row = await _conversation(conn, conversation_id)
@@ -141,9 +135,15 @@ async def unassign(
 
 
 async def set_open(
-    db: Database, conversation_id: int, is_open: bool, by: str, clock: Clock = utcnow
+    db: Database,
+    settings: Settings,
+    conversation_id: int,
+    is_open: bool,
+    by: str,
+    clock: Clock = utcnow,
 ) -> str:
     """Close (is_open False) or reopen (True) a conversation."""
+    by = settings.actor(by)
     status, kind = ("open", "reopened") if is_open else ("closed", "closed")
     async with db.transaction() as conn:
         at = stamp(clock())
@@ -157,12 +157,14 @@ async def set_open(
 
 async def set_status(
     db: Database, settings: Settings, agent: str, status: str, clock: Clock = utcnow
-) -> None:
-    _known_agent(settings, agent)
+) -> str:
+    """Set an agent's availability; returns the agent's configured id."""
+    agent = settings.agent_named(agent).id
     if status not in STATUSES:
         raise Refused(f"{status!r} is not a status; use one of {', '.join(STATUSES)}.")
     async with db.transaction() as conn:
         await queries.set_agent_status(conn, agent, status, stamp(clock()))
+    return agent
 
 
 async def retry(
@@ -171,7 +173,12 @@ async def retry(
     """Put a shunted message back and run intake on it now, in this process."""
     async with db.transaction() as conn:
         if not await queries.unshunt(conn, message_pk):
-            raise Refused(f"Message {message_pk} is not shunted (see `gateway shunted`).")
+            state = await queries.message_state(conn, message_pk)
+            if state is None:
+                raise Refused(f"There is no message {message_pk}.")
+            raise Refused(
+                f"Message {message_pk} is not shunted: it is {state} (see `gateway shunted`)."
+            )
         secret = await alertmark.load_secret(conn)
     async with db.reading() as conn:
         stored = await queries.message(conn, message_pk)

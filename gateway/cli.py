@@ -166,6 +166,8 @@ async def _try_mailboxes(mailboxes: list[tuple[str, ImapSection]]) -> list[str]:
 
 def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
     status = None if args.status == "all" else args.status
+    agent = settings.agent_named(args.agent).id if args.agent else None
+    team = settings.team_named(args.team).id if args.team else None
     # One row more than shown says whether more wait, without counting the queue.
     asked = args.limit + 1 if args.limit else None
     found = _with_db(
@@ -173,8 +175,8 @@ def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
         lambda db: views.conversations(
             db,
             status=status,
-            assignee=args.agent,
-            team=args.team,
+            assignee=agent,
+            team=team,
             unassigned=args.unassigned,
             limit=asked,
         ),
@@ -306,12 +308,12 @@ def cmd_unassign(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_close(settings: Settings, args: argparse.Namespace) -> int:
-    print(_with_db(settings, lambda db: admin.set_open(db, args.id, False, args.by)))
+    print(_with_db(settings, lambda db: admin.set_open(db, settings, args.id, False, args.by)))
     return 0
 
 
 def cmd_reopen(settings: Settings, args: argparse.Namespace) -> int:
-    print(_with_db(settings, lambda db: admin.set_open(db, args.id, True, args.by)))
+    print(_with_db(settings, lambda db: admin.set_open(db, settings, args.id, True, args.by)))
     return 0
 
 
@@ -364,7 +366,11 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(view, ensure_ascii=False, indent=2))
         return 0
     print(f"inbox:    {view['inbox']}")
-    print(f"from:     {printable(view['sender'])}")
+    print(f"from:     {printable(view['sender'])} ({_SENDER_SOURCES[view['sender_source']]})")
+    if view["envelope_from"] == "":
+        print("envelope: <> (the null sender of a bounce: automatic mail)")
+    elif view["envelope_from"] is not None and view["sender_source"] != "envelope":
+        print(f"envelope: {printable(view['envelope_from'])} (--from; a usable From comes first)")
     print(f"subject:  {printable(view['subject'])}")
     print(f"decision: {printable(view['reason'])}")
     for hit in view["matched"]:
@@ -373,6 +379,13 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
         print(f"tags:     {printable(', '.join(view['tags']))}")
     print("(a dry run: nothing was stored)")
     return 0
+
+
+_SENDER_SOURCES = {
+    "header": "the From header",
+    "envelope": "the envelope sender, --from: no usable From",
+    None: "no usable From, and no --from",
+}
 
 
 def _envelope_sender(given: str | None) -> str | None:
@@ -411,8 +424,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    _with_db(settings, lambda db: admin.set_status(db, settings, args.agent, args.status))
-    print(f"{args.agent} is now {args.status}.")
+    agent = _with_db(settings, lambda db: admin.set_status(db, settings, args.agent, args.status))
+    print(f"{agent} is now {args.status}.")
     return 0
 
 

@@ -28,11 +28,12 @@ from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
 from gateway.addresses import normalize_address
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, Refused
 from gateway.ingress import users
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re.IGNORECASE)
@@ -73,6 +74,10 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
+
+_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+_ADDRESS = r"^[^@\s]+@[^@\s]+$"
+_TARGET = r"^(agent|team):.+$"
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -183,20 +188,20 @@ class RoundRobinSection(BaseModel):
 
 class ThreadingSection(BaseModel):
     model_config = _STRICT
-    subject_fallback_days: int = Field(14, ge=0)
+    subject_fallback_days: int = Field(14, ge=0, le=36500)  # a century; timedelta has bounds
 
 
 class Agent(BaseModel):
     model_config = _STRICT
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    id: str = Field(pattern=_ID)
     name: str = ""
-    email: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    email: str = Field(pattern=_ADDRESS)
     notify: bool = True
 
 
 class Team(BaseModel):
     model_config = _STRICT
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    id: str = Field(pattern=_ID)
     agents: list[str]
 
 
@@ -233,7 +238,7 @@ class ImapSection(BaseModel):
 
 class Inbox(BaseModel):
     model_config = _STRICT
-    address: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    address: str = Field(pattern=_ADDRESS)
     aliases: list[str] = []
     imap: ImapSection | None = None
 
@@ -244,7 +249,7 @@ class Rule(BaseModel):
     sender_domain: list[str] = []
     subject_keywords: list[str] = []
     recipient: list[str] = []
-    assign_to: str | None = Field(None, pattern=r"^(agent|team):.+$")
+    assign_to: str | None = Field(None, pattern=_TARGET)
     tags: list[str] = []
 
     @model_validator(mode="after")
@@ -294,8 +299,9 @@ class Settings(BaseSettings):
     def _references(self) -> Settings:
         agent_ids = [agent.id for agent in self.agents]
         team_ids = [team.id for team in self.teams]
-        _unique("agents", agent_ids)
-        _unique("teams", team_ids)
+        # People name them in any case (agent_named), so case does not make another one.
+        _unique("agents (ids, in any case)", [agent_id.casefold() for agent_id in agent_ids])
+        _unique("teams (ids, in any case)", [team_id.casefold() for team_id in team_ids])
         known_agents = set(agent_ids)
         for i, team in enumerate(self.teams):
             for name in team.agents:
@@ -321,7 +327,37 @@ class Settings(BaseSettings):
         return self
 
     def agent(self, agent_id: str) -> Agent | None:
+        """The agent of a configured id, as the store records it."""
         return next((agent for agent in self.agents if agent.id == agent_id), None)
+
+    def agent_named(self, name: str) -> Agent:
+        """The agent a person names (every door asks this): its id or e-mail address, any case."""
+        found = self._agents_named(name)
+        if len(found) > 1:
+            ids = ", ".join(agent.id for agent in found)
+            raise Refused(f"{name!r} is the address of several agents ({ids}); name one by id.")
+        if not found:
+            raise Refused(f"There is no agent {name!r}; {_which('agent', self.agents)}.")
+        return found[0]
+
+    def actor(self, name: str) -> str:
+        """Who acts (`--by`): the agent's id when the name is one agent's, else the name."""
+        found = self._agents_named(name)
+        return found[0].id if len(found) == 1 else name.strip()
+
+    def _agents_named(self, name: str) -> list[Agent]:
+        wanted = name.strip().casefold()
+        return [agent for agent in self.agents if agent.id.casefold() == wanted] or [
+            agent for agent in self.agents if agent.email.casefold() == wanted
+        ]
+
+    def team_named(self, name: str) -> Team:
+        """The team a person names, by its id in any case."""
+        wanted = name.strip().casefold()
+        for team in self.teams:
+            if team.id.casefold() == wanted:
+                return team
+        raise Refused(f"There is no team {name!r}; {_which('team', self.teams)}.")
 
     def inbox_map(self) -> dict[str, str]:
         """Normalised address or alias → the inbox address it means."""
@@ -335,6 +371,16 @@ class Settings(BaseSettings):
         return self.inbox_map().get(normalize_address(address))
 
 
+def _which(kind: str, configured: list[Agent] | list[Team]) -> str:
+    """What exists, for a sentence refusing a name: 'the agents are alice, bob'."""
+    ids = [item.id for item in configured]
+    if not ids:
+        return f"no {kind} is configured"
+    if len(ids) == 1:
+        return f"the only {kind} is {ids[0]}"
+    return f"the {kind}s are {', '.join(ids)}"
+
+
 def _unique(what: str, values: list[str]) -> None:
     seen: set[str] = set()
     for value in values:
@@ -344,15 +390,17 @@ def _unique(what: str, values: list[str]) -> None:
 
 
 def _secrets_in_file(data: dict[str, Any]) -> list[str]:
+    # Read before validation, so any shape may be here: what is no table is reported later.
     found = []
-    for key in ("password",):
-        if key in data.get("notify", {}):
-            found.append(
-                f"notify.{key}: a secret does not belong in the file; use notify.password_file"
-                " or the environment variable GATEWAY_NOTIFY__PASSWORD"
-            )
-    for i, inbox in enumerate(data.get("inboxes", [])):
-        if isinstance(inbox, dict) and "password" in inbox.get("imap", {}):
+    notify, inboxes = data.get("notify"), data.get("inboxes")
+    if isinstance(notify, dict) and "password" in notify:
+        found.append(
+            "notify.password: a secret does not belong in the file; use notify.password_file"
+            " or the environment variable GATEWAY_NOTIFY__PASSWORD"
+        )
+    for i, inbox in enumerate(inboxes if isinstance(inboxes, list) else []):
+        imap = inbox.get("imap") if isinstance(inbox, dict) else None
+        if isinstance(imap, dict) and "password" in imap:
             found.append(
                 f"inboxes[{i}].imap.password: a secret does not belong in the file;"
                 " use password_file"
@@ -395,12 +443,25 @@ def load(path: Path, environ: Mapping[str, str] = os.environ) -> Settings:
     try:
         settings: Settings = FileSettings()
     except ValidationError as error:
-        raise ConfigError(f"{path}: invalid configuration", _describe(error)) from None
+        raise ConfigError(f"{path}: invalid configuration", describe(error)) from None
+    except SettingsError as error:
+        raise ConfigError(f"{path}: invalid configuration", [_not_json(error)]) from None
     settings = _anchor(settings, path.parent)
     problems = _unreadable(settings.smtp)
     if problems:
         raise ConfigError(f"{path}: invalid configuration", problems)
     return settings
+
+
+def _not_json(error: SettingsError) -> str:
+    """pydantic-settings reads a list or table from the environment as JSON, and names
+    only the top-level field it failed on ('error parsing value for field "smtp" ...')."""
+    field = re.search(r'field "(\w+)"', str(error))
+    where = f"GATEWAY_{field.group(1).upper()}…" if field else "a GATEWAY_ variable"
+    return (
+        f"{where}: a list or table from the environment must be JSON,"
+        ' such as ["0.0.0.0:25"] or {"host": "..."}'
+    )
 
 
 def _unreadable(smtp: SmtpSection) -> list[str]:
@@ -455,22 +516,81 @@ def _anchor(settings: Settings, folder: Path) -> Settings:
     )
 
 
-def _describe(error: ValidationError) -> list[str]:
+def describe(error: ValidationError) -> list[str]:
+    """One line per error: the key, its value where it may be shown, and why, in our words."""
     lines = []
     for item in error.errors(include_url=False):
-        key = ".".join(str(part) for part in item["loc"])
-        reason = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key (a typo? it would be ignored otherwise)")
-        elif item["type"] == "missing":
-            lines.append(f"{key}: required, but missing")
-        elif not key:
+        key = _key(item["loc"])
+        reason = _reason(item)
+        shown = item["type"] not in ("missing", "extra_forbidden")
+        if not key:
             lines.append(reason)
-        elif isinstance(item.get("input"), dict) or "password" in key:
+        elif not shown or isinstance(item.get("input"), dict) or "password" in key:
             lines.append(f"{key}: {reason}")
         else:
             lines.append(f"{key} = {_short(item.get('input'))}: {reason}")
     return lines
+
+
+def _key(loc: tuple[int | str, ...]) -> str:
+    """('inboxes', 0, 'imap', 'port') → inboxes[0].imap.port, as our own sentences write keys."""
+    key = ""
+    for part in loc:
+        key += f"[{part}]" if isinstance(part, int) else f".{part}" if key else str(part)
+    return key
+
+
+_PATTERNS = {
+    _ID: "must start with a letter or digit, then only letters, digits, '.', '_' or '-'",
+    _ADDRESS: "must be an e-mail address, such as name@example.com",
+    _TARGET: "must be agent:ID or team:ID",
+}
+_TABLE = 'must be a table of keys, such as [smtp] or {{ host = "..." }}'
+# pydantic's error types a configuration can provoke, in our words; {name} is from its ctx.
+_REASONS = {
+    "missing": "required, but missing",
+    "extra_forbidden": "unknown key (a typo? it would be ignored otherwise)",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "int_parsing_size": "is too large a number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be text, in quotes",
+    "string_unicode": "must be text, in quotes",
+    "string_sub_type": "must be text, in quotes",
+    "list_type": 'must be a list, such as ["a", "b"]',
+    "model_type": _TABLE,
+    "model_attributes_type": _TABLE,
+    "dict_type": _TABLE,
+    "literal_error": "must be {expected}",
+    "enum": "must be {expected}",
+    "greater_than": "must be greater than {gt}",
+    "greater_than_equal": "must be {ge} or more",
+    "less_than": "must be less than {lt}",
+    "less_than_equal": "must be {le} or less",
+    "string_too_short": "must be at least {min_length} characters long",
+    "string_too_long": "must be at most {max_length} characters long",
+    "too_short": "must hold at least {min_length} items",
+    "too_long": "must hold at most {max_length} items",
+    "json_invalid": "must be JSON when it comes from the environment",
+    "value_error": "{error}",  # our own validators' sentences
+    "assertion_error": "{error}",
+}
+
+
+def _reason(item: Any) -> str:
+    ctx = item.get("ctx", {})
+    if item["type"] == "string_pattern_mismatch":
+        return _PATTERNS.get(ctx.get("pattern"), "does not have the form this key takes")
+    reason = _REASONS.get(item["type"])
+    try:
+        return "is not a value this key takes" if reason is None else reason.format(**ctx)
+    except (KeyError, IndexError):  # a ctx without the field we name: say it plainly
+        return "is not a value this key takes"
 
 
 def _short(value: Any) -> str:

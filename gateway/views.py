@@ -156,6 +156,8 @@ async def explain_route(
         "inbox": inbox,
         "subject": facts.subject,
         "sender": facts.sender,
+        "sender_source": _sender_source(raw, facts.sender, envelope_from),
+        "envelope_from": envelope_from,
         "dropped": ours,
         "duplicate": stored,
         "joins": joins,
@@ -182,6 +184,15 @@ async def explain_route(
             f" ({joined['assignee'] or 'unassigned'}); replies are not routed again"
         )
     return view
+
+
+def _sender_source(raw: bytes, sender: str | None, envelope_from: str | None) -> str | None:
+    """Where routing's sender came from: "header" (From), "envelope" (where From fails), None."""
+    if sender is None:
+        return None
+    if envelope_from and extract(raw).sender is None:
+        return "envelope"
+    return "header"
 
 
 def _inbox_of(settings: Settings, recipients: tuple[str, ...], to: str | None) -> str:

@@ -209,6 +209,12 @@ async def messages_of(conn: aiosqlite.Connection, conversation_id: int) -> list[
     )
 
 
+async def message_state(conn: aiosqlite.Connection, message_pk: int) -> str | None:
+    """pending, routed, dropped or shunted; None when there is no such message."""
+    row = await _one(conn, "SELECT state FROM messages WHERE id = ?", (message_pk,))
+    return None if row is None else str(row["state"])
+
+
 # --- conversations ------------------------------------------------------------
 
 CONVERSATION_STATUSES = ("open", "closed")

@@ -214,8 +214,8 @@ def test_unknown_conversation_agent_and_status_are_refused_in_a_sentence(
 ) -> None:
     for args, sentence in [
         (("assign", "42", "alice"), "There is no conversation 42."),
-        (("assign", "1", "zed"), "There is no agent 'zed' in the configuration."),
-        (("status", "zed", "away"), "There is no agent 'zed' in the configuration."),
+        (("assign", "1", "zed"), "There is no agent 'zed'; the agents are alice, bob, carol."),
+        (("status", "zed", "away"), "There is no agent 'zed'; the agents are alice, bob, carol."),
     ]:
         done = gateway(desk, *args)
         assert (done.returncode, done.stderr.strip()) == (1, sentence)

@@ -275,6 +275,187 @@ def test_unknown_agent_status_is_refused(
     assert "no agent 'zed'" in capsys.readouterr().err
 
 
+@pytest.fixture
+def waiting(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> RunningDaemon:
+    """One conversation in the unassigned queue."""
+    running = start_daemon(make_settings(round_robin={"enabled": False, "agents": []}))
+    running.send(mail("anyone there?"))
+    running.drain()
+    return running
+
+
+def test_assign_takes_an_agent_id_in_any_case(waiting: RunningDaemon) -> None:
+    assert run(waiting, "assign", "1", "Bob", "--by", "carol") == 0
+    assert waiting.conversations()[0]["assignee"] == "bob"
+
+
+def test_claim_takes_an_agent_address_in_any_case(waiting: RunningDaemon) -> None:
+    assert run(waiting, "claim", "1", "Bob@Agents.TEST") == 0
+    assert waiting.conversations()[0]["assignee"] == "bob"
+
+
+def test_status_takes_an_agent_id_in_any_case(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(waiting, "status", "BOB", "away") == 0
+    assert capsys.readouterr().out.strip() == "bob is now away."
+    assert waiting.query("SELECT status FROM agent_status WHERE agent = 'bob'")[0][0] == "away"
+
+
+def test_conversations_agent_takes_an_address_in_any_case(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run(waiting, "assign", "1", "bob")
+    capsys.readouterr()
+    assert run(waiting, "conversations", "--agent", "BOB@agents.test", "--json") == 0
+    assert [c["id"] for c in output_json(capsys)] == [1]  # type: ignore[union-attr]
+
+
+def test_by_naming_an_agent_in_any_case_records_its_id(waiting: RunningDaemon) -> None:
+    run(waiting, "assign", "1", "bob", "--by", "Carol@AGENTS.test")
+    run(waiting, "claim", "1", "bob", "--by", "CAROL")  # a no-op: bob has it
+    run(waiting, "unassign", "1", "--by", "Carol")
+    run(waiting, "claim", "1", "carol", "--by", "CAROL")
+    acts = [
+        (e["kind"], e["actor"])
+        for e in waiting.events(1)
+        if e["kind"] in {"assigned", "unassigned", "claimed"}
+    ]
+    assert acts == [("assigned", "carol"), ("unassigned", "carol"), ("claimed", "carol")]
+
+
+def test_by_naming_the_new_assignee_in_another_case_alerts_nobody(
+    waiting: RunningDaemon,
+) -> None:
+    run(waiting, "assign", "1", "bob", "--by", "BOB@Agents.Test")
+    assert waiting.query("SELECT count(*) FROM outbox WHERE kind = 'alert'")[0][0] == 0
+
+
+NO_ZED = "There is no agent 'zed'; the agents are alice, bob, carol."
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("assign", "1", "zed"),
+        ("claim", "1", "zed"),
+        ("status", "zed", "away"),
+        ("conversations", "--agent", "zed"),
+    ],
+)
+def test_an_unknown_agent_is_refused_naming_the_agents(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str], args: tuple[str, ...]
+) -> None:
+    capsys.readouterr()
+    assert run(waiting, *args) == 1
+    out, err = capsys.readouterr()
+    assert (out, err.strip()) == ("", NO_ZED)
+
+
+def test_an_unknown_team_is_refused_naming_the_teams(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run(waiting, "conversations", "--team", "sales") == 1
+    out, err = capsys.readouterr()
+    assert (out, err.strip()) == ("", "There is no team 'sales'; the only team is billing.")
+
+
+def test_conversations_team_takes_a_team_id_in_any_case(
+    populated: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    assert run(populated, "conversations", "--team", "Billing", "--json") == 0
+    assert [c["id"] for c in output_json(capsys)] == [3]  # type: ignore[union-attr]
+
+
+def test_retry_of_a_message_that_does_not_exist_says_so(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(waiting, "retry", "99") == 1
+    assert capsys.readouterr().err.strip() == "There is no message 99."
+
+
+def test_retry_of_a_message_not_shunted_says_what_became_of_it(
+    waiting: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(waiting, "retry", "1") == 1
+    assert capsys.readouterr().err.strip() == (
+        "Message 1 is not shunted: it is routed (see `gateway shunted`)."
+    )
+
+
+ACME_TO_CAROL = [{"name": "Acme", "sender_domain": ["acme.com"], "assign_to": "agent:carol"}]
+NO_FROM = b"To: support@example.com\r\nSubject: parcel\r\nMessage-ID: <nf@x>\r\n\r\nwhere?\r\n"
+
+
+@pytest.fixture
+def acme(make_settings: Callable[..., Settings], tmp_path: Path) -> Callable[..., int]:
+    """`gateway route` of a message without From, under a rule on the sender's domain."""
+    make_settings(rules=ACME_TO_CAROL)
+    sample = tmp_path / "no-from.eml"
+    sample.write_bytes(NO_FROM)
+
+    def route(*args: str) -> int:
+        return gateway(["route", str(sample), *args, "--config", str(tmp_path / "gateway.toml")])
+
+    return route
+
+
+def test_route_from_is_the_sender_a_rule_matches_when_from_is_missing(
+    acme: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert acme("--json") == 0
+    assert output_json(capsys)["rule"] is None  # type: ignore[index]
+    assert acme("--from", "orders@Mail.ACME.com", "--json") == 0
+    view = output_json(capsys)
+    assert isinstance(view, dict)
+    assert (view["rule"], view["assignee"]) == ("Acme", "carol")
+    assert view["matched"] == [{"condition": "sender_domain", "value": "acme.com"}]
+
+
+def test_route_says_the_envelope_sender_stood_in_for_a_missing_from(
+    acme: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    acme("--from", "orders@acme.com")
+    assert "from:     orders@acme.com (the envelope sender, --from: no usable From)\n" in (
+        capsys.readouterr().out
+    )
+    acme("--from", "orders@acme.com", "--json")
+    assert output_json(capsys)["sender_source"] == "envelope"  # type: ignore[index]
+
+
+def test_route_says_the_from_header_gave_the_sender_and_shows_the_envelope_beside_it(
+    make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_settings()
+    sample = tmp_path / "bounce.eml"
+    sample.write_bytes(mail("Undeliverable", sender="mailer@example.net").as_bytes())
+    config = str(tmp_path / "gateway.toml")
+    assert gateway(["route", sample.as_posix(), "--from", "<>", "--config", config]) == 0
+    out = capsys.readouterr().out
+    assert "from:     mailer@example.net (the From header)\n" in out
+    assert "envelope: <> (the null sender of a bounce: automatic mail)\n" in out
+
+
+def test_route_without_a_sender_says_it_has_none(
+    acme: Callable[..., int], capsys: pytest.CaptureFixture[str]
+) -> None:
+    acme()
+    assert "from:     - (no usable From, and no --from)\n" in capsys.readouterr().out
+
+
+def test_under_sudo_the_actor_is_the_person_who_ran_sudo(
+    waiting: RunningDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SUDO_USER", "dana")
+    assert run(waiting, "assign", "1", "bob") == 0
+    [assigned] = waiting.events(1, "assigned")
+    assert assigned["actor"] == "dana"
+
+
 def test_misuse_exits_2(daemon: RunningDaemon) -> None:
     with pytest.raises(SystemExit) as exited:
         run(daemon, "status", "alice", "sleeping")

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import re
+import typing
+from collections.abc import Iterator
+from copy import deepcopy
 from pathlib import Path
+from typing import Any
 
 import pytest
+import tomli_w
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
+from pydantic_core import InitErrorDetails
 
-from gateway.config import load, parse_size
-from gateway.errors import ConfigError
+from gateway.config import Settings, describe, load, parse_size
+from gateway.errors import ConfigError, Refused
 from gateway.ingress import users
 
 VALID = """
@@ -167,5 +178,220 @@ def test_imap_defaults_and_a_relative_password_file(tmp_path: Path) -> None:
 
 def test_imap_starttls_and_a_missing_password_file_are_errors(tmp_path: Path) -> None:
     message = error_of(tmp_path, VALID + IMAP + 'password_file = "p"\nstarttls = true\n')
-    assert "inboxes.0.imap.starttls" in message and "STARTTLS is not supported yet" in message
-    assert "inboxes.0.imap.password_file: required" in error_of(tmp_path, VALID + IMAP)
+    assert "inboxes[0].imap.starttls" in message and "STARTTLS is not supported yet" in message
+    assert "inboxes[0].imap.password_file: required" in error_of(tmp_path, VALID + IMAP)
+
+
+def test_agent_ids_differing_only_in_case_are_an_error(tmp_path: Path) -> None:
+    text = VALID + '[[agents]]\nid = "Alice"\nemail = "other@example.com"\n'
+    assert "agents (ids, in any case): 'alice' appears twice" in error_of(tmp_path, text)
+
+
+def test_an_address_shared_by_agents_is_refused_asking_for_an_id(tmp_path: Path) -> None:
+    text = VALID + '[[agents]]\nid = "desk"\nemail = "Alice@example.com"\n'
+    settings = load(write(tmp_path, text))
+    assert settings.agent_named("ALICE").id == "alice"  # an id is never ambiguous
+    with pytest.raises(Refused) as refused:
+        settings.agent_named("alice@example.com")
+    assert str(refused.value) == (
+        "'alice@example.com' is the address of several agents (alice, desk); name one by id."
+    )
+    assert settings.actor("alice@example.com") == "alice@example.com"  # nobody in particular
+
+
+# --- every error in our words ---------------------------------------------------
+
+# What pydantic says in its own words; none of it may reach a person.
+STOCK = (
+    "Input should",
+    "should be",
+    "should have",
+    "Value error",
+    "Assertion failed",
+    "Field required",
+    "Extra inputs",
+    "unable to",
+    "valid dictionary",
+    "instance of",
+)
+FALLBACK = "is not a value this key takes"
+SECTIONS = "[smtp]\n"  # a bad value below lands in [smtp] unless the text opens another table
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ('timeout = "soon"', "smtp.timeout = 'soon': must be a number"),
+        ("timeout = 0", "smtp.timeout = 0: must be greater than 0"),
+        ("[notify]\nsmtp_port = nan", "notify.smtp_port = nan: must be a finite number"),
+        (
+            'max_connections_per_client = "many"',
+            "smtp.max_connections_per_client = 'many': must be a whole number",
+        ),
+        (
+            "max_connections_per_client = 1.5",
+            "smtp.max_connections_per_client = 1.5: must be a whole number",
+        ),
+        (
+            "max_connections_per_client = -1",
+            "smtp.max_connections_per_client = -1: must be 0 or more",
+        ),
+        ('require_auth = "maybe"', "smtp.require_auth = 'maybe': must be true or false"),
+        (
+            'listen = "127.0.0.1:25"',
+            'smtp.listen = \'127.0.0.1:25\': must be a list, such as ["a", "b"]',
+        ),
+        ("listen = [25]", "smtp.listen[0] = 25: must be text, in quotes"),
+        ('[notify]\nbackend = "pigeon"', "notify.backend = 'pigeon': must be 'smtp' or 'file'"),
+        ("[notify]\nsmtp_port = 70000", "notify.smtp_port = 70000: must be 65535 or less"),
+        ("[notify]\nfrom = 5", "notify.from = 5: must be text, in quotes"),
+        (
+            "[threading]\nsubject_fallback_days = 2.5",
+            "threading.subject_fallback_days = 2.5: must be a whole number",
+        ),
+        (
+            '[[agents]]\nid = "-x"\nemail = "x@example.com"',
+            "agents[1].id = '-x': must start with a letter or digit, then only letters,"
+            " digits, '.', '_' or '-'",
+        ),
+        (
+            '[[agents]]\nid = "x"\nemail = "x"',
+            "agents[1].email = 'x': must be an e-mail address, such as name@example.com",
+        ),
+        (
+            '[[rules]]\nname = "r"\nassign_to = "alice"',
+            "rules[0].assign_to = 'alice': must be agent:ID or team:ID",
+        ),
+        ('[[teams]]\nid = "t"', "teams[0].agents: required, but missing"),
+        ("[[agents]]\nid = 5", "agents[1].id = 5: must be text, in quotes"),
+    ],
+)
+def test_a_bad_value_is_reported_with_its_key_its_value_and_our_reason(
+    tmp_path: Path, text: str, line: str
+) -> None:
+    message = error_of(tmp_path, VALID + SECTIONS + text + "\n")
+    assert f"\n  {line}" in message
+    assert not [phrase for phrase in STOCK if phrase in message]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("smtp = 5\n" + VALID, "smtp = 5"),
+        ("notify = 5\n" + VALID, "notify = 5"),  # read for secrets before validation
+        (VALID + "imap = false\n", "inboxes[0].imap = False"),
+    ],
+)
+def test_a_section_that_is_not_a_table_is_reported_in_our_words(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    assert f"{key}: must be a table of keys, such as [smtp]" in error_of(tmp_path, text)
+
+
+def test_a_list_or_table_from_the_environment_that_is_not_json_names_the_section(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GATEWAY_SMTP__LISTEN", "0.0.0.0:25")
+    message = error_of(tmp_path, VALID)
+    assert "GATEWAY_SMTP…: a list or table from the environment must be JSON" in message
+    assert 'such as ["0.0.0.0:25"]' in message
+
+
+def test_an_error_pydantic_adds_later_still_reads_as_a_sentence() -> None:
+    unknown: InitErrorDetails = {
+        "type": "uuid_parsing",
+        "loc": ("gateway", "hostname"),
+        "input": "x",
+        "ctx": {"error": "bad"},
+    }
+    error = ValidationError.from_exception_data("Settings", [unknown])
+    assert describe(error) == [f"gateway.hostname = 'x': {FALLBACK}"]
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds, alone, in a list, or optional."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        inner = typing.get_args(candidate)
+        if inner and isinstance(inner[0], type) and issubclass(inner[0], BaseModel):
+            return inner[0]
+    return None
+
+
+def _keys(
+    model: type[BaseModel], prefix: tuple[str | int, ...] = ()
+) -> Iterator[tuple[str | int, ...]]:
+    """Every key of the configuration, sections and lists of tables included."""
+    for name, field in model.model_fields.items():
+        path = (*prefix, field.alias or name)
+        yield path
+        inner = _model_of(field.annotation)
+        if inner is not None:
+            listed = typing.get_origin(field.annotation) is list
+            yield from _keys(inner, (*path, 0) if listed else path)
+
+
+KEYS = [key for key in _keys(Settings) if key[-1] != "password"]  # refused in the file anyway
+COMPLETE: dict[str, Any] = {
+    "agents": [{"id": "alice", "email": "alice@example.com"}],
+    "teams": [{"id": "t", "agents": ["alice"]}],
+    "inboxes": [
+        {
+            "address": "support@example.com",
+            "imap": {"host": "imap.example.com", "username": "s", "password_file": "pw"},
+        }
+    ],
+    "rules": [{"name": "r", "assign_to": "team:t"}],
+}
+TOML_VALUES = st.recursive(
+    st.none()  # stands for a key left out
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=12)
+    | st.dates(),
+    lambda inner: (
+        st.lists(inner.filter(lambda v: v is not None), max_size=3)
+        | st.dictionaries(
+            st.sampled_from(["id", "x", "host"]), inner.filter(lambda v: v is not None), max_size=2
+        )
+    ),
+    max_leaves=4,
+)
+# key, or key (what is compared), then = value where it may be shown, then why
+KEY_PATH = re.compile(r"^[a-z_]+(\[\d+\])?(\.[a-z_]+(\[\d+\])?)*( \(.+?\))?( = .+)?: \S")
+
+
+def _put(data: dict[str, Any], key: tuple[str | int, ...], value: Any) -> None:
+    where: Any = data
+    for part in key[:-1]:
+        where = where.setdefault(part, {}) if isinstance(part, str) else where[part]
+    if value is None:
+        where.pop(key[-1], None)
+    else:
+        where[key[-1]] = value
+
+
+@hypothesis_settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(KEYS), value=TOML_VALUES)
+def test_every_configuration_error_is_a_key_and_a_reason_in_our_words(
+    tmp_path: Path, key: tuple[str | int, ...], value: Any
+) -> None:
+    data = deepcopy(COMPLETE)
+    _put(data, key, value)
+    path = tmp_path / "gateway.toml"
+    path.write_text(tomli_w.dumps(data))
+    try:
+        load(path, environ={})
+    except ConfigError as error:
+        for line in error.details:
+            assert KEY_PATH.match(line), line
+            assert not [phrase for phrase in STOCK if phrase in line], line
+            assert FALLBACK not in line, line  # a kind of error we have no words for yet
+
+
+def test_a_subject_fallback_beyond_a_century_is_an_error(tmp_path: Path) -> None:
+    # timedelta cannot hold 10**12 days: every message's intake would fail on it
+    message = error_of(tmp_path, VALID + "[threading]\nsubject_fallback_days = 1000000000000\n")
+    assert "threading.subject_fallback_days = 1000000000000: must be 36500 or less" in message
