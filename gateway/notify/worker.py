@@ -10,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
+from typing import Any
 
 import structlog
 
@@ -54,6 +56,7 @@ DEFAULT_RETRY = RetryPolicy()
 LEASE = timedelta(minutes=2)  # longer than an attempt can take (the SMTP timeout is 30 s)
 # Who holds a lease, for a person reading the outbox; recovery does not depend on it.
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
+DROPPED = "the row was taken over when its lease ended, or queued again, while this attempt ran"
 
 
 class Outbox(DrainLoop):
@@ -68,6 +71,7 @@ class Outbox(DrainLoop):
         clock: Clock = utcnow,
         retry: RetryPolicy = DEFAULT_RETRY,
         accept_busy: Callable[[], bool] = lambda: False,
+        lease: timedelta = LEASE,
     ) -> None:
         super().__init__(accept_busy)
         self._db = db
@@ -75,6 +79,7 @@ class Outbox(DrainLoop):
         self._secret = secret
         self._clock = clock
         self._retry = retry
+        self._lease = lease
         self._transport: Transport = transport_for(settings.notify)
         self._transport_notify = settings.notify
         self._keyword_writer = KeywordWriter(settings)
@@ -151,16 +156,71 @@ class Outbox(DrainLoop):
     async def _claim(self, outbox_id: int) -> str | None:
         """Take the row for one attempt, so two processes never send the same alert at once.
 
-        The lease (a due time in the future) is returned: the attempt marks the
-        row done only if it still holds it. Should this process die mid-attempt,
-        the row is due again when the lease ends, or at once when an outbox
-        starts with no other running on the database (`run`).
+        The lease is returned: a token naming this attempt, held until an expiry
+        the store's clock judges (processes' clocks may disagree; the store's is
+        one). The attempt's outcome is recorded only while it still holds it.
+        Should this process die mid-attempt, the row is due again when the lease
+        ends, or at once when an outbox starts with no other running on the
+        database (`run`).
         """
-        now = self._clock()
-        lease = stamp(now + LEASE)
+        lease = f"{OWNER}/{secrets.token_hex(6)}"
         async with self._db.transaction() as conn:
-            taken = await queries.claim_outbox(conn, outbox_id, stamp(now), lease, OWNER)
+            taken = await queries.claim_outbox(
+                conn, outbox_id, stamp(self._clock()), lease, self._lease.total_seconds()
+            )
         return lease if taken else None
+
+    async def _done(
+        self, row: queries.Row, lease: str, event: tuple[str, str, dict[str, Any]] | None = None
+    ) -> bool:
+        """Mark the row done, with `event` (kind, agent, detail) on the timeline, if this
+        attempt still holds it; whether it did."""
+        async with self._db.transaction() as conn:
+            held = await queries.outbox_done(conn, row["id"], lease)
+            if held and event is not None:
+                kind, agent, detail = event
+                at = stamp(self._clock())
+                await queries.add_event(
+                    conn, row["conversation_id"], at, kind, ACTOR, agent=agent, detail=detail
+                )
+        if not held:
+            log.warning("outbox.outcome_dropped", outcome="done", id=row["id"], why=DROPPED)
+        return held
+
+    async def _failed(
+        self, row: queries.Row, lease: str, error: str, payload: dict[str, str] | None = None
+    ) -> None:
+        """Count a failed attempt and set the retry (an alert's failure on the timeline too),
+        if this attempt still holds the row."""
+        now = self._clock()
+        attempts = int(row["attempts"]) + 1
+        retry_at = self._retry.next_attempt(
+            attempts, datetime.fromisoformat(row["created_at"]), now
+        )
+        retry = None if retry_at is None else stamp(retry_at)
+        async with self._db.transaction() as conn:
+            held = await queries.outbox_failed(conn, row["id"], lease, error, retry)
+            if held and payload is not None:
+                await queries.add_event(
+                    conn,
+                    row["conversation_id"],
+                    stamp(now),
+                    "notify_failed",
+                    ACTOR,
+                    agent=payload["agent"],
+                    detail={
+                        "reason": payload["reason"],
+                        "error": error,
+                        "attempts": attempts,
+                        "retry_at": retry,
+                    },
+                )
+        if not held:
+            log.warning("outbox.outcome_dropped", outcome="failed", error=error, why=DROPPED)
+        elif payload is None:
+            log.warning("keywords.failed", conversation=row["conversation_id"], error=error)
+        else:
+            log.warning("alert.failed", error=error, attempts=attempts, gave_up=retry is None)
 
     async def _keywords(self, row: queries.Row, lease: str) -> None:
         conversation_id = row["conversation_id"]
@@ -173,22 +233,15 @@ class Outbox(DrainLoop):
         try:
             await self._keyword_writer.apply(copies, want)
         except Exception as error:  # server down, refused...: retried like an alert
-            now = self._clock()
-            reason = f"{type(error).__name__}: {error}"
-            retry_at = self._retry.next_attempt(
-                int(row["attempts"]) + 1, datetime.fromisoformat(row["created_at"]), now
-            )
-            async with self._db.transaction() as conn:
-                await queries.outbox_failed(
-                    conn, row["id"], reason, None if retry_at is None else stamp(retry_at)
-                )
-            log.warning("keywords.failed", conversation=conversation_id, error=reason)
+            await self._failed(row, lease, f"{type(error).__name__}: {error}")
             return
-        async with self._db.transaction() as conn:
-            await queries.outbox_done(conn, row["id"], lease)
-        log.info(
-            "keywords.set", conversation=conversation_id, keywords=sorted(want), copies=len(copies)
-        )
+        if await self._done(row, lease):
+            log.info(
+                "keywords.set",
+                conversation=conversation_id,
+                keywords=sorted(want),
+                copies=len(copies),
+            )
 
     async def _attempt(self, row: queries.Row, lease: str) -> None:
         payload = json.loads(row["payload"])
@@ -203,20 +256,11 @@ class Outbox(DrainLoop):
                 message = await self._render(row, payload, agent.name or agent.id, agent.email)
                 await self._transport.send(message, agent.email, f"alert-{event_id}")
             except Exception as error:
-                await self._failed(row, payload, f"{type(error).__name__}: {error}")
+                await self._failed(row, lease, f"{type(error).__name__}: {error}", payload)
                 return
-            async with self._db.transaction() as conn:
-                await queries.outbox_done(conn, row["id"], lease)
-                await queries.add_event(
-                    conn,
-                    row["conversation_id"],
-                    stamp(self._clock()),
-                    "notified",
-                    ACTOR,
-                    agent=payload["agent"],
-                    detail={"reason": payload["reason"], "message_id": message["Message-ID"]},
-                )
-            log.info("alert.sent", reason=payload["reason"], to=agent.email)
+            detail = {"reason": payload["reason"], "message_id": message["Message-ID"]}
+            if await self._done(row, lease, ("notified", payload["agent"], detail)):
+                log.info("alert.sent", reason=payload["reason"], to=agent.email)
 
     async def _render(
         self, row: queries.Row, payload: dict[str, str], name: str, email: str
@@ -247,29 +291,3 @@ class Outbox(DrainLoop):
                 date=self._clock(),
             ),
         )
-
-    async def _failed(self, row: queries.Row, payload: dict[str, str], error: str) -> None:
-        now = self._clock()
-        attempts = int(row["attempts"]) + 1
-        retry_at = self._retry.next_attempt(
-            attempts, datetime.fromisoformat(row["created_at"]), now
-        )
-        async with self._db.transaction() as conn:
-            await queries.outbox_failed(
-                conn, row["id"], error, None if retry_at is None else stamp(retry_at)
-            )
-            await queries.add_event(
-                conn,
-                row["conversation_id"],
-                stamp(now),
-                "notify_failed",
-                ACTOR,
-                agent=payload["agent"],
-                detail={
-                    "reason": payload["reason"],
-                    "error": error,
-                    "attempts": attempts,
-                    "retry_at": None if retry_at is None else stamp(retry_at),
-                },
-            )
-        log.warning("alert.failed", error=error, attempts=attempts, gave_up=retry_at is None)
