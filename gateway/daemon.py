@@ -22,7 +22,7 @@ import structlog
 from gateway import alertmark, config
 from gateway.clock import Clock, utcnow
 from gateway.config import Settings
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError, StoreUnavailable
 from gateway.ingress.accept import Accept
 from gateway.ingress.imap import MailboxPoller
 from gateway.ingress.smtp import Relay, SmtpServer
@@ -30,7 +30,7 @@ from gateway.intake.parsing import ProcessParser
 from gateway.intake.worker import Intake
 from gateway.notify.worker import DEFAULT_RETRY, Outbox, RetryPolicy
 from gateway.sdnotify import Notifier
-from gateway.store.db import Database
+from gateway.store.db import Database, Sole
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -109,8 +109,10 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         db = await Database.open(self.settings.gateway.database)
+        sole = db.sole("daemon")
         parser = ProcessParser()
         try:
+            _take(sole, db.path)
             async with db.transaction() as conn:
                 secret = await alertmark.load_secret(conn)
             accept = Accept(db, clock=self._clock)
@@ -167,7 +169,21 @@ class Daemon:
         finally:
             parser.close()
             await db.close()
+            sole.release()
         log.info("gateway.stopped")
+
+
+def _take(sole: Sole, database: str) -> None:
+    """One daemon a database: two would each take the other's work for a dead process's."""
+    try:
+        taken = sole.take()
+    except OSError as error:
+        raise StoreUnavailable(f"{sole.path}: cannot take the lock: {error.strerror}") from None
+    if not taken:
+        raise GatewayError(
+            f"{database}: another gateway holds this database;"
+            " stop it, or give this one a database of its own"
+        )
 
 
 def needs_restart(old: Settings, new: Settings) -> list[str]:

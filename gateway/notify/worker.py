@@ -92,9 +92,9 @@ class Outbox(DrainLoop):
     async def run(self) -> None:
         presence = self._db.presence("outbox")
         try:
-            if presence.alone():
-                await self._release_leases()
-            await presence.share()
+            async with presence.joining() as alone:
+                if alone:
+                    await self._release_leases()
             await super().run()
         finally:
             presence.leave()

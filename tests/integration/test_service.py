@@ -254,3 +254,25 @@ def test_killed_with_sigkill_it_leaves_no_process_behind(
     running.process.kill()
     running.process.communicate(timeout=10)
     wait_until(lambda: not any(_alive(pid) for pid in helpers), what="its helpers to end")
+
+
+def test_a_second_gateway_on_the_same_database_is_refused_until_the_first_is_gone(
+    service: Callable[[], Service], systemd: Systemd
+) -> None:
+    first = service()
+    systemd.wait_for("READY")
+    second = service()  # the same folder: the same database
+    _, err = second.process.communicate(timeout=60)
+    assert second.process.returncode == 1
+    assert err.splitlines()[-1] == (
+        f"{first.database}: another gateway holds this database;"
+        " stop it, or give this one a database of its own"
+    )
+    command = [sys.executable, "-m", "gateway", "conversations", "--config", str(first.config)]
+    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    first.process.kill()  # SIGKILL: the kernel lets go of its lock
+    first.process.communicate(timeout=10)
+    third = service()
+    systemd.wait_for("READY")
+    third.stop()
+    assert third.process.returncode == 0

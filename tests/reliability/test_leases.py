@@ -102,8 +102,8 @@ async def test_an_alert_a_dead_process_was_sending_goes_at_once_when_the_outbox_
     settings, secret, [leased, _] = store
     dead = await Database.open(settings.gateway.database)
     presence = dead.presence("outbox")
-    assert presence.alone()
-    await presence.share()
+    async with presence.joining() as alone:
+        assert alone
     assert await Outbox(dead, settings, secret, clock=frozen)._claim(leased)
     presence.leave()  # the process is killed mid-attempt: the kernel lets go of its lock
     await dead.close()
@@ -126,8 +126,8 @@ async def test_an_alert_a_live_process_is_sending_is_left_to_it(
     settings, secret, [leased, free] = store
     alive = await Database.open(settings.gateway.database)
     presence = alive.presence("outbox")
-    assert presence.alone()
-    await presence.share()
+    async with presence.joining() as alone:
+        assert alone
     assert await Outbox(alive, settings, secret, clock=frozen)._claim(leased)
 
     db = await Database.open(settings.gateway.database)
