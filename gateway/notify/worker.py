@@ -23,7 +23,7 @@ import structlog
 
 from gateway import alertmark
 from gateway.clock import Clock, stamp, utcnow
-from gateway.config import Settings
+from gateway.config import Agent, Settings
 from gateway.drainloop import POLL_SECONDS, DrainLoop
 from gateway.errors import StoreUnavailable
 from gateway.notify.keywords import KeywordWriter, wanted
@@ -253,23 +253,44 @@ class Outbox(DrainLoop):
             try:
                 if agent is None:
                     raise LookupError(f"agent {payload['agent']!r} is no longer configured")
-                message = await self._render(row, payload, agent.name or agent.id, agent.email)
-                await self._transport.send(message, agent.email, f"alert-{event_id}")
+                async with self._db.reading() as conn:
+                    conversation = await queries.conversation(conn, row["conversation_id"])
+                    stored = await queries.message(conn, int(payload["message"]))
+                if conversation is None or stored is None:
+                    raise LookupError("the conversation or its message is gone")
+                assignee = conversation["assignee"]
+                if assignee == payload["agent"]:
+                    message = await self._render(row, payload, conversation, stored, agent)
+                    await self._transport.send(message, agent.email, f"alert-{event_id}")
             except Exception as error:
                 await self._failed(row, lease, f"{type(error).__name__}: {error}", payload)
+                return
+            if assignee != payload["agent"]:
+                await self._superseded(row, lease, payload, assignee)
                 return
             detail = {"reason": payload["reason"], "message_id": message["Message-ID"]}
             if await self._done(row, lease, ("notified", payload["agent"], detail)):
                 log.info("alert.sent", reason=payload["reason"], to=agent.email)
 
+    async def _superseded(
+        self, row: queries.Row, lease: str, payload: dict[str, str], assignee: str | None
+    ) -> None:
+        """The conversation left the agent while the alert waited (the outbox was held up, or
+        behind): it would send them to work that is no longer theirs, so it stays unsent.
+        The new assignee has an alert of their own. A reassignment after this look, while
+        the alert is being built and sent, does not stop it."""
+        detail = {"reason": payload["reason"], "assignee": assignee}
+        if await self._done(row, lease, ("notify_superseded", payload["agent"], detail)):
+            log.info("alert.superseded", reason=payload["reason"], assignee=assignee)
+
     async def _render(
-        self, row: queries.Row, payload: dict[str, str], name: str, email: str
+        self,
+        row: queries.Row,
+        payload: dict[str, str],
+        conversation: queries.Row,
+        stored: queries.StoredMail,
+        agent: Agent,
     ) -> EmailMessage:
-        async with self._db.reading() as conn:
-            conversation = await queries.conversation(conn, row["conversation_id"])
-            stored = await queries.message(conn, int(payload["message"]))
-        if conversation is None or stored is None:
-            raise LookupError("the conversation or its message is gone")
         # Off the loop: its preview parses up to 32 KB of the original, 0.2 s when that is
         # nothing but nested parts, and it copies the original whole, megabytes maybe.
         return await asyncio.to_thread(
@@ -282,8 +303,8 @@ class Outbox(DrainLoop):
                 subject=conversation["subject"],
                 customer=conversation["customer"],
                 inbox=conversation["inbox"],
-                agent_name=name,
-                agent_email=email,
+                agent_name=agent.name or agent.id,
+                agent_email=agent.email,
                 sender=self._settings.notify.from_,
                 hostname=self._settings.gateway.hostname,
                 mark=alertmark.mark(self._secret, int(row["event_id"])),

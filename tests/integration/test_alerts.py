@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -242,3 +244,33 @@ def test_an_alert_in_the_hands_of_one_process_is_not_sent_by_another(
 
     asyncio.run(scenario())
     assert len(sink.received) == 1
+
+
+def test_an_alert_for_an_agent_the_conversation_has_left_is_superseded_not_sent(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    sink: Sink,
+    tmp_path: Path,
+) -> None:
+    from gateway.cli import main as gateway
+
+    settings = make_settings(notify=smtp_notify(sink.port), rules=RULES)
+    running = start_daemon(settings)
+    running.send(mail(sender="wile@acme.com"))
+    wait_until(lambda: running.events(1, "notified"), what="alice's alert")
+    running.stop()  # the outbox is held: what is queued now waits
+    config = str(tmp_path / "gateway.toml")
+    assert gateway(["assign", "1", "bob", "--by", "dave", "--config", config]) == 0
+    assert gateway(["assign", "1", "carol", "--by", "dave", "--config", config]) == 0
+    running = start_daemon(settings)
+    wait_until(lambda: len(running.events(1, "notified")) == 2, what="carol's alert")
+    running.drain()
+    assert [e.rcpt_tos for e in sink.received] == [["alice@agents.test"], ["carol@agents.test"]]
+    [superseded] = running.events(1, "notify_superseded")
+    assert superseded["agent"] == "bob"
+    assert json.loads(superseded["detail"]) == {"reason": "reassigned", "assignee": "carol"}
+    assert [r["state"] for r in running.query("SELECT state FROM outbox ORDER BY id")] == [
+        "done",
+        "done",
+        "done",
+    ]
