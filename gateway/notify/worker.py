@@ -8,16 +8,19 @@ sends the alert again, with the same Message-ID (derived from the event id).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.message import EmailMessage
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import structlog
 
@@ -33,9 +36,12 @@ from gateway.store import queries
 from gateway.store.db import Database
 
 log = structlog.get_logger("gateway.notify")
+T = TypeVar("T")
 
 ACTOR = "gateway"
 BATCH = 20
+# Far past the slowest render seen (0.2 s), well inside the lease: beyond, failed and retried.
+RENDER_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -293,7 +299,7 @@ class Outbox(DrainLoop):
     ) -> EmailMessage:
         # Off the loop: its preview parses up to 32 KB of the original, 0.2 s when that is
         # nothing but nested parts, and it copies the original whole, megabytes maybe.
-        return await asyncio.to_thread(
+        built = functools.partial(
             render,
             AlertInput(
                 event_id=int(row["event_id"]),
@@ -312,3 +318,40 @@ class Outbox(DrainLoop):
                 date=self._clock(),
             ),
         )
+        try:
+            return await _bounded(built, RENDER_SECONDS)
+        except TimeoutError:
+            raise TimeoutError(
+                f"building the alert took longer than {RENDER_SECONDS:g} s"
+            ) from None
+
+
+async def _bounded(work: Callable[[], T], seconds: float) -> T:
+    """`work`'s result from a thread of its own, or TimeoutError after `seconds`.
+
+    A thread cannot be stopped: one that overruns is left to end (or hang) on
+    its own. It is a daemon thread outside the loop's executor, so it holds up
+    neither the work that executor is shared by nor the daemon's exit
+    (asyncio.run waits for the executor's threads).
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if outcome.done():  # given up on meanwhile
+            return
+        if error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(cast(T, result))
+
+    def run() -> None:
+        try:
+            result, error = work(), None
+        except Exception as caught:
+            result, error = None, caught
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=run, name="gateway-render", daemon=True).start()
+    return await asyncio.wait_for(outcome, seconds)
