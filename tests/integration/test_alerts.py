@@ -306,3 +306,22 @@ def test_an_alert_whose_rendering_hangs_fails_and_the_next_alerts_go_on(
     finally:
         release.set()
     wait_until(lambda: running.events(1, "notified"), what="the hung alert, retried")
+
+
+def test_an_alert_goes_out_with_the_null_envelope_sender_so_bounces_reach_no_inbox(
+    alerting: RunningDaemon, sink: Sink
+) -> None:
+    alerting.send(mail(sender="wile@acme.com"))
+    [envelope] = wait_until(lambda: sink.received, what="the alert")
+    assert envelope.mail_from == "<>"  # aiosmtpd's form of MAIL FROM:<>
+    assert parsed(envelope)["From"].addresses[0].addr_spec == "gateway@gw.test"
+
+
+def test_an_alert_goes_out_from_the_bounce_address_when_one_is_set(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], sink: Sink
+) -> None:
+    notify = smtp_notify(sink.port, bounce_address="bounces@gw.test")
+    running = start_daemon(make_settings(notify=notify, rules=RULES))
+    running.send(mail(sender="wile@acme.com"))
+    [envelope] = wait_until(lambda: sink.received, what="the alert")
+    assert envelope.mail_from == "bounces@gw.test"
