@@ -24,7 +24,7 @@ from typing import Any, TypeVar, cast
 
 import structlog
 
-from gateway import alertmark
+from gateway import alertmark, alerts
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Agent, Settings
 from gateway.drainloop import POLL_SECONDS, DrainLoop
@@ -40,6 +40,7 @@ T = TypeVar("T")
 
 ACTOR = "gateway"
 BATCH = 20
+PRUNE_EVERY = timedelta(minutes=1)
 # Far past the slowest render seen (0.2 s), well inside the lease: beyond, failed and retried.
 RENDER_SECONDS = 20.0
 
@@ -89,6 +90,7 @@ class Outbox(DrainLoop):
         self._transport: Transport = transport_for(settings.notify)
         self._transport_notify = settings.notify
         self._keyword_writer = KeywordWriter(settings)
+        self._pruned_at: datetime | None = None
 
     def reload(self, settings: Settings) -> None:
         """Agents' addresses and their `notify` from the next alert on; where alerts go,
@@ -131,6 +133,7 @@ class Outbox(DrainLoop):
 
         Alerts of one drain share the transport's session; it ends with the drain.
         """
+        await self._prune()
         if self._settings.notify != self._transport_notify:
             self._transport = transport_for(self._settings.notify)
             self._transport_notify = self._settings.notify
@@ -138,6 +141,17 @@ class Outbox(DrainLoop):
             return await self._drain()
         finally:
             await self._transport.close()
+
+    async def _prune(self) -> None:
+        """Forget senders' alert counts whose hour is over, once a minute at most."""
+        now = self._clock()
+        if self._pruned_at is not None and abs(now - self._pruned_at) < PRUNE_EVERY:
+            return
+        async with self._db.transaction() as conn:
+            dropped = await alerts.forget_past_senders(conn, now)
+        self._pruned_at = now
+        if dropped:
+            log.info("alert_senders.pruned", rows=dropped)
 
     async def _drain(self) -> int:
         attempted = 0

@@ -546,6 +546,12 @@ async def count_sender_alert(conn: aiosqlite.Connection, sender: str, at: str, s
     return int(row[0])
 
 
+async def prune_sender_alerts(conn: aiosqlite.Connection, since: str) -> int:
+    """Drop the counts whose window began at or before `since` (it is over); how many."""
+    cursor = await conn.execute("DELETE FROM alert_senders WHERE window_start <= ?", (since,))
+    return cursor.rowcount
+
+
 # A lease is judged by the store's clock, the one clock every process on the database
 # shares; written in `clock.stamp`'s form (ISO 8601 UTC, fixed width) like every time.
 def _store_clock(later: str = "") -> str:

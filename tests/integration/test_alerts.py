@@ -325,3 +325,24 @@ def test_an_alert_goes_out_from_the_bounce_address_when_one_is_set(
     running.send(mail(sender="wile@acme.com"))
     [envelope] = wait_until(lambda: sink.received, what="the alert")
     assert envelope.mail_from == "bounces@gw.test"
+
+
+def test_a_senders_alert_count_is_dropped_once_its_hour_is_over(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], sink: Sink
+) -> None:
+    from datetime import timedelta
+
+    now = [datetime.now(UTC)]
+    running = start_daemon(
+        make_settings(notify=smtp_notify(sink.port), rules=RULES), clock=lambda: now[0]
+    )
+
+    def counted() -> list[str]:
+        return [r[0] for r in running.query("SELECT sender FROM alert_senders ORDER BY sender")]
+
+    running.send(mail(sender="wile@acme.com"))
+    running.drain()
+    assert counted() == ["wile@acme.com"]
+    now[0] += timedelta(hours=1, minutes=1)
+    running.send(mail(sender="road@acme.com"))  # its hour has just begun: kept
+    wait_until(lambda: counted() == ["road@acme.com"], what="wile's hour to be dropped")
