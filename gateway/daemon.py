@@ -38,7 +38,10 @@ GRACE_SECONDS = 30.0
 
 
 class Reloadable(Protocol):
-    def reload(self, settings: Settings) -> None: ...
+    def prepare(self, settings: Settings) -> Callable[[], None]:
+        """Build what `settings` needs (in a thread: files read, indexes built); the call
+        returned puts it to use, on the loop."""
+        ...
 
 
 class Daemon:
@@ -61,6 +64,8 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._reloadable: list[Reloadable] = []
+        self._reloading = asyncio.Lock()  # one SIGHUP at a time, in the order they came
+        self._reloads: set[asyncio.Task[None]] = set()
         self.bound: list[tuple[str, int]] = []
 
     def request_stop(self) -> None:
@@ -71,30 +76,44 @@ class Daemon:
     def request_reload(self) -> None:
         """Read the configuration file again; safe from any thread."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._reload)
+            self._loop.call_soon_threadsafe(self._start_reload)
+
+    def _start_reload(self) -> None:
+        task = asyncio.create_task(self._reload())
+        self._reloads.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._reloads.discard)
 
     def _status(self) -> str:
         listening = ", ".join(f"{host}:{port}" for host, port in self.bound)
         return f"accepting mail on {listening}; {len(self.settings.rules)} rules"
 
-    def _reload(self) -> None:
+    async def _reload(self) -> None:
         if self._config_path is None:
             log.warning("gateway.reload_unavailable", reason="started without a configuration file")
             return
-        self._notifier.reloading()
-        try:
-            new = config.load(self._config_path)
-        except ConfigError as error:
-            log.error(
-                "gateway.reload_refused", reason=str(error), keeping="the running configuration"
-            )
-            self._notifier.ready(self._status())
-            return
+        async with self._reloading:
+            self._notifier.reloading()
+            try:
+                # Off the loop, which goes on serving mail meanwhile: the file, the TLS
+                # certificate and users file it names are read, the rule index built.
+                new = await asyncio.to_thread(config.load, self._config_path)
+                uses = await asyncio.to_thread(
+                    lambda: [service.prepare(new) for service in self._reloadable]
+                )
+            except (ConfigError, OSError, ValueError) as error:
+                log.error(
+                    "gateway.reload_refused", reason=str(error), keeping="the running configuration"
+                )
+                self._notifier.ready(self._status())
+                return
+            self._apply(new, uses)
+
+    def _apply(self, new: Settings, uses: list[Callable[[], None]]) -> None:
         later = needs_restart(self.settings, new)
         if later:
             log.warning("gateway.reload_partial", needs_restart=later)
-        for service in self._reloadable:
-            service.reload(new)
+        for use in uses:
+            use()
         self.settings = new
         log.info(
             "gateway.reloaded",
@@ -146,7 +165,7 @@ class Daemon:
             if threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     self._loop.add_signal_handler(signum, self._stop.set)
-                self._loop.add_signal_handler(signal.SIGHUP, self._reload)
+                self._loop.add_signal_handler(signal.SIGHUP, self._start_reload)
             log.info("gateway.ready", database=db.path, smtp=self.bound)
             self._notifier.ready(self._status())
             if ready is not None:

@@ -90,12 +90,18 @@ class Outbox(DrainLoop):
         self._transport: Transport = transport_for(settings.notify)
         self._transport_notify = settings.notify
         self._keyword_writer = KeywordWriter(settings)
+        self._keywords_for = settings
         self._pruned_at: datetime | None = None
 
     def reload(self, settings: Settings) -> None:
-        """Agents' addresses and their `notify` from the next alert on; where alerts go,
-        from the next drain (a drain in progress keeps its smarthost session)."""
+        """Agents' addresses and their `notify` from the next alert on, the mailboxes and
+        tags keywords are written by from the next keywords job; where alerts go, from
+        the next drain (a drain in progress keeps its smarthost session)."""
         self._settings = settings
+
+    def prepare(self, settings: Settings) -> Callable[[], None]:
+        """`reload`, for the daemon's: nothing to build beforehand."""
+        return functools.partial(self.reload, settings)
 
     async def run(self) -> None:
         presence = self._db.presence("outbox")
@@ -243,6 +249,10 @@ class Outbox(DrainLoop):
             log.warning("alert.failed", error=error, attempts=attempts, gave_up=retry is None)
 
     async def _keywords(self, row: queries.Row, lease: str) -> None:
+        if self._keywords_for is not self._settings:  # reloaded since the last job
+            await self._keyword_writer.close()  # its sessions belong to the old settings
+            self._keyword_writer = KeywordWriter(self._settings)
+            self._keywords_for = self._settings
         conversation_id = row["conversation_id"]
         async with self._db.reading() as conn:
             found = await queries.conversation(conn, conversation_id)
