@@ -10,6 +10,8 @@ from gateway.clock import stamp
 from gateway.config import Settings
 from gateway.store import queries
 
+SENDER_WINDOW = timedelta(hours=1)  # the span of a sender's alert allowance
+
 
 async def queue_alert(
     conn: aiosqlite.Connection,
@@ -36,7 +38,7 @@ async def queue_alert(
         return False
     limit = settings.notify.max_alerts_per_sender_per_hour
     if sender and limit:
-        since = stamp(datetime.fromisoformat(at) - timedelta(hours=1))
+        since = stamp(datetime.fromisoformat(at) - SENDER_WINDOW)
         if await queries.count_sender_alert(conn, sender, at, since) > limit:
             await queries.add_event(
                 conn,
@@ -72,3 +74,9 @@ async def queue_keywords(conn: aiosqlite.Connection, conversation_id: int, at: s
         return
     event_id = await queries.latest_event(conn, conversation_id)
     await queries.enqueue(conn, "keywords", event_id, conversation_id, {}, at)
+
+
+async def forget_past_senders(conn: aiosqlite.Connection, now: datetime) -> int:
+    """Drop the senders' counts whose hour is over by `now` (a flood from many addresses
+    would otherwise stay in the store for good); how many."""
+    return await queries.prune_sender_alerts(conn, stamp(now - SENDER_WINDOW))

@@ -250,6 +250,8 @@ def describe(event: dict[str, Any]) -> str:
         return f"alert to {agent} failed: {printable(detail.get('error'))}{then}"
     if kind == "notify_skipped":
         return f"alert to {agent} held back: {printable(detail.get('why'))}"
+    if kind == "notify_superseded":
+        return f"alert to {agent} not sent: the conversation had left them"
     if kind in {"reopened", "closed"}:
         return f"{kind} by {actor}" + (f" ({detail['reason']})" if "reason" in detail else "")
     if kind == "claimed":

@@ -158,6 +158,9 @@ class NotifySection(BaseModel):
     enabled: bool = True
     backend: Literal["smtp", "file"] = "smtp"
     from_: str = Field("Assignments <gateway@localhost>", alias="from")
+    # Envelope sender of alerts, where their bounces go; none: the null sender (RFC 3834),
+    # so they go nowhere. For a smarthost that refuses MAIL FROM:<>.
+    bounce_address: str | None = Field(None, pattern=r"^[^@\s<>]+@[^@\s<>]+$")
     smtp_host: str = "localhost"
     smtp_port: int = Field(25, ge=1, le=65535)
     starttls: bool = False

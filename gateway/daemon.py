@@ -22,7 +22,7 @@ import structlog
 from gateway import alertmark, config
 from gateway.clock import Clock, utcnow
 from gateway.config import Settings
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError, StoreUnavailable
 from gateway.ingress.accept import Accept
 from gateway.ingress.imap import MailboxPoller
 from gateway.ingress.smtp import Relay, SmtpServer
@@ -30,7 +30,7 @@ from gateway.intake.parsing import ProcessParser
 from gateway.intake.worker import Intake
 from gateway.notify.worker import DEFAULT_RETRY, Outbox, RetryPolicy
 from gateway.sdnotify import Notifier
-from gateway.store.db import Database
+from gateway.store.db import Database, Sole
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -38,7 +38,10 @@ GRACE_SECONDS = 30.0
 
 
 class Reloadable(Protocol):
-    def reload(self, settings: Settings) -> None: ...
+    def prepare(self, settings: Settings) -> Callable[[], None]:
+        """Build what `settings` needs (in a thread: files read, indexes built); the call
+        returned puts it to use, on the loop."""
+        ...
 
 
 class Daemon:
@@ -61,6 +64,8 @@ class Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._reloadable: list[Reloadable] = []
+        self._reloading = asyncio.Lock()  # one SIGHUP at a time, in the order they came
+        self._reloads: set[asyncio.Task[None]] = set()
         self.bound: list[tuple[str, int]] = []
 
     def request_stop(self) -> None:
@@ -71,30 +76,44 @@ class Daemon:
     def request_reload(self) -> None:
         """Read the configuration file again; safe from any thread."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._reload)
+            self._loop.call_soon_threadsafe(self._start_reload)
+
+    def _start_reload(self) -> None:
+        task = asyncio.create_task(self._reload())
+        self._reloads.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._reloads.discard)
 
     def _status(self) -> str:
         listening = ", ".join(f"{host}:{port}" for host, port in self.bound)
         return f"accepting mail on {listening}; {len(self.settings.rules)} rules"
 
-    def _reload(self) -> None:
+    async def _reload(self) -> None:
         if self._config_path is None:
             log.warning("gateway.reload_unavailable", reason="started without a configuration file")
             return
-        self._notifier.reloading()
-        try:
-            new = config.load(self._config_path)
-        except ConfigError as error:
-            log.error(
-                "gateway.reload_refused", reason=str(error), keeping="the running configuration"
-            )
-            self._notifier.ready(self._status())
-            return
+        async with self._reloading:
+            self._notifier.reloading()
+            try:
+                # Off the loop, which goes on serving mail meanwhile: the file, the TLS
+                # certificate and users file it names are read, the rule index built.
+                new = await asyncio.to_thread(config.load, self._config_path)
+                uses = await asyncio.to_thread(
+                    lambda: [service.prepare(new) for service in self._reloadable]
+                )
+            except (ConfigError, OSError, ValueError) as error:
+                log.error(
+                    "gateway.reload_refused", reason=str(error), keeping="the running configuration"
+                )
+                self._notifier.ready(self._status())
+                return
+            self._apply(new, uses)
+
+    def _apply(self, new: Settings, uses: list[Callable[[], None]]) -> None:
         later = needs_restart(self.settings, new)
         if later:
             log.warning("gateway.reload_partial", needs_restart=later)
-        for service in self._reloadable:
-            service.reload(new)
+        for use in uses:
+            use()
         self.settings = new
         log.info(
             "gateway.reloaded",
@@ -109,8 +128,10 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         db = await Database.open(self.settings.gateway.database)
+        sole = db.sole("daemon")
         parser = ProcessParser()
         try:
+            _take(sole, db.path)
             async with db.transaction() as conn:
                 secret = await alertmark.load_secret(conn)
             accept = Accept(db, clock=self._clock)
@@ -144,7 +165,7 @@ class Daemon:
             if threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     self._loop.add_signal_handler(signum, self._stop.set)
-                self._loop.add_signal_handler(signal.SIGHUP, self._reload)
+                self._loop.add_signal_handler(signal.SIGHUP, self._start_reload)
             log.info("gateway.ready", database=db.path, smtp=self.bound)
             self._notifier.ready(self._status())
             if ready is not None:
@@ -167,7 +188,21 @@ class Daemon:
         finally:
             parser.close()
             await db.close()
+            sole.release()
         log.info("gateway.stopped")
+
+
+def _take(sole: Sole, database: str) -> None:
+    """One daemon a database: two would each take the other's work for a dead process's."""
+    try:
+        taken = sole.take()
+    except OSError as error:
+        raise StoreUnavailable(f"{sole.path}: cannot take the lock: {error.strerror}") from None
+    if not taken:
+        raise GatewayError(
+            f"{database}: another gateway holds this database;"
+            " stop it, or give this one a database of its own"
+        )
 
 
 def needs_restart(old: Settings, new: Settings) -> list[str]:

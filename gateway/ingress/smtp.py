@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import ipaddress
 import weakref
 from collections.abc import Callable
@@ -53,9 +54,17 @@ class Relay:
 
     def reload(self, settings: Settings) -> None:
         """Inboxes, allowed networks, users and limits, from the next command on."""
+        self.prepare(settings)()
+
+    def prepare(self, settings: Settings) -> Callable[[], None]:
+        """`reload` in two: the users file is read now (in a thread, at a SIGHUP), and put
+        to use by the call returned (on the loop)."""
+        return functools.partial(self._use, settings, settings.smtp.users())
+
+    def _use(self, settings: Settings, known: dict[str, users.Hashed]) -> None:
         self._inboxes = settings.inbox_map()
         self._networks: list[Network] = settings.smtp.networks()
-        self._users = settings.smtp.users()
+        self._users = known
         self.limits.connections = settings.smtp.max_connections_per_client
         self.limits.per_minute = settings.smtp.max_messages_per_minute_per_client
 

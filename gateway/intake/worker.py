@@ -7,6 +7,7 @@ the message's fault: the message stays pending and intake tries again later.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import time
 import traceback
@@ -73,8 +74,16 @@ class Intake(DrainLoop):
 
     def reload(self, settings: Settings) -> None:
         """Route from the next message on by these rules, agents, teams and rotation."""
+        self.prepare(settings)()
+
+    def prepare(self, settings: Settings) -> Callable[[], None]:
+        """`reload` in two: the rule index is built now (in a thread, at a SIGHUP), and put
+        to use by the call returned (on the loop)."""
+        return functools.partial(self._use, settings, Policy.from_settings(settings))
+
+    def _use(self, settings: Settings, policy: Policy) -> None:
         self._settings = settings
-        self._policy = Policy.from_settings(settings)
+        self._policy = policy
         self._agent_addresses = {normalize_address(a.email) for a in settings.agents}
 
     async def drain(self) -> int:

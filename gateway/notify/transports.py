@@ -33,7 +33,9 @@ class SmtpTransport:
         self._client: aiosmtplib.SMTP | None = None
 
     async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
-        sender = message["From"].addresses[0].addr_spec
+        # Not From: an alert's bounce (a typo in an agent's address, a full mailbox) must
+        # not land in that inbox, which may be one the gateway reads, nor answer back.
+        sender = self._notify.bounce_address or ""
         # Flattened off the loop: the original attached may be megabytes.
         data = await asyncio.to_thread(message.as_bytes, policy=policy.SMTP)
         if self._client is not None and self._client.is_connected:

@@ -4,7 +4,8 @@ One aiosqlite connection is shared by the daemon's tasks; a lock keeps their
 transactions from interleaving on it. Other processes (the `gateway` command)
 open their own connection; WAL, `BEGIN IMMEDIATE` and the busy timeout make
 them wait their turn rather than fail. `Presence` tells a process starting a
-job whether another is doing it too, or whoever did it is dead.
+job whether another is doing it too, or whoever did it is dead; `Sole` keeps a
+job to one process at a time.
 """
 
 from __future__ import annotations
@@ -174,50 +175,96 @@ class Database:
         """The processes doing `job` on this database (see `Presence`)."""
         return Presence(f"{self.path}-{job}.lock")
 
+    def sole(self, job: str) -> Sole:
+        """The one process that may do `job` on this database (see `Sole`)."""
+        return Sole(f"{self.path}-{job}.lock")
+
     async def close(self) -> None:
         await self._conn.close()
+
+
+def _lock(path: str, how: int) -> int:
+    """Open `path` (made if need be) and flock it `how`; the descriptor holding the lock.
+    OSError when it cannot be opened, BlockingIOError when LOCK_NB finds it held."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, how)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _let_go(fd: int | None) -> None:
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing lets go of the lock
 
 
 class Presence:
     """The processes doing one job on a database: each holds a lock file beside it.
 
     Each holds the lock shared while it does the job; the kernel lets go when
-    the process ends, SIGKILL included. One that starts and can take it
+    the process ends, SIGKILL included. One that joins and can take it
     exclusively knows no other process is doing the job: whatever is found half
-    done was left by the dead, and is its to take up before it shares the lock.
+    done was left by the dead, and is its to take up. Joining goes through a
+    gate (a second lock file, held exclusively while one joins): flock does not
+    promise that changing a lock from exclusive to shared is atomic, and no
+    other process may test the lock, and find itself alone, in between; nor
+    join while the dead's leftovers are being taken up.
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._fd: int | None = None
 
-    def alone(self) -> bool:
-        """Take the lock exclusively, if nobody holds it; whether that worked."""
+    @asynccontextmanager
+    async def joining(self) -> AsyncIterator[bool]:
+        """Join the others doing the job; the block is told whether there were none, and
+        whoever arrives meanwhile waits until it ends (waiting here off the loop)."""
+        gate: int | None = None
+        alone = False
         try:
+            gate = await asyncio.to_thread(_lock, f"{self.path}.gate", fcntl.LOCK_EX)
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError:
-            return False  # nobody can be told apart: as if others were there
+            with contextlib.suppress(BlockingIOError):
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                alone = True
+            # The others hold it shared (exclusively only behind the gate): no real wait.
+            await asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_SH)
+        except OSError:  # nobody can be told apart: as if others were there
+            self.leave()
+            alone = False
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            yield alone
+        finally:
+            _let_go(gate)
+
+    def leave(self) -> None:
+        _let_go(self._fd)
+        self._fd = None
+
+
+class Sole:
+    """A job one process at a time may do on a database (running the daemon): a lock file
+    beside it, held exclusively for the process's life; the kernel lets go when it
+    ends, SIGKILL included."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def take(self) -> bool:
+        """Hold it, unless another process does (False); OSError if the file cannot be opened."""
+        try:
+            self._fd = _lock(self.path, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         return True
 
-    async def share(self) -> None:
-        """Hold it shared from now on, alongside the others doing the job.
-
-        Waits (off the loop) while another holds it exclusively: the moment it
-        takes to clear up after the dead.
-        """
-        fd = self._fd
-        if fd is not None:
-            await asyncio.to_thread(fcntl.flock, fd, fcntl.LOCK_SH)
-
-    def leave(self) -> None:
-        if self._fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)  # closing lets go of the lock
-            self._fd = None
+    def release(self) -> None:
+        _let_go(self._fd)
+        self._fd = None
 
 
 async def _check_version(conn: aiosqlite.Connection, path: str) -> None:

@@ -536,7 +536,8 @@ async def enqueue(
     await conn.execute(
         "INSERT INTO outbox (kind, event_id, conversation_id, payload, created_at, due_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO UPDATE SET"
-        " state = 'pending', due_at = excluded.due_at, attempts = 0, leased_by = NULL"
+        " state = 'pending', due_at = excluded.due_at, attempts = 0, leased_by = NULL,"
+        " lease_until = NULL"
         " WHERE outbox.kind = 'keywords'",
         (kind, event_id, conversation_id, json.dumps(payload, ensure_ascii=False), at, at),
     )
@@ -558,26 +559,47 @@ async def count_sender_alert(conn: aiosqlite.Connection, sender: str, at: str, s
     return int(row[0])
 
 
+async def prune_sender_alerts(conn: aiosqlite.Connection, since: str) -> int:
+    """Drop the counts whose window began at or before `since` (it is over); how many."""
+    cursor = await conn.execute("DELETE FROM alert_senders WHERE window_start <= ?", (since,))
+    return cursor.rowcount
+
+
+# A lease is judged by the store's clock, the one clock every process on the database
+# shares; written in `clock.stamp`'s form (ISO 8601 UTC, fixed width) like every time.
+def _store_clock(later: str = "") -> str:
+    return f"strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now'{later})"
+
+
+_UNLEASED = f"(lease_until IS NULL OR lease_until <= {_store_clock()})"
+
+
 async def due_outbox(conn: aiosqlite.Connection, now: str, limit: int) -> list[Row]:
+    """Pending rows due at `now` that no attempt holds."""
     return await _all(
         conn,
-        "SELECT * FROM outbox WHERE state = 'pending' AND due_at <= ? ORDER BY due_at, id LIMIT ?",
+        f"SELECT * FROM outbox WHERE state = 'pending' AND due_at <= ? AND {_UNLEASED}"
+        " ORDER BY due_at, id LIMIT ?",
         (now, limit),
     )
 
 
 async def next_due(conn: aiosqlite.Connection) -> str | None:
-    row = await _one(conn, "SELECT min(due_at) AS due FROM outbox WHERE state = 'pending'")
+    """When the next row nobody holds is due (a held one is looked at again at the next poll)."""
+    row = await _one(
+        conn, f"SELECT min(due_at) AS due FROM outbox WHERE state = 'pending' AND {_UNLEASED}"
+    )
     return None if row is None or row["due"] is None else str(row["due"])
 
 
 async def claim_outbox(
-    conn: aiosqlite.Connection, outbox_id: int, now: str, until: str, owner: str
+    conn: aiosqlite.Connection, outbox_id: int, now: str, holder: str, seconds: float
 ) -> bool:
+    """Lease a due row to `holder` for `seconds` of the store's clock, unless another holds it."""
     cursor = await conn.execute(
-        "UPDATE outbox SET due_at = ?, leased_by = ?"
-        " WHERE id = ? AND state = 'pending' AND due_at <= ?",
-        (until, owner, outbox_id, now),
+        f"UPDATE outbox SET leased_by = ?, lease_until = {_store_clock(', ?')}"
+        f" WHERE id = ? AND state = 'pending' AND due_at <= ? AND {_UNLEASED}",
+        (holder, f"+{seconds} seconds", outbox_id, now),
     )
     return cursor.rowcount == 1
 
@@ -585,35 +607,33 @@ async def claim_outbox(
 async def release_leases(conn: aiosqlite.Connection, now: str) -> int:
     """Every leased row due now: for when their holders are known to be dead. How many."""
     cursor = await conn.execute(
-        "UPDATE outbox SET due_at = ?, leased_by = NULL"
+        "UPDATE outbox SET due_at = ?, leased_by = NULL, lease_until = NULL"
         " WHERE state = 'pending' AND leased_by IS NOT NULL",
         (now,),
     )
     return cursor.rowcount
 
 
-async def outbox_done(conn: aiosqlite.Connection, outbox_id: int, lease: str) -> None:
-    """Done, unless the row was queued again while this attempt ran (its lease is gone)."""
-    await conn.execute(
+async def outbox_done(conn: aiosqlite.Connection, outbox_id: int, holder: str) -> bool:
+    """Done, if `holder` still holds the row; whether it did (not when its lease passed to
+    another attempt, or the row was queued again, while it ran)."""
+    cursor = await conn.execute(
         "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL,"
-        " leased_by = NULL WHERE id = ? AND due_at = ?",
-        (outbox_id, lease),
+        " leased_by = NULL, lease_until = NULL WHERE id = ? AND leased_by = ?",
+        (outbox_id, holder),
     )
+    return cursor.rowcount == 1
 
 
 async def outbox_failed(
-    conn: aiosqlite.Connection, outbox_id: int, error: str, retry_at: str | None
-) -> None:
-    """Count the failed attempt; retry at `retry_at`, or give up (dead) when it is None."""
-    if retry_at is None:
-        await conn.execute(
-            "UPDATE outbox SET state = 'dead', attempts = attempts + 1, last_error = ?,"
-            " leased_by = NULL WHERE id = ?",
-            (error, outbox_id),
-        )
-    else:
-        await conn.execute(
-            "UPDATE outbox SET attempts = attempts + 1, last_error = ?, due_at = ?,"
-            " leased_by = NULL WHERE id = ?",
-            (error, retry_at, outbox_id),
-        )
+    conn: aiosqlite.Connection, outbox_id: int, holder: str, error: str, retry_at: str | None
+) -> bool:
+    """Count the failed attempt; retry at `retry_at`, or give up (dead) when it is None.
+    Only if `holder` still holds the row; whether it did."""
+    cursor = await conn.execute(
+        "UPDATE outbox SET state = CASE WHEN ? IS NULL THEN 'dead' ELSE state END,"
+        " due_at = coalesce(?, due_at), attempts = attempts + 1, last_error = ?,"
+        " leased_by = NULL, lease_until = NULL WHERE id = ? AND leased_by = ?",
+        (retry_at, retry_at, error, outbox_id, holder),
+    )
+    return cursor.rowcount == 1

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import threading
 from collections.abc import Callable
+from datetime import UTC, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
@@ -203,17 +207,17 @@ def test_an_alert_in_the_hands_of_one_process_is_not_sent_by_another(
     make_settings: Callable[..., Settings], sink: Sink
 ) -> None:
     import asyncio
-    from datetime import UTC, datetime, timedelta
+    import time
+    from datetime import timedelta
 
     from gateway import alertmark
     from gateway.ingress.accept import Accept
     from gateway.intake.worker import Intake
     from gateway.model import RawMail
-    from gateway.notify.worker import LEASE, Outbox
+    from gateway.notify.worker import Outbox
     from gateway.store.db import Database
 
     settings = make_settings(notify=smtp_notify(sink.port), rules=RULES)
-    now = [datetime.now(UTC)]
 
     async def scenario() -> None:
         mine = await Database.open(settings.gateway.database)
@@ -223,18 +227,122 @@ def test_an_alert_in_the_hands_of_one_process_is_not_sent_by_another(
                 secret = await alertmark.load_secret(conn)
             raw = mail(sender="wile@acme.com").as_bytes(policy=policy.SMTP)
             await Accept(mine)(RawMail("support@example.com", raw, "smtp", "w@acme.com", ()))
-            await Intake(mine, settings, secret, clock=lambda: now[0]).drain()
-            first = Outbox(mine, settings, secret, clock=lambda: now[0])
-            second = Outbox(other, settings, secret, clock=lambda: now[0])
+            await Intake(mine, settings, secret).drain()
+            first = Outbox(mine, settings, secret, lease=timedelta(seconds=0.5))
+            second = Outbox(other, settings, secret)
             async with mine.reading() as conn:
-                [row] = await queries.due_outbox(conn, stamp(now[0]), 10)
+                [row] = await queries.due_outbox(conn, stamp(datetime.now(UTC)), 10)
             assert await first._claim(row["id"])  # an attempt under way, say a slow smarthost
             assert await second.drain() == 0
-            now[0] += LEASE + timedelta(seconds=1)  # the first process died mid-attempt
-            assert await second.drain() == 1
+            # The first process died mid-attempt: its lease ends, by the store's clock.
+            deadline = time.monotonic() + 15
+            while await second.drain() == 0:
+                assert time.monotonic() < deadline, "timed out waiting for the lease to end"
+                await asyncio.sleep(0.05)
         finally:  # aiosqlite's threads would keep the test run from ending
             await mine.close()
             await other.close()
 
     asyncio.run(scenario())
     assert len(sink.received) == 1
+
+
+def test_an_alert_for_an_agent_the_conversation_has_left_is_superseded_not_sent(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    sink: Sink,
+    tmp_path: Path,
+) -> None:
+    from gateway.cli import main as gateway
+
+    settings = make_settings(notify=smtp_notify(sink.port), rules=RULES)
+    running = start_daemon(settings)
+    running.send(mail(sender="wile@acme.com"))
+    wait_until(lambda: running.events(1, "notified"), what="alice's alert")
+    running.stop()  # the outbox is held: what is queued now waits
+    config = str(tmp_path / "gateway.toml")
+    assert gateway(["assign", "1", "bob", "--by", "dave", "--config", config]) == 0
+    assert gateway(["assign", "1", "carol", "--by", "dave", "--config", config]) == 0
+    running = start_daemon(settings)
+    wait_until(lambda: len(running.events(1, "notified")) == 2, what="carol's alert")
+    running.drain()
+    assert [e.rcpt_tos for e in sink.received] == [["alice@agents.test"], ["carol@agents.test"]]
+    [superseded] = running.events(1, "notify_superseded")
+    assert superseded["agent"] == "bob"
+    assert json.loads(superseded["detail"]) == {"reason": "reassigned", "assignee": "carol"}
+    assert [r["state"] for r in running.query("SELECT state FROM outbox ORDER BY id")] == [
+        "done",
+        "done",
+        "done",
+    ]
+
+
+def test_an_alert_whose_rendering_hangs_fails_and_the_next_alerts_go_on(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    sink: Sink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from gateway.notify import render, worker
+
+    release = threading.Event()
+
+    def hangs_on_one(alert: render.AlertInput) -> EmailMessage:
+        if alert.subject == "Hangs":
+            release.wait()
+        return render.render(alert)
+
+    monkeypatch.setattr(worker, "render", hangs_on_one)
+    monkeypatch.setattr(worker, "RENDER_SECONDS", 0.5)
+    running = start_daemon(make_settings(notify=smtp_notify(sink.port), rules=RULES))
+    try:
+        running.send(mail("Hangs", sender="wile@acme.com"))
+        failed = wait_until(lambda: running.events(1, "notify_failed"), what="a failed attempt")
+        assert json.loads(failed[0]["detail"])["error"] == (
+            "TimeoutError: building the alert took longer than 0.5 s"
+        )
+        running.send(mail("Fine", sender="road@acme.com"))
+        wait_until(lambda: running.events(2, "notified"), what="the next alert")
+    finally:
+        release.set()
+    wait_until(lambda: running.events(1, "notified"), what="the hung alert, retried")
+
+
+def test_an_alert_goes_out_with_the_null_envelope_sender_so_bounces_reach_no_inbox(
+    alerting: RunningDaemon, sink: Sink
+) -> None:
+    alerting.send(mail(sender="wile@acme.com"))
+    [envelope] = wait_until(lambda: sink.received, what="the alert")
+    assert envelope.mail_from == "<>"  # aiosmtpd's form of MAIL FROM:<>
+    assert parsed(envelope)["From"].addresses[0].addr_spec == "gateway@gw.test"
+
+
+def test_an_alert_goes_out_from_the_bounce_address_when_one_is_set(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], sink: Sink
+) -> None:
+    notify = smtp_notify(sink.port, bounce_address="bounces@gw.test")
+    running = start_daemon(make_settings(notify=notify, rules=RULES))
+    running.send(mail(sender="wile@acme.com"))
+    [envelope] = wait_until(lambda: sink.received, what="the alert")
+    assert envelope.mail_from == "bounces@gw.test"
+
+
+def test_a_senders_alert_count_is_dropped_once_its_hour_is_over(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon], sink: Sink
+) -> None:
+    from datetime import timedelta
+
+    now = [datetime.now(UTC)]
+    running = start_daemon(
+        make_settings(notify=smtp_notify(sink.port), rules=RULES), clock=lambda: now[0]
+    )
+
+    def counted() -> list[str]:
+        return [r[0] for r in running.query("SELECT sender FROM alert_senders ORDER BY sender")]
+
+    running.send(mail(sender="wile@acme.com"))
+    running.drain()
+    assert counted() == ["wile@acme.com"]
+    now[0] += timedelta(hours=1, minutes=1)
+    running.send(mail(sender="road@acme.com"))  # its hour has just begun: kept
+    wait_until(lambda: counted() == ["road@acme.com"], what="wile's hour to be dropped")

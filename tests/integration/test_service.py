@@ -254,3 +254,57 @@ def test_killed_with_sigkill_it_leaves_no_process_behind(
     running.process.kill()
     running.process.communicate(timeout=10)
     wait_until(lambda: not any(_alive(pid) for pid in helpers), what="its helpers to end")
+
+
+def test_a_second_gateway_on_the_same_database_is_refused_until_the_first_is_gone(
+    service: Callable[[], Service], systemd: Systemd
+) -> None:
+    first = service()
+    systemd.wait_for("READY")
+    second = service()  # the same folder: the same database
+    _, err = second.process.communicate(timeout=60)
+    assert second.process.returncode == 1
+    assert err.splitlines()[-1] == (
+        f"{first.database}: another gateway holds this database;"
+        " stop it, or give this one a database of its own"
+    )
+    command = [sys.executable, "-m", "gateway", "conversations", "--config", str(first.config)]
+    assert subprocess.run(command, capture_output=True, timeout=60).returncode == 0
+    first.process.kill()  # SIGKILL: the kernel lets go of its lock
+    first.process.communicate(timeout=10)
+    third = service()
+    systemd.wait_for("READY")
+    third.stop()
+    assert third.process.returncode == 0
+
+
+def test_a_reload_waiting_on_a_slow_file_does_not_hold_up_mail(
+    service: Callable[[], Service], systemd: Systemd, tmp_path: Path
+) -> None:
+    running = service()
+    systemd.wait_for("READY")
+    certificate = tmp_path / "certificate.pem"
+    os.mkfifo(certificate)  # read, it waits until someone writes: a file on a stalled disk
+    listen = [f"127.0.0.1:{running.port}"]
+    running.write(smtp={**BASE["smtp"], "listen": listen, "tls_cert": str(certificate)})
+    running.process.send_signal(signal.SIGHUP)
+    systemd.wait_for("RELOADING")
+    writer = wait_until(lambda: _writer_of(certificate), what="the reload to read the file")
+    try:
+        with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+            client.sendmail("c@example.org", ["support@example.com"], mail("meanwhile").as_bytes())
+        wait_until(lambda: running.assignee_of("meanwhile"), what="the message to be routed")
+    finally:
+        os.write(writer, b"not a certificate")
+        os.close(writer)
+    systemd.wait_for("READY")
+    refused = [line for line in running.stop() if line["event"] == "gateway.reload_refused"]
+    assert "smtp.tls_cert" in refused[0]["reason"]
+
+
+def _writer_of(fifo: Path) -> int | None:
+    """The FIFO's writing end, once a reader has it open (None before)."""
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: nobody reads it yet
+        return None

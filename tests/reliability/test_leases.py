@@ -8,16 +8,18 @@ clock here never moves, so only recovery at start can send such an alert.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import SMTP
 
 import pytest
+from aiosmtpd.smtp import Envelope
 
 from gateway import alertmark
-from gateway.clock import stamp
+from gateway.clock import stamp, utcnow
 from gateway.config import Settings
 from gateway.ingress.accept import Accept
 from gateway.intake.worker import Intake
@@ -25,7 +27,7 @@ from gateway.model import RawMail
 from gateway.notify.worker import Outbox
 from gateway.store import queries
 from gateway.store.db import Database
-from tests.conftest import Sink, mail, smtp_notify
+from tests.conftest import Sink, free_port, mail, smtp_notify
 
 pytestmark = pytest.mark.integration
 
@@ -42,6 +44,17 @@ async def eventually(condition: Callable[[], object], what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
+
+
+async def drained_until(outbox: Outbox, condition: Callable[[], object], what: str) -> None:
+    """Drain `outbox` again and again until `condition` holds (a lease ending, say)."""
+    deadline = time.monotonic() + 15
+    while True:
+        await outbox.drain()
+        if condition():
+            return
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
 
 
 def alerted_events(sink: Sink) -> set[int]:
@@ -89,8 +102,8 @@ async def test_an_alert_a_dead_process_was_sending_goes_at_once_when_the_outbox_
     settings, secret, [leased, _] = store
     dead = await Database.open(settings.gateway.database)
     presence = dead.presence("outbox")
-    assert presence.alone()
-    await presence.share()
+    async with presence.joining() as alone:
+        assert alone
     assert await Outbox(dead, settings, secret, clock=frozen)._claim(leased)
     presence.leave()  # the process is killed mid-attempt: the kernel lets go of its lock
     await dead.close()
@@ -113,8 +126,8 @@ async def test_an_alert_a_live_process_is_sending_is_left_to_it(
     settings, secret, [leased, free] = store
     alive = await Database.open(settings.gateway.database)
     presence = alive.presence("outbox")
-    assert presence.alone()
-    await presence.share()
+    async with presence.joining() as alone:
+        assert alone
     assert await Outbox(alive, settings, secret, clock=frozen)._claim(leased)
 
     db = await Database.open(settings.gateway.database)
@@ -134,3 +147,73 @@ async def test_an_alert_a_live_process_is_sending_is_left_to_it(
     assert free_row["state"] == "done"
     assert (leased_row["state"], leased_row["attempts"]) == ("pending", 0)
     assert leased_row["leased_by"] is not None
+
+
+async def test_a_lease_holds_against_a_process_whose_clock_is_ahead(
+    store: tuple[Settings, bytes, list[int]], sink: Sink
+) -> None:
+    settings, secret, [leased, free] = store
+    holder = await Database.open(settings.gateway.database)
+    db = await Database.open(settings.gateway.database)
+    try:
+        assert await Outbox(holder, settings, secret, clock=frozen)._claim(leased)
+        ahead = Outbox(db, settings, secret, clock=lambda: NOW + timedelta(hours=1))
+        assert await ahead.drain() == 1  # the free alert only: the lease is the store's to judge
+    finally:
+        await holder.close()
+        await db.close()
+    assert len(sink.received) == 1
+    assert (await outbox_row(settings, leased))["state"] == "pending"
+    assert (await outbox_row(settings, free))["state"] == "done"
+
+
+class HeldSmarthost(Sink):
+    """Holds each alert until released, then gives `answer`: an attempt outliving its lease."""
+
+    def __init__(self, port: int, answer: str) -> None:
+        super().__init__(port)
+        self.answer = answer
+        self.holding = threading.Event()
+        self.release = threading.Event()
+
+    async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
+        self.holding.set()
+        await asyncio.to_thread(self.release.wait)
+        if self.answer.startswith("250"):
+            self.received.append(envelope)
+        return self.answer
+
+
+@pytest.mark.parametrize("answer", ["250 OK", "451 4.3.0 Try again later"], ids=["sent", "failed"])
+async def test_an_attempt_that_outlived_its_lease_leaves_the_row_to_the_one_that_took_it_over(
+    store: tuple[Settings, bytes, list[int]], sink: Sink, answer: str
+) -> None:
+    settings, secret, [slow_row, _] = store
+    held = HeldSmarthost(free_port(), answer)
+    held.start()
+    notify = settings.notify.model_copy(update={"smtp_port": held.port})
+    slow_db = await Database.open(settings.gateway.database)
+    db = await Database.open(settings.gateway.database)
+    try:
+        short = timedelta(seconds=0.5)
+        slow = Outbox(slow_db, settings.model_copy(update={"notify": notify}), secret, lease=short)
+        attempt = asyncio.create_task(slow.drain())
+        await eventually(held.holding.is_set, "the slow attempt to be under way")
+        taker = Outbox(db, settings, secret, clock=utcnow)
+        await drained_until(taker, lambda: len(sink.received) == 2, "the lease to end")
+        held.release.set()
+        await attempt
+    finally:
+        held.release.set()
+        held.stop()
+        await slow_db.close()
+        await db.close()
+    row = await outbox_row(settings, slow_row)
+    assert (row["state"], row["attempts"], row["last_error"]) == ("done", 1, None)
+    db = await Database.open(settings.gateway.database)
+    try:
+        async with db.reading() as conn:
+            kinds = [e["kind"] for e in await queries.events_of(conn, row["conversation_id"])]
+    finally:
+        await db.close()
+    assert kinds.count("notified") == 1 and "notify_failed" not in kinds
