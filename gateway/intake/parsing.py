@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import signal
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +45,10 @@ def extract_each(items: Sequence[Item]) -> Parsed:
 
 def _exit_with(parent: int) -> None:
     """In the worker: end when the daemon does, SIGKILL included (nothing else tells it)."""
+    # Stopping is the daemon's to do, with the batch in hand parsed first: systemd's
+    # stop (KillMode=control-group) and a terminal's Ctrl-C signal this process too.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
     def watch() -> None:
         while os.getppid() == parent:
