@@ -133,6 +133,8 @@ class _Worker:
 
 
 class ProcessParser:
+    """Intake's parser: one batch at a time (intake's loop is its one caller)."""
+
     work: Work = staticmethod(extract_each)
     timeout = TIMEOUT
 
