@@ -83,13 +83,12 @@ def _serve(conn: Connection, parent: int, work: Work) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with(parent)
-    conn.send(None)  # ready
-    while True:
-        try:
-            items = conn.recv()
-        except EOFError:
-            return
-        conn.send(work(items))
+    try:
+        conn.send(None)  # ready
+        while True:
+            conn.send(work(conn.recv()))
+    except (EOFError, OSError):
+        return  # the daemon closed its end, perhaps before this process was even up
 
 
 class _Worker:
