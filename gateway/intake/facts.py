@@ -117,6 +117,11 @@ def _address_list(values: list[str]) -> str:
     return cut[:comma] if comma > 0 else cut
 
 
+def _is_address(spec: str) -> bool:
+    """Whether `spec` is an address mail could be sent to (a bare local part is not)."""
+    return "@" in spec and not spec.startswith("@")
+
+
 def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     """(display name, addr-spec) pairs of the `name` headers, from their first PARSE_CHARS."""
     text = _address_list(_raw_values(msg, name))
@@ -135,7 +140,7 @@ def _addresses(msg: Message, name: str) -> list[tuple[str, str]]:
     return [
         (clean_text(display), clean_text(spec).strip())
         for display, spec in pairs
-        if "@" in spec and not spec.startswith("@")
+        if _is_address(spec)
     ]
 
 
@@ -244,12 +249,13 @@ def extract(raw: bytes, envelope_from: str | None = None) -> MailFacts:
 
 def facts_of(msg: Message | EmailMessage, envelope_from: str | None) -> MailFacts:
     senders = _addresses(msg, "From")
+    envelope = (envelope_from or "").strip("<>").lower()
     if senders:
         sender_name, sender = senders[0][0], senders[0][1].lower()
-    elif envelope_from:
-        sender_name, sender = "", envelope_from.strip("<>").lower()
+    elif _is_address(envelope):
+        sender_name, sender = "", envelope
     else:
-        sender_name, sender = "", None
+        sender_name, sender = "", None  # nobody to answer: routed to nobody either
     domain = sender.rpartition("@")[2] if sender and "@" in sender else None
     id_values = _raw_values(msg, "Message-ID")
     return MailFacts(

@@ -5,12 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from gateway.config import Settings
-from gateway.model import Decision, Delivery, RoutingState
+from gateway.model import Decision, Delivery, MailFacts, RoutingState
 from gateway.routing.index import RuleIndex
 from gateway.routing.rotation import GLOBAL, next_agent, team_key
 from gateway.routing.rules import CompiledRule, check_each, compile_rules
 
 AUTO_TAG = "auto"
+NO_SENDER_TAG = "no-sender"
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,19 @@ def _available(state: RoutingState, agents: tuple[str, ...]) -> set[str]:
     return {a for a in agents if state.statuses.get(a, "available") == "available"}
 
 
+def _unowned(facts: MailFacts) -> str | None:
+    """Why nobody is given this mail and no turn is spent on it, or None.
+
+    Automatic mail wants no answer; mail without a sender address (piped garbage)
+    cannot have one.
+    """
+    if facts.auto is not None:
+        return f"automatic mail ({facts.auto}) goes to the unassigned queue"
+    if facts.sender is None:
+        return "mail without a sender address goes to the unassigned queue"
+    return None
+
+
 def route(
     delivery: Delivery, policy: Policy, state: RoutingState, *, naive: bool = False
 ) -> Decision:
@@ -47,14 +61,17 @@ def route(
     `naive=True` checks every rule one by one instead: the reference that the index is
     tested and benchmarked against, to the same decision.
     """
-    auto = delivery.facts.auto
-    tags: list[str] = [AUTO_TAG] if auto is not None else []
+    facts = delivery.facts
+    unowned = _unowned(facts)
+    tags = [AUTO_TAG] if facts.auto is not None else []
+    if facts.sender is None:
+        tags.append(NO_SENDER_TAG)
     hits = check_each(policy.rules, delivery) if naive else policy.index.hits(delivery)
     for rule, matched in hits:
         tags.extend(t for t in rule.tags if t not in tags)
         if rule.assign_to is None:
             continue
-        if auto is not None:  # tags are added whatever else happens; an owner is not
+        if unowned is not None:  # tags are added whatever else happens; an owner is not
             break
         kind, target = rule.assign_to
         hit = Decision(reason="", tags=tuple(tags), rule=rule.name, matched=matched)
@@ -71,9 +88,8 @@ def route(
         return replace(
             hit, reason=reason, assignee=pick, team=target, via="team", rotation=(key, pick)
         )
-    if auto is not None:
-        reason = f"automatic mail ({auto}) goes to the unassigned queue"
-        return Decision(reason=reason, tags=tuple(tags))
+    if unowned is not None:
+        return Decision(reason=unowned, tags=tuple(tags))
     order = policy.round_robin
     if order is None:
         return Decision(reason="no rule assigns it and round-robin is off", tags=tuple(tags))

@@ -88,6 +88,32 @@ def test_ingest_of_a_bounce_with_a_null_sender(running: RunningDaemon, tmp_path:
     assert running.query("SELECT tag FROM tags")[0][0] == "auto"
 
 
+GARBAGE = b"\x00\xff this is not mail: no From, no subject\r\n"
+
+
+def test_ingest_of_garbage_without_a_sender_is_unassigned_tagged_and_takes_no_turn(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    done = run(tmp_path / "gateway.toml", "ingest", "--to", "support@example.com", stdin=GARBAGE)
+    assert done.returncode == 0, done.stderr
+    running.drain()
+    [conversation] = running.conversations()
+    assert (conversation["assignee"], conversation["customer"]) == (None, None)
+    assert [row["tag"] for row in running.query("SELECT tag FROM tags")] == ["no-sender"]
+    assert running.query("SELECT * FROM rotations") == []  # the pointer did not move
+    assert running.query("SELECT * FROM outbox") == []  # and nobody was alerted
+
+
+def test_route_says_why_mail_without_a_sender_is_left_unassigned(
+    config: Path, tmp_path: Path
+) -> None:
+    sample = tmp_path / "garbage.eml"
+    sample.write_bytes(GARBAGE)
+    view = json.loads(run(config, "route", str(sample), "--json").stdout)
+    assert (view["assignee"], view["tags"]) == (None, ["no-sender"])
+    assert view["reason"] == "mail without a sender address goes to the unassigned queue"
+
+
 def test_ingest_to_an_unknown_address_is_refused(config: Path) -> None:
     done = run(config, "ingest", "--to", "nobody@example.com", stdin=mail().as_bytes())
     assert done.returncode == 1

@@ -142,6 +142,25 @@ def test_it_says_ready_pings_the_watchdog_and_says_stopping(
     assert running.process.returncode == 0
 
 
+def test_a_stop_signalled_to_the_whole_control_group_logs_no_warning(
+    service: Callable[[], Service], systemd: Systemd
+) -> None:
+    running = service()
+    systemd.wait_for("READY")
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+        client.sendmail("c@example.org", ["support@example.com"], mail("first").as_bytes())
+        wait_until(lambda: running.assignee_of("first"), what="the parser process to work")
+        # systemd's KillMode=control-group signals the daemon's processes with the daemon;
+        # the mail it still has in hand then (here: sent after the signal) must be parsed.
+        for pid in children(running.process.pid):
+            os.kill(pid, signal.SIGTERM)
+        client.sendmail("c@example.org", ["support@example.com"], mail("in hand").as_bytes())
+    wait_until(lambda: running.assignee_of("in hand"), what="the message to be routed")
+    lines = running.stop()
+    assert running.process.returncode == 0
+    assert [line for line in lines if line["level"] in ("warning", "error", "critical")] == []
+
+
 ACME_TO_CAROL = [
     {"name": "ACME is Carol's", "sender_domain": ["acme.com"], "assign_to": "agent:carol"}
 ]

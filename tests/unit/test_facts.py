@@ -90,6 +90,13 @@ def test_encoded_subject_and_sender_are_decoded() -> None:
     assert found.references == ("one@x", "zero@x")
 
 
+def test_the_sender_is_from_else_the_envelope_and_only_ever_an_address() -> None:
+    assert extract(b"From: A <a@b.c>\r\n\r\n", "env@x.org").sender == "a@b.c"
+    assert extract(b"From: not an address\r\n\r\n", "<Env@X.org>").sender == "env@x.org"
+    assert extract(b"From: not an address\r\n\r\n", None).sender is None
+    assert extract(b"Subject: x\r\n\r\n", "postmaster").sender is None
+
+
 def test_auto_mail_is_recognised() -> None:
     base = b"From: a@b.c\r\nSubject: x\r\n"
     assert extract(base + b"Auto-Submitted: auto-replied\r\n\r\n").auto == "auto-submitted"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 
 from gateway.intake.facts import extract
@@ -47,3 +50,36 @@ async def test_a_message_that_kills_the_parser_comes_back_alone_as_an_error() ->
         assert await parser([MAIL[0]]) == [extract(*MAIL[0])]  # and it goes on working
     finally:
         parser.close()
+
+
+def hangs_on_mark(items: Sequence[Item]) -> Parsed:
+    if any(b"hang" in raw for raw, _ in items):
+        time.sleep(3600)  # as a parse caught in a loop would
+    return extract_each(items)
+
+
+class HangingParser(ProcessParser):
+    work = staticmethod(hangs_on_mark)
+    timeout = 2.0
+
+
+async def test_a_message_whose_parse_hangs_comes_back_alone_as_an_error() -> None:
+    parser = HangingParser()
+    try:
+        batch = [MAIL[0], (b"Subject: hang\r\n\r\n", None), MAIL[1]]
+        first, hung, last = await parser(batch)
+        assert first == extract(*MAIL[0]) and last == extract(*MAIL[1])
+        assert isinstance(hung, Exception) and str(hung) == "parsing took longer than 2 s"
+        assert await parser([MAIL[0]]) == [extract(*MAIL[0])]  # and it goes on working
+    finally:
+        parser.close()
+
+
+def test_a_parser_left_open_lets_the_interpreter_exit() -> None:
+    # multiprocessing joins its children at exit; this one ignores the SIGTERM it sends first.
+    script = (
+        "import asyncio; from gateway.intake.parsing import ProcessParser\n"
+        "parser = ProcessParser(); asyncio.run(parser([]))  # up, and ignoring SIGTERM"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr

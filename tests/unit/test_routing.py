@@ -110,6 +110,12 @@ def test_auto_mail_keeps_rule_tags_but_no_rule_assigns_it() -> None:
     assert decision.tags == ("auto", "billing", "mine")
 
 
+def test_mail_without_a_sender_is_unassigned_tagged_and_takes_no_turn() -> None:
+    decision = route(delivery(sender=None), policy(rotation=AGENTS), RoutingState())
+    assert (decision.assignee, decision.tags, decision.rotation) == (None, ("no-sender",), None)
+    assert decision.reason == "mail without a sender address goes to the unassigned queue"
+
+
 RULE_VALUES = st.fixed_dictionaries(
     {},
     optional={
@@ -125,7 +131,7 @@ RULE_VALUES = st.fixed_dictionaries(
     },
 )
 SUBJECTS = st.sampled_from(["", "Refund!", "refunded", "a LATE  invoice", "ärger", "Re: x"])
-SENDERS = st.sampled_from(["x@acme.com", "y@mail.acme.com", "z@b.org", "w@notacme.com", None])
+SENDERS = st.sampled_from(["x@acme.com", "y@mail.acme.com", "z@b.org", "w@notacme.com"])
 
 
 @given(
@@ -153,6 +159,36 @@ def test_the_first_assigning_rule_that_matches_wins(
         assert (decision.rule, decision.assignee) == (assigning.name, assigning.assign_to[1])
     last = len(compiled) if assigning is None else compiled.index(assigning)
     assert set(decision.tags) == {t for r in hits if compiled.index(r) <= last for t in r.tags}
+
+
+@given(
+    rules=st.lists(
+        st.tuples(RULE_VALUES, st.sampled_from(["agent:a1", "team:billing", None])), max_size=6
+    ),
+    subject=SUBJECTS,
+    auto=st.sampled_from([None, "bounce"]),
+    statuses=st.dictionaries(st.sampled_from(AGENTS), STATUS),
+    last=st.sampled_from(AGENTS),
+)
+def test_a_delivery_without_a_sender_never_takes_a_turn(
+    rules: list[tuple[dict[str, list[str]], str | None]],
+    subject: str,
+    auto: str | None,
+    statuses: dict[str, str],
+    last: str,
+) -> None:
+    configured = [
+        Rule(name=f"r{i}", assign_to=target, tags=[] if target else [f"t{i}"], **values)
+        for i, (values, target) in enumerate(rules)
+    ]
+    p = policy(configured, rotation=AGENTS, teams={"billing": ("a4", "a5")})
+    state = RoutingState(
+        statuses=statuses,  # type: ignore[arg-type]
+        last_served={GLOBAL: last, "team:billing": last},
+    )
+    decision = route(delivery(subject=subject, sender=None, auto=auto), p, state)
+    assert (decision.assignee, decision.via, decision.rotation) == (None, None, None)
+    assert "no-sender" in decision.tags
 
 
 def test_keyword_is_whole_words_casefolded() -> None:
