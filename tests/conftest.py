@@ -189,8 +189,10 @@ class RunningDaemon:
 def start_daemon() -> Iterator[Callable[..., RunningDaemon]]:
     running: list[RunningDaemon] = []
 
-    def start(settings: Settings, clock: Clock = utcnow) -> RunningDaemon:
-        daemon = Daemon(settings, clock=clock, retry=FAST_RETRY, grace=5)
+    def start(
+        settings: Settings, clock: Clock = utcnow, config_path: Path | None = None
+    ) -> RunningDaemon:
+        daemon = Daemon(settings, config_path=config_path, clock=clock, retry=FAST_RETRY, grace=5)
         ready = threading.Event()
         handle = RunningDaemon(daemon, threading.Thread(daemon=True), settings)
 

@@ -6,7 +6,8 @@ for a client outside `allowed_networks` (as Postfix does with delayed
 rejection), 451 at MAIL beyond a client's messages a minute, 550 at RCPT for an
 address that is no inbox, 552 for an oversized message (aiosmtpd enforces
 SIZE). STARTTLS when a certificate is configured; AUTH PLAIN/LOGIN only after
-it, against the users file.
+it, against the users file. Anything unexpected answers 451 with a reference the
+log line carries too: an exception's text never goes to the client.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ipaddress
+import secrets
 import weakref
 from collections.abc import Callable
 from typing import Any, AnyStr
@@ -44,6 +46,11 @@ class Relay:
 
     def __init__(self, settings: Settings, accept: Accept) -> None:
         self._accept = accept
+        # Per transaction, the inboxes its recipients named when RCPT accepted them: a
+        # reload before DATA cannot take back what was promised.
+        self._routes: weakref.WeakKeyDictionary[Envelope, dict[str, list[str]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.limits = ClientLimits(0, 0)
         self.reload(settings)
         self._in_flight = 0
@@ -135,8 +142,11 @@ class Relay:
         refusal = self._refusal(session)
         if refusal:
             return refusal
-        if normalize_address(address) not in self._inboxes:
+        inbox = self._inboxes.get(normalize_address(address))
+        if inbox is None:
             return f"550 5.1.1 <{address}>: no inbox here by that address"
+        routes = self._routes.setdefault(envelope, {})
+        routes.setdefault(inbox, []).append(clean_text(address))
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 OK"
@@ -148,10 +158,7 @@ class Relay:
         # aiosmtpd hands over 8-bit envelope addresses as surrogates: make them storable.
         mail_from = clean_text(envelope.mail_from or "")
         sender = "" if mail_from in ("<>", "") else mail_from
-        by_inbox: dict[str, list[str]] = {}
-        for rcpt in envelope.rcpt_tos:
-            inbox = self._inboxes[normalize_address(rcpt)]
-            by_inbox.setdefault(inbox, []).append(clean_text(rcpt))
+        by_inbox = self._routes.pop(envelope)  # a KeyError here is a bug: 451, never a loss
         self._in_flight += 1
         self._idle.clear()
         try:
@@ -160,9 +167,8 @@ class Relay:
         except StoreUnavailable as error:
             log.error("smtp.store_failed", error=str(error), peer=str(session.peer))
             return "451 4.3.0 The message could not be stored; please try again later"
-        except Exception:  # not the sender's fault, and never a traceback on the wire
-            log.exception("smtp.accept_failed", peer=str(session.peer))
-            return "451 4.3.0 The message could not be stored; please try again later"
+        except Exception as error:  # answered here, so that aiosmtpd starts the next transaction
+            return internal_error(error, peer=str(session.peer))
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
@@ -173,8 +179,20 @@ class Relay:
         """Wait for the DATA transactions in flight to be answered."""
         await self._idle.wait()
 
+    async def handle_exception(self, error: Exception) -> str:
+        """aiosmtpd's answer to anything a hook (or aiosmtpd itself) raised."""
+        return internal_error(error)
+
 
 CLOSING = "421 4.3.2 Shutting down, try again later"
+
+
+def internal_error(error: BaseException, **fields: str) -> str:
+    """The 451 for a bug: not the sender's fault, worth a retry, and with a reference
+    that finds the traceback in the log."""
+    ref = secrets.token_hex(6)
+    log.error("smtp.internal_error", ref=ref, exc_info=error, **fields)
+    return f"451 4.3.0 Internal error, reference {ref}; please try again later"
 
 
 def client_of(session: Session) -> str:
