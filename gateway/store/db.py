@@ -51,7 +51,10 @@ class _Connection(aiosqlite.Connection):
     BEGIN IMMEDIATE and COMMIT this process holds the write lock, so a statement
     there never waits on another writer and takes microseconds: `inline` runs
     those directly. What can wait (taking the lock, the commit's fsync) still
-    goes through aiosqlite's thread.
+    goes through aiosqlite's thread. aiosqlite has no public way to run a call
+    on the caller's thread: `_execute` is its private hook, so pyproject.toml
+    pins aiosqlite's tested versions and tests/unit/test_library_hooks.py
+    fails if the hook changes.
     """
 
     inline = False
