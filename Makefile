@@ -8,12 +8,13 @@ PYTHON ?= python3
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.runtime: pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/pip install --quiet --editable .
+# constraints.txt: the exact versions tested, so a green run stays green.
+$(VENV)/.runtime: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --constraint constraints.txt --editable .
 	touch $@
 
-$(VENV)/.test: pyproject.toml | $(VENV)/bin/python
-	$(VENV)/bin/pip install --quiet --editable '.[test]'
+$(VENV)/.test: pyproject.toml constraints.txt | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet --constraint constraints.txt --editable '.[test]'
 	touch $@ $(VENV)/.runtime
 
 run: $(VENV)/.runtime  ## the daemon on the trial configuration

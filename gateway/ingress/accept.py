@@ -31,6 +31,10 @@ Also = Callable[[aiosqlite.Connection, str], Awaitable[None]]  # (connection, de
 
 # Messages per commit. SQLite binds at most 32,766 values; each message takes 7.
 GROUP_LIMIT = 256
+# Raw bytes per commit, unless one caller's mail alone is more: a caller waits for its own
+# mail and at most this much of others' to be written, and sqlite3 copies each value it
+# binds holding the GIL, which the loop's thread needs too.
+GROUP_BYTES = 8 * 1024 * 1024
 OFF_LOOP_BYTES = 1024 * 1024
 
 
@@ -41,6 +45,10 @@ class _Unit:
     mails: list[tuple[RawMail, str]]  # (mail, dedup key)
     also: list[Also | None]
     done: asyncio.Future[list[int | None]]
+
+    @property
+    def size(self) -> int:
+        return sum(len(mail.raw) for mail, _ in self.mails)
 
 
 class Accept:
@@ -87,9 +95,12 @@ class Accept:
         """Commit what waits, group after group, until nothing does."""
         while self._waiting:
             group = [self._waiting.popleft()]
-            count = len(group[0].mails)
-            while self._waiting and count + len(self._waiting[0].mails) <= GROUP_LIMIT:
-                count += len(self._waiting[0].mails)
+            count, size = len(group[0].mails), group[0].size
+            while self._waiting:
+                unit = self._waiting[0]
+                if count + len(unit.mails) > GROUP_LIMIT or size + unit.size > GROUP_BYTES:
+                    break
+                count, size = count + len(unit.mails), size + unit.size
                 group.append(self._waiting.popleft())
             try:
                 results = await self._commit(group)
@@ -114,7 +125,8 @@ class Accept:
                 self.on_stored()
 
     async def _commit(self, group: list[_Unit]) -> list[list[int | None]]:
-        async with self._db.transaction() as conn:
+        # Off the loop's thread: its INSERT carries megabytes, and it is a few statements.
+        async with self._db.transaction(inline=False) as conn:
             flat = [mail for unit in group for mail in unit.mails]
             ids = await queries.insert_messages(conn, flat, stamp(self._clock()))
             results = []

@@ -51,8 +51,12 @@ class _Connection(aiosqlite.Connection):
     of loop time each; intake's transaction has some thirty per message. Between
     BEGIN IMMEDIATE and COMMIT this process holds the write lock, so a statement
     there never waits on another writer and takes microseconds: `inline` runs
-    those directly. What can wait (taking the lock, the commit's fsync) still
-    goes through aiosqlite's thread.
+    those directly, unless they carry megabytes (accept's raw mail), which
+    `transaction(inline=False)` keeps on aiosqlite's thread. What can wait
+    (taking the lock, the commit's fsync) always goes through aiosqlite's thread.
+    aiosqlite has no public way to run a call on the caller's thread: `_execute`
+    is its private hook, so pyproject.toml pins aiosqlite's tested versions and
+    tests/unit/test_library_hooks.py fails if the hook changes.
     """
 
     inline = False
@@ -128,15 +132,19 @@ class Database:
         return cls(conn, path)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; StoreUnavailable when SQLite cannot take or commit it."""
+    async def transaction(self, *, inline: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; StoreUnavailable when SQLite cannot take or commit it.
+
+        Its statements run on the loop's thread (see `_Connection`); `inline=False`
+        for statements big enough to stall the loop.
+        """
         async with self._lock:
             try:
                 await self._conn.execute("BEGIN IMMEDIATE")
             except sqlite3.Error as error:
                 raise StoreUnavailable(f"the database is unavailable: {error}") from None
             try:
-                self._conn.inline = True
+                self._conn.inline = inline
                 try:
                     yield self._conn
                 finally:

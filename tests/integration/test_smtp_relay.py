@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import smtplib
 import sqlite3
 from collections.abc import Callable
 from email.policy import SMTP
+from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from gateway.config import Settings
+from gateway.ingress.smtp import Relay
 from tests.conftest import RunningDaemon, mail, wait_until
 
 pytestmark = pytest.mark.integration
@@ -206,3 +210,58 @@ def test_mail_breaking_the_line_limit_is_stored_byte_for_byte_not_bounced(
     assert bytes(row["raw"]) == raw + b"\r\n"
     daemon.drain()
     assert daemon.query("SELECT state FROM messages")[0][0] == "routed"
+
+
+def _rcpt_code(port: int, recipient: str) -> int:
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        client.ehlo()
+        client.mail("customer@example.org")
+        return client.rcpt(recipient)[0]
+
+
+def test_an_inbox_removed_by_a_reload_after_rcpt_still_gets_the_message_it_accepted(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    tmp_path: Path,
+) -> None:
+    running = start_daemon(make_settings(), config_path=tmp_path / "gateway.toml")
+    with smtplib.SMTP("127.0.0.1", running.port) as client:
+        client.ehlo()
+        client.mail("customer@example.org")
+        assert client.rcpt("sales@example.com")[0] == 250
+        make_settings(inboxes=[{"address": "support@example.com"}])  # rewrites the file
+        running.daemon.request_reload()
+        wait_until(lambda: _rcpt_code(running.port, "sales@example.com") == 550, what="the reload")
+        code, _ = client.data(mail("accepted before", to="sales@example.com").as_bytes())
+    assert code == 250
+    [row] = running.query("SELECT inbox FROM messages")
+    assert row["inbox"] == "sales@example.com"
+
+
+@pytest.mark.parametrize("hook", ["MAIL", "RCPT", "DATA"])
+def test_a_bug_in_a_hook_answers_451_with_a_reference_the_log_carries_and_no_exception_text(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    monkeypatch: pytest.MonkeyPatch,
+    hook: str,
+) -> None:
+    async def bug(*args: object) -> str:
+        raise KeyError("secret internals")
+
+    # The relay, but with a bug in one hook (aiosmtpd looks hooks up by name).
+    broken = type("Broken", (Relay,), {f"handle_{hook}": bug})
+    monkeypatch.setattr("gateway.daemon.Relay", broken)
+    running = start_daemon(make_settings())
+    with capture_logs() as logs, smtplib.SMTP("127.0.0.1", running.port) as client:
+        client.ehlo()
+        code, text = client.mail("customer@example.org")
+        if hook != "MAIL":
+            code, text = client.rcpt("support@example.com")
+        if hook == "DATA":
+            code, text = client.data(mail().as_bytes())
+    assert code == 451
+    found = re.fullmatch(rb"4\.3\.0 Internal error, reference (\w+); please try again later", text)
+    assert found is not None, text
+    [logged] = [line for line in logs if line["event"] == "smtp.internal_error"]
+    assert logged["ref"] == found[1].decode()
+    assert running.query("SELECT count(*) FROM messages")[0][0] == 0

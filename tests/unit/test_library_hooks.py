@@ -1,0 +1,95 @@
+"""The libraries' internals the gateway leans on, as the versions pyproject.toml pins have them.
+
+A new aiosmtpd or aiosqlite that changes one fails here, naming the hook, rather than
+somewhere downstream.
+"""
+
+from __future__ import annotations
+
+import inspect
+import smtplib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiosqlite
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from gateway.ingress.smtp import TOO_BIG_REPLIES
+from gateway.store.db import Database
+from tests.conftest import free_port
+
+
+class Taker:
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 OK"
+
+
+@pytest.fixture
+def plain_aiosmtpd() -> Iterator[int]:
+    """aiosmtpd as it comes (a 1,000-octet size limit, its own line limit): its port."""
+    controller = Controller(Taker(), hostname="127.0.0.1", port=free_port(), data_size_limit=1000)
+    controller.start()
+    yield controller.port
+    controller.stop()
+
+
+def _data(port: int, raw: bytes) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", port) as client:
+        client.ehlo()
+        client.mail("a@example.org")
+        client.rcpt("b@example.org")
+        code, text = client.data(raw)
+    return code, f"{code} {text.decode()}"
+
+
+def test_aiosmtpds_reply_to_a_declared_size_over_the_limit_is_one_the_relay_rewrites(
+    plain_aiosmtpd: int,
+) -> None:
+    with smtplib.SMTP("127.0.0.1", plain_aiosmtpd) as client:
+        client.ehlo()
+        code, text = client.mail("a@example.org", ["SIZE=5000"])
+    assert code == 552 and f"{code} {text.decode()}".startswith(TOO_BIG_REPLIES)
+
+
+def test_aiosmtpds_reply_to_data_over_the_size_limit_is_one_the_relay_rewrites(
+    plain_aiosmtpd: int,
+) -> None:
+    code, reply = _data(plain_aiosmtpd, (b"x" * 98 + b"\r\n") * 20)
+    assert code == 552 and reply.startswith(TOO_BIG_REPLIES)
+
+
+def test_aiosmtpds_reply_to_a_data_line_over_its_limit_is_one_the_relay_rewrites(
+    plain_aiosmtpd: int,
+) -> None:
+    code, reply = _data(plain_aiosmtpd, b"x" * (SMTP.line_length_limit + 10) + b"\r\n")
+    assert code == 500 and reply.startswith(TOO_BIG_REPLIES)
+
+
+def test_aiosqlite_hands_every_call_to_the_execute_the_store_overrides() -> None:
+    execute = aiosqlite.Connection._execute
+    assert inspect.iscoroutinefunction(execute)
+    assert list(inspect.signature(execute).parameters) == ["self", "fn", "args", "kwargs"]
+
+
+async def test_statements_in_a_transaction_run_on_the_loops_thread_others_on_aiosqlites(
+    tmp_path: Path,
+) -> None:
+    db = await Database.open(str(tmp_path / "gateway.db"))
+    threads: dict[str, int] = {}
+
+    def record(sql: str) -> None:
+        threads[sql] = threading.get_ident()
+
+    try:
+        async with db.transaction() as conn:
+            await conn.set_trace_callback(record)
+            await conn.execute("SELECT 'inside'")
+        async with db.reading() as conn:
+            await conn.execute("SELECT 'outside'")
+    finally:
+        await db.close()
+    assert threads["SELECT 'inside'"] == threading.get_ident()
+    assert threads["SELECT 'outside'"] != threading.get_ident()
