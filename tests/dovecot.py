@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 
 CONFIG = """\
@@ -116,10 +117,13 @@ class Dovecot:
         self.client_logins += 1  # the log counts them beside the gateway's
         return client
 
-    def append(self, user: str, raw: bytes, folder: str = "INBOX") -> None:
+    def append(
+        self, user: str, raw: bytes, folder: str = "INBOX", date: datetime | None = None
+    ) -> None:
+        """APPEND as another client would; `date` is its INTERNALDATE (default: now)."""
         client = self.client(user)
         try:
-            status, _ = client.append(folder, "", None, raw)
+            status, _ = client.append(folder, "", date, raw)
             assert status == "OK"
         finally:
             client.logout()

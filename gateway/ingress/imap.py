@@ -68,9 +68,6 @@ class MailboxPoller:
         self._clock = clock
         self._jitter = jitter
         self._stop = asyncio.Event()
-        # While rescanning a renumbered folder: (first contact, UIDNEXT at the change). Only
-        # UIDs below that UIDNEXT are the old mail; what comes after is new, whatever its date.
-        self._rescan: tuple[datetime, int] | None = None
         self.name = f"{inbox.imap.username}@{inbox.imap.host}/{inbox.imap.folder}"
         self._log = log.bind(mailbox=self.name)  # every line names the mailbox it is about
 
@@ -156,11 +153,10 @@ class MailboxPoller:
                     now=uidvalidity,
                     action="rescan; dedup keeps routed mail once",
                 )
-                cursor = queries.Cursor(uidvalidity, 0, cursor.first_connected_at)
-                if self._imap.initial_sync == "new":
-                    # INTERNALDATE has whole seconds: the first contact's own second is new.
-                    first = datetime.fromisoformat(cursor.first_connected_at)
-                    self._rescan = (first.replace(microsecond=0), uidnext)
+                # Kept with the cursor: a restart halfway through the rescan still knows
+                # which mail is the old one.
+                rescan = uidnext if self._imap.initial_sync == "new" else None
+                cursor = queries.Cursor(uidvalidity, 0, cursor.first_connected_at, rescan)
             await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, cursor)
         return cursor
 
@@ -196,8 +192,6 @@ class MailboxPoller:
                 # Never move the checkpoint past a message not read: the next
                 # session asks again (one expunged meanwhile is simply gone).
                 raise MailboxError(f"message UID {unread[0]} could not be read; trying again")
-        if self._rescan is not None and cursor.last_uid >= self._rescan[1] - 1:
-            self._rescan = None  # the renumbered mail is all seen again
         return cursor
 
     async def _store(
@@ -206,12 +200,14 @@ class MailboxPoller:
         """Store a fetched batch in one commit, each message with its checkpoint."""
         taken: list[int] = []
         items: list[tuple[RawMail, Also | None]] = []
+        # INTERNALDATE has whole seconds: the first contact's own second is new.
+        first_contact = datetime.fromisoformat(cursor.first_connected_at).replace(microsecond=0)
         for uid, internaldate, raw in fetched:
             old = (
-                self._rescan is not None
-                and uid < self._rescan[1]
+                cursor.rescan_below_uid is not None
+                and uid < cursor.rescan_below_uid
                 and internaldate is not None
-                and internaldate < self._rescan[0]
+                and internaldate < first_contact
             )
             if not old:  # after a renumbering, mail from before the first contact stays alone
                 taken.append(uid)
@@ -224,18 +220,14 @@ class MailboxPoller:
         stored = await self._accept.together(items) if items else []
         for uid, message in zip(taken, stored, strict=True):
             self._log.info("imap.taken", uid=uid, message=message, duplicate=message is None)
-        moved = queries.Cursor(
-            cursor.uidvalidity, max(fetched[-1][0], cursor.last_uid), cursor.first_connected_at
-        )
+        moved = cursor.moved_to(fetched[-1][0])
         if not taken or taken[-1] != fetched[-1][0]:
             async with self._db.transaction() as conn:
                 await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)
         return moved
 
     def _checkpoint(self, cursor: queries.Cursor, uid: int) -> Also:
-        moved = queries.Cursor(
-            cursor.uidvalidity, max(uid, cursor.last_uid), cursor.first_connected_at
-        )
+        moved = cursor.moved_to(uid)
 
         async def write(conn: aiosqlite.Connection, key: str) -> None:
             await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime, timedelta
 from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from gateway.config import Settings
@@ -175,6 +177,54 @@ def test_a_uidvalidity_change_routes_nothing_twice(
     running.drain()
     assert running.query("SELECT count(*) FROM messages")[0][0] == 4
     assert len(running.conversations()) == 4
+
+
+def test_a_restart_right_after_a_uidvalidity_change_still_leaves_older_mail_alone(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    before_first_contact = datetime.now(UTC) - timedelta(hours=1)
+    older = [raw(f"older {n}") for n in range(5)]
+    dovecot.create("support", "Support")
+    for message in older:
+        dovecot.append("support", message, "Support", date=before_first_contact)
+    settings = imap_settings(folder="Support", initial_sync="new")
+    first = start_daemon(settings)
+    connected(first)
+    first.stop()
+    [(before,)] = first.query("SELECT uidvalidity FROM imap_cursors")
+    dovecot.recreate("support", "Support")  # the same older mail again, renumbered
+    for message in older:
+        dovecot.append("support", message, "Support", date=before_first_contact)
+
+    crashed: list[str] = []
+
+    def crash_after_the_reset(_: Any, __: str, entry: MutableMapping[str, Any]) -> Any:
+        # The session fails right after committing the reset, and the daemon is
+        # stopped before the poller tries again: as if the process died there.
+        if entry["event"] == "imap.connected" and not crashed:
+            crashed.append(entry["event"])
+            raise RuntimeError("the process dies here")
+        return entry
+
+    with capture_logs() as logs:
+        structlog.get_config()["processors"].insert(0, crash_after_the_reset)
+        second = start_daemon(settings)
+        wait_until(lambda: any(e["event"] == "imap.failed" for e in logs), what="the crash")
+        second.stop()
+    # Stopped right after the reset: the new numbering is kept, none of it scanned yet.
+    [(uidvalidity, last_uid)] = second.query("SELECT uidvalidity, last_uid FROM imap_cursors")
+    assert (uidvalidity != before, last_uid) == (True, 0)
+
+    third = start_daemon(settings)
+    wait_until(
+        lambda: third.query("SELECT last_uid FROM imap_cursors")[0][0] == 5, what="the rescan"
+    )
+    dovecot.append("support", raw("new after the change"), "Support")
+    wait_until(lambda: third.conversations(), what="the new message routed")
+    assert routed_subjects(third) == ["new after the change"]
+    assert third.query("SELECT count(*) FROM messages")[0][0] == 1
 
 
 def test_a_wrong_password_stops_only_its_own_mailbox(
