@@ -390,3 +390,44 @@ def test_keywords_for_many_conversations_take_one_login_not_one_each(
     )
     logins = (dovecot.folder / "dovecot.log").read_text().count("Login: user=<support>")
     assert logins - dovecot.client_logins <= 2  # the poller's session and the keyword writer's
+
+
+def test_a_message_over_the_size_limit_is_routed_from_its_header_and_the_next_one_too(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    running = start_daemon(imap_settings())  # smtp.max_message_size is 100KB
+    connected(running)
+    huge = mail("All the logs", body="2026-11-30 the printer failed again\n" * 8000)
+    dovecot.append("support", huge.as_bytes(policy=SMTP))  # 300 KB
+    dovecot.append("support", raw("A small one after it"))
+    wait_until(lambda: len(running.conversations()) == 2, what="both routed")
+    assert sorted(routed_subjects(running)) == ["A small one after it", "All the logs"]
+    [(size,)] = running.query("SELECT length(raw) FROM messages WHERE subject = 'All the logs'")
+    assert size < 2000  # its header only
+    assert running.query("SELECT last_uid FROM imap_cursors")[0][0] == 2
+    alerts = Path(running.settings.notify.file_dir)
+    alert = wait_until(
+        lambda: [a for a in alerts.glob("*.eml") if b"All the logs" in a.read_bytes()],
+        what="the alert",
+    )[0].read_text()
+    assert "too large to attach" in alert
+
+
+def test_a_backlog_of_large_messages_is_fetched_in_batches_bounded_in_bytes(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+    tmp_path: Path,
+) -> None:
+    smtp = {"listen": ["127.0.0.1:0"], "max_message_size": "10MB"}
+    inbox = imap_inbox(dovecot, tmp_path, initial_sync="all")
+    for n in range(3):  # 3 MB each: two fit in a batch's 8 MiB, three do not
+        body = ("y" * 76 + "\n") * 40_000
+        dovecot.append("support", mail(f"Large {n}", body=body).as_bytes(policy=SMTP))
+    running = start_daemon(make_settings(smtp=smtp, inboxes=[inbox]))
+    wait_until(lambda: len(running.conversations()) == 3, what="all three routed")
+    # Each batch is stored in one commit, stamped with its time.
+    commits = running.query("SELECT received_at, count(*) FROM messages GROUP BY 1 ORDER BY 1")
+    assert [count for _, count in commits] == [2, 1]
