@@ -32,6 +32,7 @@ from gateway.config import ImapSection, Inbox
 from gateway.imapsession import (
     Interrupted,
     MailboxError,
+    name,
     open_mailbox,
     text,
     unless,
@@ -77,7 +78,7 @@ class MailboxPoller:
         self._clock = clock
         self._jitter = jitter
         self._stop = asyncio.Event()
-        self.name = f"{inbox.imap.username}@{inbox.imap.host}/{inbox.imap.folder}"
+        self.name = name(inbox.imap)
         self._log = log.bind(mailbox=self.name)  # every line names the mailbox it is about
 
     def stop(self) -> None:

@@ -431,3 +431,33 @@ def test_a_backlog_of_large_messages_is_fetched_in_batches_bounded_in_bytes(
     # Each batch is stored in one commit, stamped with its time.
     commits = running.query("SELECT received_at, count(*) FROM messages GROUP BY 1 ORDER BY 1")
     assert [count for _, count in commits] == [2, 1]
+
+
+def test_a_stop_says_goodbye_to_the_mailbox_it_idles_on(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    running = start_daemon(imap_settings(mode="idle"))
+    connected(running)
+    with capture_logs() as logs:
+        running.stop()
+    assert not [e for e in logs if e["event"] == "imap.logout_unanswered"]
+    sessions = (dovecot.folder / "dovecot.log").read_text().count("Login: user=<support>")
+    wait_until(
+        lambda: (dovecot.folder / "dovecot.log").read_text().count("Logged out") == sessions,
+        what="Dovecot to see the LOGOUT",
+    )
+
+
+def test_a_stop_gives_up_the_goodbye_a_hung_server_does_not_answer(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    running = start_daemon(imap_settings(mode="idle"))
+    connected(running)
+    with dovecot.frozen("support"), capture_logs() as logs:
+        running.stop()
+    # Given up after a second, not five: a stop is not held by a server that hangs.
+    assert [e["event"] for e in logs if e["event"] == "imap.logout_unanswered"]
