@@ -155,8 +155,9 @@ class Daemon:
             accept.on_stored = intake.wake
             relay = Relay(self.settings, accept)
             smtp = SmtpServer(self.settings, relay)
+            size = self.settings.smtp.max_message_size  # IMAP mail over it: its header only
             pollers = [
-                MailboxPoller(db, inbox, accept, clock=self._clock)
+                MailboxPoller(db, inbox, accept, max_size=size, clock=self._clock)
                 for inbox in self.settings.inboxes
                 if inbox.imap is not None
             ]

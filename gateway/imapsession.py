@@ -12,10 +12,14 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import aioimaplib
+import structlog
 
 from gateway.config import ImapSection
 
+log = structlog.get_logger("gateway.imap")
+
 TIMEOUT_SECONDS = 30.0
+GOODBYE_SECONDS = 1.0  # LOGOUT is answered at once: a stop is not held by a server that hangs
 T = TypeVar("T")
 
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
@@ -69,7 +73,7 @@ async def open_mailbox(imap: ImapSection) -> AsyncIterator[Mailbox]:
             lost,
         )
     finally:
-        await _close(client)
+        await _close(client, imap)
 
 
 class Interrupted(OSError):
@@ -105,17 +109,33 @@ def number(pattern: re.Pattern[bytes], lines: list[bytes | bytearray]) -> int | 
     return None
 
 
+def name(imap: ImapSection) -> str:
+    """How logs name the mailbox."""
+    return f"{imap.username}@{imap.host}/{imap.folder}"
+
+
 def text(lines: list[bytes | bytearray]) -> str:
     return " ".join(bytes(line).decode("utf-8", "replace") for line in lines).strip()
 
 
-async def _close(client: aioimaplib.IMAP4) -> None:
-    # The link may be gone already; then there is nothing left to say goodbye on.
-    with contextlib.suppress(Exception):
-        if client.has_pending_idle():
-            client.idle_done()  # else the server answers nothing until DONE
-        if client.get_state() in ("AUTH", "SELECTED"):
-            await asyncio.wait_for(client.logout(), 5)
-    transport = client.protocol.transport if client.protocol else None
-    if transport is not None:
-        transport.close()
+async def _close(client: aioimaplib.IMAP4, imap: ImapSection) -> None:
+    """Say goodbye if the server answers in time; close the link whatever happens (a stop
+    cancelling the session while it says goodbye included)."""
+    try:
+        await asyncio.wait_for(_logout(client), GOODBYE_SECONDS)
+    except TimeoutError:
+        log.warning("imap.logout_unanswered", mailbox=name(imap), waited=GOODBYE_SECONDS)
+    except Exception:  # the link is gone already: nothing left to say goodbye on
+        pass
+    finally:
+        transport = client.protocol.transport if client.protocol else None
+        if transport is not None:
+            transport.close()
+
+
+async def _logout(client: aioimaplib.IMAP4) -> None:
+    if client.has_pending_idle():
+        client.idle_done()  # else the server answers nothing until DONE
+    if client.get_state() in ("AUTH", "SELECTED"):
+        # aioimaplib sends it once the command before (the IDLE) has its tagged answer.
+        await client.logout()

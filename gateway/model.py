@@ -9,6 +9,8 @@ Source = Literal["smtp", "imap", "ingest"]
 Via = Literal["rule", "team", "round_robin"]
 Status = Literal["available", "away", "dnd"]
 STATUSES: tuple[Status, ...] = ("available", "away", "dnd")
+# Heads a message stored by its header alone (over smtp.max_message_size), with its size.
+TOO_LARGE = "X-Gateway-Too-Large"
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import imaplib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 CONFIG = """\
@@ -109,6 +113,29 @@ class Dovecot:
                 time.sleep(0.05)
             self._process = None
 
+    @contextlib.contextmanager
+    def frozen(self, user: str) -> Iterator[None]:
+        """Every open session of `user` stops answering (SIGSTOP) until the block ends: a
+        server that hangs with the connection open."""
+        deadline = time.monotonic() + 10
+        while True:  # Dovecot's log process writes the login a moment later
+            log = (self.folder / "dovecot.log").read_text()
+            sessions = [int(pid) for pid in re.findall(rf"Login: user=<{user}>.*mpid=(\d+)", log)]
+            live = [pid for pid in sessions if _is_imap_process(pid)]
+            if live:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no open session of {user} to freeze")
+            time.sleep(0.05)
+        for pid in live:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in live:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def client(self, user: str) -> imaplib.IMAP4:
         """A second client, as an agent's mail program would be."""
         client = imaplib.IMAP4("127.0.0.1", self.port)
@@ -116,10 +143,13 @@ class Dovecot:
         self.client_logins += 1  # the log counts them beside the gateway's
         return client
 
-    def append(self, user: str, raw: bytes, folder: str = "INBOX") -> None:
+    def append(
+        self, user: str, raw: bytes, folder: str = "INBOX", date: datetime | None = None
+    ) -> None:
+        """APPEND as another client would; `date` is its INTERNALDATE (default: now)."""
         client = self.client(user)
         try:
-            status, _ = client.append(folder, "", None, raw)
+            status, _ = client.append(folder, "", date, raw)
             assert status == "OK"
         finally:
             client.logout()
@@ -166,3 +196,11 @@ class Dovecot:
             client.create(folder)
         finally:
             client.logout()
+
+
+def _is_imap_process(pid: int) -> bool:
+    """Still a Dovecot IMAP session (its process may have ended, its pid taken since)."""
+    try:
+        return b"imap" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False

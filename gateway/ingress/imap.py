@@ -5,6 +5,10 @@ UID taken) moves in the same transaction that stores the message, so a crash
 never skips one, and dedup makes a refetch harmless. A UIDVALIDITY change means
 the UIDs were renumbered: the folder is scanned again and dedup keeps what is
 already stored from being routed twice.
+
+New mail is listed with its sizes first and fetched in batches bounded in count
+and bytes. A message over smtp.max_message_size is taken by its header alone,
+marked so (model.TOO_LARGE): routed and alerted like any other, and passed.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import asyncio
 import contextlib
 import random
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
 
@@ -27,26 +32,29 @@ from gateway.config import ImapSection, Inbox
 from gateway.imapsession import (
     Interrupted,
     MailboxError,
+    name,
     open_mailbox,
     text,
     unless,
     unless_lost,
 )
 from gateway.ingress.accept import Accept, Also
-from gateway.model import RawMail
+from gateway.model import TOO_LARGE, RawMail
 from gateway.store import queries
 from gateway.store.db import Database
 
 log = structlog.get_logger("gateway.imap")
 T = TypeVar("T")
 
-BATCH = 50
+BATCH = 50  # messages per fetch and commit
+BATCH_BYTES = 8 * 1024 * 1024  # and bytes: one fetch of 20 x 10 MB held the loop for seconds
 IDLE_RENEW_SECONDS = 25 * 60  # servers may drop an IDLE after 30 minutes (RFC 2177)
 TIMEOUT_SECONDS = 30.0
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 300.0
 
 _UID = re.compile(rb"\bUID (\d+)")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 _INTERNALDATE = re.compile(rb"INTERNALDATE \"([^\"]+)\"")
 
 
@@ -57,6 +65,7 @@ class MailboxPoller:
         inbox: Inbox,
         accept: Accept,
         *,
+        max_size: int,
         clock: Clock = utcnow,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -65,13 +74,11 @@ class MailboxPoller:
         self._inbox = inbox.address
         self._imap: ImapSection = inbox.imap
         self._accept = accept
+        self._max_size = max_size  # smtp.max_message_size: larger mail is taken by its header
         self._clock = clock
         self._jitter = jitter
         self._stop = asyncio.Event()
-        # While rescanning a renumbered folder: (first contact, UIDNEXT at the change). Only
-        # UIDs below that UIDNEXT are the old mail; what comes after is new, whatever its date.
-        self._rescan: tuple[datetime, int] | None = None
-        self.name = f"{inbox.imap.username}@{inbox.imap.host}/{inbox.imap.folder}"
+        self.name = name(inbox.imap)
         self._log = log.bind(mailbox=self.name)  # every line names the mailbox it is about
 
     def stop(self) -> None:
@@ -156,48 +163,62 @@ class MailboxPoller:
                     now=uidvalidity,
                     action="rescan; dedup keeps routed mail once",
                 )
-                cursor = queries.Cursor(uidvalidity, 0, cursor.first_connected_at)
-                if self._imap.initial_sync == "new":
-                    # INTERNALDATE has whole seconds: the first contact's own second is new.
-                    first = datetime.fromisoformat(cursor.first_connected_at)
-                    self._rescan = (first.replace(microsecond=0), uidnext)
+                # Kept with the cursor: a restart halfway through the rescan still knows
+                # which mail is the old one.
+                rescan = uidnext if self._imap.initial_sync == "new" else None
+                cursor = queries.Cursor(uidvalidity, 0, cursor.first_connected_at, rescan)
             await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, cursor)
         return cursor
 
     async def _take_new(
         self, client: aioimaplib.IMAP4, cursor: queries.Cursor, lost: asyncio.Event
     ) -> queries.Cursor:
-        found = await unless_lost(client.uid_search(f"UID {cursor.last_uid + 1}:*"), lost)
-        if found.result != "OK":
-            raise MailboxError(f"the search failed: {text(found.lines)}")
-        # "n:*" always names the highest UID, even one at or below n.
-        uids = sorted(
-            {
-                int(u)
-                for line in found.lines[:-1]
-                for u in line.split()
-                if u.isdigit() and int(u) > cursor.last_uid
-            }
+        listed = await unless_lost(
+            client.uid("fetch", f"{cursor.last_uid + 1}:*", "(UID RFC822.SIZE INTERNALDATE)"),
+            lost,
         )
-        for start in range(0, len(uids), BATCH):
-            batch = uids[start : start + BATCH]
-            fetched = await unless_lost(
-                client.uid("fetch", ",".join(map(str, batch)), "(UID INTERNALDATE BODY.PEEK[])"),
-                lost,
-            )
-            if fetched.result != "OK":
-                raise MailboxError(f"the fetch failed: {text(fetched.lines)}")
-            got = _messages(fetched.lines)
-            unread = sorted(set(batch) - {uid for uid, _, _ in got})
-            readable = [item for item in got if not unread or item[0] < unread[0]]
-            if readable:
-                cursor = await self._store(cursor, readable)
-            if unread:
-                # Never move the checkpoint past a message not read: the next
-                # session asks again (one expunged meanwhile is simply gone).
-                raise MailboxError(f"message UID {unread[0]} could not be read; trying again")
-        if self._rescan is not None and cursor.last_uid >= self._rescan[1] - 1:
-            self._rescan = None  # the renumbered mail is all seen again
+        if listed.result != "OK":
+            raise MailboxError(f"the listing failed: {text(listed.lines)}")
+        # "n:*" always names the highest UID, even one at or below n.
+        new = [message for message in _listing(listed.lines) if message.uid > cursor.last_uid]
+        for batch in _batches(new, self._max_size):
+            cursor = await self._take(client, cursor, batch, lost)
+        return cursor
+
+    async def _take(
+        self,
+        client: aioimaplib.IMAP4,
+        cursor: queries.Cursor,
+        batch: list[_Listed],
+        lost: asyncio.Event,
+    ) -> queries.Cursor:
+        """Fetch one batch and store it in one commit."""
+        header_only = batch[0].size > self._max_size  # such a message comes alone
+        # Its header, at most the size limit of it: stored, routed, and never asked again.
+        part = f"BODY.PEEK[HEADER]<0.{self._max_size}>" if header_only else "BODY.PEEK[]"
+        uids = [message.uid for message in batch]
+        fetched = await unless_lost(
+            client.uid("fetch", ",".join(map(str, uids)), f"(UID {part})"), lost
+        )
+        if fetched.result != "OK":
+            raise MailboxError(f"the fetch failed: {text(fetched.lines)}")
+        got = _bodies(fetched.lines)
+        self._log.debug(
+            "imap.batch",
+            messages=len(batch),
+            bytes=sum(map(len, got.values())),
+            header_only=header_only,
+        )
+        if header_only and batch[0].uid in got:  # marked, so its alert says why it is cut
+            got[batch[0].uid] = f"{TOO_LARGE}: {batch[0].size}\r\n".encode() + got[batch[0].uid]
+        unread = [uid for uid in uids if uid not in got]
+        readable = [m for m in batch if not unread or m.uid < unread[0]]
+        if readable:
+            cursor = await self._store(cursor, [(m.uid, m.date, got[m.uid]) for m in readable])
+        if unread:
+            # Never move the checkpoint past a message not read: the next
+            # session asks again (one expunged meanwhile is simply gone).
+            raise MailboxError(f"message UID {unread[0]} could not be read; trying again")
         return cursor
 
     async def _store(
@@ -206,12 +227,14 @@ class MailboxPoller:
         """Store a fetched batch in one commit, each message with its checkpoint."""
         taken: list[int] = []
         items: list[tuple[RawMail, Also | None]] = []
+        # INTERNALDATE has whole seconds: the first contact's own second is new.
+        first_contact = datetime.fromisoformat(cursor.first_connected_at).replace(microsecond=0)
         for uid, internaldate, raw in fetched:
             old = (
-                self._rescan is not None
-                and uid < self._rescan[1]
+                cursor.rescan_below_uid is not None
+                and uid < cursor.rescan_below_uid
                 and internaldate is not None
-                and internaldate < self._rescan[0]
+                and internaldate < first_contact
             )
             if not old:  # after a renumbering, mail from before the first contact stays alone
                 taken.append(uid)
@@ -224,18 +247,14 @@ class MailboxPoller:
         stored = await self._accept.together(items) if items else []
         for uid, message in zip(taken, stored, strict=True):
             self._log.info("imap.taken", uid=uid, message=message, duplicate=message is None)
-        moved = queries.Cursor(
-            cursor.uidvalidity, max(fetched[-1][0], cursor.last_uid), cursor.first_connected_at
-        )
+        moved = cursor.moved_to(fetched[-1][0])
         if not taken or taken[-1] != fetched[-1][0]:
             async with self._db.transaction() as conn:
                 await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)
         return moved
 
     def _checkpoint(self, cursor: queries.Cursor, uid: int) -> Also:
-        moved = queries.Cursor(
-            cursor.uidvalidity, max(uid, cursor.last_uid), cursor.first_connected_at
-        )
+        moved = cursor.moved_to(uid)
 
         async def write(conn: aiosqlite.Connection, key: str) -> None:
             await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)
@@ -268,24 +287,69 @@ class MailboxPoller:
         await asyncio.wait_for(idle, TIMEOUT_SECONDS)
 
 
-def _messages(lines: list[bytes | bytearray]) -> list[tuple[int, datetime | None, bytes]]:
-    """(uid, INTERNALDATE, raw) of each message in a FETCH response, in UID order."""
+@dataclass(frozen=True)
+class _Listed:
+    """A new message as the listing names it, before it is fetched."""
+
+    uid: int
+    size: int  # RFC822.SIZE
+    date: datetime | None  # INTERNALDATE
+
+
+def _listing(lines: list[bytes | bytearray]) -> list[_Listed]:
+    """The messages of a `UID RFC822.SIZE INTERNALDATE` FETCH response, in UID order.
+
+    A FETCH line without a size is the server telling of another change (a flag
+    set by the keyword writer, say), not an answer.
+    """
     found = []
-    for index, line in enumerate(lines[:-1]):
-        if not isinstance(line, bytes) or b"FETCH" not in line:
+    for line in lines[:-1]:
+        uid, size = _UID.search(line), _SIZE.search(line)
+        if b"FETCH" not in line or uid is None or size is None:
             continue
-        following = lines[index + 1]
-        uid, date = _UID.search(line), _INTERNALDATE.search(line)
-        if uid is None or not isinstance(following, bytearray):
-            continue
+        date = _INTERNALDATE.search(line)
         when: datetime | None = None
         if date is not None:
             try:
                 when = datetime.strptime(date.group(1).decode(), "%d-%b-%Y %H:%M:%S %z")
             except ValueError:
                 when = None
-        found.append((int(uid.group(1)), when, bytes(following)))
-    return sorted(found, key=lambda item: item[0])
+        found.append(_Listed(int(uid.group(1)), int(size.group(1)), when))
+    return sorted(found, key=lambda message: message.uid)
+
+
+def _batches(new: list[_Listed], max_size: int) -> Iterator[list[_Listed]]:
+    """At most BATCH messages and BATCH_BYTES each (a larger message alone); a message
+    over `max_size` alone too, since only its header is fetched."""
+    batch: list[_Listed] = []
+    total = 0
+    for message in new:
+        if message.size > max_size:
+            if batch:
+                yield batch
+            yield [message]
+            batch, total = [], 0
+            continue
+        if batch and (len(batch) == BATCH or total + message.size > BATCH_BYTES):
+            yield batch
+            batch, total = [], 0
+        batch.append(message)
+        total += message.size
+    if batch:
+        yield batch
+
+
+def _bodies(lines: list[bytes | bytearray]) -> dict[int, bytes]:
+    """UID → the fetched literal (the message, or its header) of a FETCH response."""
+    found = {}
+    for index, line in enumerate(lines[:-1]):
+        if not isinstance(line, bytes) or b"FETCH" not in line:
+            continue
+        following = lines[index + 1]
+        uid = _UID.search(line)
+        if uid is not None and isinstance(following, bytearray):
+            found[int(uid.group(1))] = bytes(following)
+    return found
 
 
 def _sentence(error: BaseException) -> str:

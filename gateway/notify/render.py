@@ -27,6 +27,7 @@ from email.parser import BytesParser
 from email.utils import format_datetime, parseaddr
 
 from gateway.intake.facts import clean_text, header_text, parse_headers
+from gateway.model import TOO_LARGE
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _PREVIEW_LINES = 8
@@ -96,6 +97,17 @@ def _field(headers: Message, name: str) -> str:
     return text if len(text) <= FIELD_CHARS else text[:FIELD_CHARS] + " ..."
 
 
+def _too_large(headers: Message) -> list[str]:
+    size = (header_text(headers, TOO_LARGE) or "").strip()
+    if not size.isdigit():
+        return []
+    return [
+        f"The message is {int(size):,} bytes, too large to attach: only its header is"
+        " attached. Read it in the mailbox.",
+        "",
+    ]
+
+
 def render(alert: AlertInput) -> EmailMessage:
     headers = parse_headers(alert.raw[:PREFIX_BYTES])
     subject = _one_line(alert.subject)
@@ -128,6 +140,7 @@ def render(alert: AlertInput) -> EmailMessage:
         f"Subject: {subject}",
         f"Date:    {_field(headers, 'Date') or '(not given)'}",
         "",
+        *_too_large(headers),
         *_preview(alert.raw),
         "",
         f"See it with: gateway show {alert.conversation_id}",

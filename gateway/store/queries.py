@@ -456,26 +456,49 @@ class Cursor:
     uidvalidity: int
     last_uid: int
     first_connected_at: str
+    # While a renumbered folder is scanned again: the UIDNEXT at the change. Below it,
+    # mail dated before the first contact is the old mail; what comes after is new.
+    rescan_below_uid: int | None = None
+
+    def moved_to(self, uid: int) -> Cursor:
+        """The cursor once `uid` is taken; the rescan ends when the old mail is all seen."""
+        last = max(uid, self.last_uid)
+        rescan = self.rescan_below_uid
+        return Cursor(
+            self.uidvalidity,
+            last,
+            self.first_connected_at,
+            rescan if rescan is not None and last < rescan - 1 else None,
+        )
 
 
 async def imap_cursor(conn: aiosqlite.Connection, inbox: str, folder: str) -> Cursor | None:
     row = await _one(
         conn,
-        "SELECT uidvalidity, last_uid, first_connected_at FROM imap_cursors"
+        "SELECT uidvalidity, last_uid, first_connected_at, rescan_below_uid FROM imap_cursors"
         " WHERE inbox = ? AND folder = ?",
         (inbox, folder),
     )
-    return None if row is None else Cursor(row[0], row[1], row[2])
+    return None if row is None else Cursor(row[0], row[1], row[2], row[3])
 
 
 async def set_imap_cursor(
     conn: aiosqlite.Connection, inbox: str, folder: str, cursor: Cursor
 ) -> None:
     await conn.execute(
-        "INSERT INTO imap_cursors (inbox, folder, uidvalidity, last_uid, first_connected_at)"
-        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (inbox, folder) DO UPDATE SET"
-        " uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid",
-        (inbox, folder, cursor.uidvalidity, cursor.last_uid, cursor.first_connected_at),
+        "INSERT INTO imap_cursors"
+        " (inbox, folder, uidvalidity, last_uid, first_connected_at, rescan_below_uid)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (inbox, folder) DO UPDATE SET"
+        " uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid,"
+        " rescan_below_uid = excluded.rescan_below_uid",
+        (
+            inbox,
+            folder,
+            cursor.uidvalidity,
+            cursor.last_uid,
+            cursor.first_connected_at,
+            cursor.rescan_below_uid,
+        ),
     )
 
 

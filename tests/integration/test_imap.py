@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
+from datetime import UTC, datetime, timedelta
 from email.policy import SMTP
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from gateway.config import Settings
@@ -177,6 +179,54 @@ def test_a_uidvalidity_change_routes_nothing_twice(
     assert len(running.conversations()) == 4
 
 
+def test_a_restart_right_after_a_uidvalidity_change_still_leaves_older_mail_alone(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    before_first_contact = datetime.now(UTC) - timedelta(hours=1)
+    older = [raw(f"older {n}") for n in range(5)]
+    dovecot.create("support", "Support")
+    for message in older:
+        dovecot.append("support", message, "Support", date=before_first_contact)
+    settings = imap_settings(folder="Support", initial_sync="new")
+    first = start_daemon(settings)
+    connected(first)
+    first.stop()
+    [(before,)] = first.query("SELECT uidvalidity FROM imap_cursors")
+    dovecot.recreate("support", "Support")  # the same older mail again, renumbered
+    for message in older:
+        dovecot.append("support", message, "Support", date=before_first_contact)
+
+    crashed: list[str] = []
+
+    def crash_after_the_reset(_: Any, __: str, entry: MutableMapping[str, Any]) -> Any:
+        # The session fails right after committing the reset, and the daemon is
+        # stopped before the poller tries again: as if the process died there.
+        if entry["event"] == "imap.connected" and not crashed:
+            crashed.append(entry["event"])
+            raise RuntimeError("the process dies here")
+        return entry
+
+    with capture_logs() as logs:
+        structlog.get_config()["processors"].insert(0, crash_after_the_reset)
+        second = start_daemon(settings)
+        wait_until(lambda: any(e["event"] == "imap.failed" for e in logs), what="the crash")
+        second.stop()
+    # Stopped right after the reset: the new numbering is kept, none of it scanned yet.
+    [(uidvalidity, last_uid)] = second.query("SELECT uidvalidity, last_uid FROM imap_cursors")
+    assert (uidvalidity != before, last_uid) == (True, 0)
+
+    third = start_daemon(settings)
+    wait_until(
+        lambda: third.query("SELECT last_uid FROM imap_cursors")[0][0] == 5, what="the rescan"
+    )
+    dovecot.append("support", raw("new after the change"), "Support")
+    wait_until(lambda: third.conversations(), what="the new message routed")
+    assert routed_subjects(third) == ["new after the change"]
+    assert third.query("SELECT count(*) FROM messages")[0][0] == 1
+
+
 def test_a_wrong_password_stops_only_its_own_mailbox(
     make_settings: Callable[..., Settings],
     start_daemon: Callable[..., RunningDaemon],
@@ -340,3 +390,74 @@ def test_keywords_for_many_conversations_take_one_login_not_one_each(
     )
     logins = (dovecot.folder / "dovecot.log").read_text().count("Login: user=<support>")
     assert logins - dovecot.client_logins <= 2  # the poller's session and the keyword writer's
+
+
+def test_a_message_over_the_size_limit_is_routed_from_its_header_and_the_next_one_too(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    running = start_daemon(imap_settings())  # smtp.max_message_size is 100KB
+    connected(running)
+    huge = mail("All the logs", body="2026-11-30 the printer failed again\n" * 8000)
+    dovecot.append("support", huge.as_bytes(policy=SMTP))  # 300 KB
+    dovecot.append("support", raw("A small one after it"))
+    wait_until(lambda: len(running.conversations()) == 2, what="both routed")
+    assert sorted(routed_subjects(running)) == ["A small one after it", "All the logs"]
+    [(size,)] = running.query("SELECT length(raw) FROM messages WHERE subject = 'All the logs'")
+    assert size < 2000  # its header only
+    assert running.query("SELECT last_uid FROM imap_cursors")[0][0] == 2
+    alerts = Path(running.settings.notify.file_dir)
+    alert = wait_until(
+        lambda: [a for a in alerts.glob("*.eml") if b"All the logs" in a.read_bytes()],
+        what="the alert",
+    )[0].read_text()
+    assert "too large to attach" in alert
+
+
+def test_a_backlog_of_large_messages_is_fetched_in_batches_bounded_in_bytes(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+    tmp_path: Path,
+) -> None:
+    smtp = {"listen": ["127.0.0.1:0"], "max_message_size": "10MB"}
+    inbox = imap_inbox(dovecot, tmp_path, initial_sync="all")
+    for n in range(3):  # 3 MB each: two fit in a batch's 8 MiB, three do not
+        body = ("y" * 76 + "\n") * 40_000
+        dovecot.append("support", mail(f"Large {n}", body=body).as_bytes(policy=SMTP))
+    running = start_daemon(make_settings(smtp=smtp, inboxes=[inbox]))
+    wait_until(lambda: len(running.conversations()) == 3, what="all three routed")
+    # Each batch is stored in one commit, stamped with its time.
+    commits = running.query("SELECT received_at, count(*) FROM messages GROUP BY 1 ORDER BY 1")
+    assert [count for _, count in commits] == [2, 1]
+
+
+def test_a_stop_says_goodbye_to_the_mailbox_it_idles_on(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    running = start_daemon(imap_settings(mode="idle"))
+    connected(running)
+    with capture_logs() as logs:
+        running.stop()
+    assert not [e for e in logs if e["event"] == "imap.logout_unanswered"]
+    sessions = (dovecot.folder / "dovecot.log").read_text().count("Login: user=<support>")
+    wait_until(
+        lambda: (dovecot.folder / "dovecot.log").read_text().count("Logged out") == sessions,
+        what="Dovecot to see the LOGOUT",
+    )
+
+
+def test_a_stop_gives_up_the_goodbye_a_hung_server_does_not_answer(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    running = start_daemon(imap_settings(mode="idle"))
+    connected(running)
+    with dovecot.frozen("support"), capture_logs() as logs:
+        running.stop()
+    # Given up after a second, not five: a stop is not held by a server that hangs.
+    assert [e["event"] for e in logs if e["event"] == "imap.logout_unanswered"]
