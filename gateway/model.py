@@ -9,8 +9,6 @@ Source = Literal["smtp", "imap", "ingest"]
 Via = Literal["rule", "team", "round_robin"]
 Status = Literal["available", "away", "dnd"]
 STATUSES: tuple[Status, ...] = ("available", "away", "dnd")
-# Heads a message stored by its header alone (over smtp.max_message_size), with its size.
-TOO_LARGE = "X-Gateway-Too-Large"
 
 
 @dataclass(frozen=True)
@@ -22,6 +20,8 @@ class RawMail:
     source: Source
     envelope_from: str | None  # "" is the null sender (a bounce); None when unknown
     envelope_to: tuple[str, ...]
+    # Set when `raw` is the header alone of a message too large to take whole: its size.
+    full_size: int | None = None
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ already stored from being routed twice.
 
 New mail is listed with its sizes first and fetched in batches bounded in count
 and bytes. A message over smtp.max_message_size is taken by its header alone,
-marked so (model.TOO_LARGE): routed and alerted like any other, and passed.
+its size kept with it (`RawMail.full_size`): routed and alerted like any other, and passed.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from gateway.imapsession import (
     unless_lost,
 )
 from gateway.ingress.accept import Accept, Also
-from gateway.model import TOO_LARGE, RawMail
+from gateway.model import RawMail
 from gateway.store import queries
 from gateway.store.db import Database
 
@@ -209,12 +209,14 @@ class MailboxPoller:
             bytes=sum(map(len, got.values())),
             header_only=header_only,
         )
-        if header_only and batch[0].uid in got:  # marked, so its alert says why it is cut
-            got[batch[0].uid] = f"{TOO_LARGE}: {batch[0].size}\r\n".encode() + got[batch[0].uid]
         unread = [uid for uid in uids if uid not in got]
         readable = [m for m in batch if not unread or m.uid < unread[0]]
         if readable:
-            cursor = await self._store(cursor, [(m.uid, m.date, got[m.uid]) for m in readable])
+            # A header alone keeps the message's size, so its alert says why it is cut.
+            full_size = batch[0].size if header_only else None
+            cursor = await self._store(
+                cursor, [(m.uid, m.date, got[m.uid], full_size) for m in readable]
+            )
         if unread:
             # Never move the checkpoint past a message not read: the next
             # session asks again (one expunged meanwhile is simply gone).
@@ -222,14 +224,16 @@ class MailboxPoller:
         return cursor
 
     async def _store(
-        self, cursor: queries.Cursor, fetched: list[tuple[int, datetime | None, bytes]]
+        self,
+        cursor: queries.Cursor,
+        fetched: list[tuple[int, datetime | None, bytes, int | None]],
     ) -> queries.Cursor:
         """Store a fetched batch in one commit, each message with its checkpoint."""
         taken: list[int] = []
         items: list[tuple[RawMail, Also | None]] = []
         # INTERNALDATE has whole seconds: the first contact's own second is new.
         first_contact = datetime.fromisoformat(cursor.first_connected_at).replace(microsecond=0)
-        for uid, internaldate, raw in fetched:
+        for uid, internaldate, raw, full_size in fetched:
             old = (
                 cursor.rescan_below_uid is not None
                 and uid < cursor.rescan_below_uid
@@ -240,7 +244,7 @@ class MailboxPoller:
                 taken.append(uid)
                 items.append(
                     (
-                        RawMail(self._inbox, raw, "imap", None, (self._inbox,)),
+                        RawMail(self._inbox, raw, "imap", None, (self._inbox,), full_size),
                         self._checkpoint(cursor, uid),
                     )
                 )

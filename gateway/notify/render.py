@@ -27,7 +27,6 @@ from email.parser import BytesParser
 from email.utils import format_datetime, parseaddr
 
 from gateway.intake.facts import clean_text, header_text, parse_headers
-from gateway.model import TOO_LARGE
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _PREVIEW_LINES = 8
@@ -60,6 +59,7 @@ class AlertInput:
     mark: str  # the X-Gateway-Notification value
     raw: bytes  # the message the alert is about
     date: datetime
+    full_size: int | None = None  # set when `raw` is only its header: the message's size
 
 
 def message_id(event_id: int, hostname: str) -> str:
@@ -97,12 +97,12 @@ def _field(headers: Message, name: str) -> str:
     return text if len(text) <= FIELD_CHARS else text[:FIELD_CHARS] + " ..."
 
 
-def _too_large(headers: Message) -> list[str]:
-    size = (header_text(headers, TOO_LARGE) or "").strip()
-    if not size.isdigit():
+def _too_large(full_size: int | None) -> list[str]:
+    # Known from the store, never from a header: a sender cannot make mail look cut.
+    if full_size is None:
         return []
     return [
-        f"The message is {int(size):,} bytes, too large to attach: only its header is"
+        f"The message is {full_size:,} bytes, too large to attach: only its header is"
         " attached. Read it in the mailbox.",
         "",
     ]
@@ -140,7 +140,7 @@ def render(alert: AlertInput) -> EmailMessage:
         f"Subject: {subject}",
         f"Date:    {_field(headers, 'Date') or '(not given)'}",
         "",
-        *_too_large(headers),
+        *_too_large(alert.full_size),
         *_preview(alert.raw),
         "",
         f"See it with: gateway show {alert.conversation_id}",

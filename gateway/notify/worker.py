@@ -340,6 +340,7 @@ class Outbox(DrainLoop):
                 mark=alertmark.mark(self._secret, int(row["event_id"])),
                 raw=stored.mail.raw,
                 date=self._clock(),
+                full_size=stored.mail.full_size,
             ),
         )
         try:

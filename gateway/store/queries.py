@@ -59,6 +59,9 @@ class StoredMail:
     state: str
 
 
+_WITH_RAW = "SELECT m.*, r.raw FROM messages m JOIN raw_mail r ON r.message = m.id"
+
+
 def _stored(row: Row) -> StoredMail:
     return StoredMail(
         id=row["id"],
@@ -68,6 +71,7 @@ def _stored(row: Row) -> StoredMail:
             source=row["source"],
             envelope_from=row["envelope_from"],
             envelope_to=tuple(json.loads(row["envelope_to"])),
+            full_size=row["full_size"],
         ),
         received_at=row["received_at"],
         state=row["state"],
@@ -78,21 +82,29 @@ async def insert_messages(
     conn: aiosqlite.Connection, mails: Sequence[tuple[RawMail, str]], at: str
 ) -> list[int | None]:
     """Each (mail, dedup key)'s new id, or None when it is stored already (or earlier in
-    `mails`). One statement for them all: a group commit costs one round trip."""
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * len(mails))
+    `mails`). Two statements for them all, whatever their number: a group commit costs
+    two round trips. The raw bytes have a table of their own (migration 0007)."""
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * len(mails))
     params: list[object] = []
     for mail, key in mails:
         params += (mail.inbox, key, mail.source, mail.envelope_from)
-        params += (json.dumps(list(mail.envelope_to)), mail.raw, at)
+        params += (json.dumps(list(mail.envelope_to)), len(mail.raw), mail.full_size, at)
     rows = await conn.execute_fetchall(
-        "INSERT INTO messages (inbox, dedup_key, source, envelope_from, envelope_to, raw,"
-        f" received_at) VALUES {values} ON CONFLICT (inbox, dedup_key) DO NOTHING"
+        "INSERT INTO messages (inbox, dedup_key, source, envelope_from, envelope_to, size,"
+        f" full_size, received_at) VALUES {values} ON CONFLICT (inbox, dedup_key) DO NOTHING"
         " RETURNING id, inbox, dedup_key",
         params,
     )
     new = {(row["inbox"], row["dedup_key"]): int(row["id"]) for row in rows}
     # RETURNING's order is not promised; a key given twice belongs to its first mail.
-    return [new.pop((mail.inbox, key), None) for mail, key in mails]
+    ids = [new.pop((mail.inbox, key), None) for mail, key in mails]
+    stored = [(pk, mail.raw) for pk, (mail, _) in zip(ids, mails, strict=True) if pk is not None]
+    if stored:
+        await conn.execute(
+            f"INSERT INTO raw_mail (message, raw) VALUES {', '.join(['(?, ?)'] * len(stored))}",
+            [value for pair in stored for value in pair],
+        )
+    return ids
 
 
 async def is_stored(conn: aiosqlite.Connection, inbox: str, dedup_key: str) -> bool:
@@ -109,7 +121,7 @@ async def pending_messages(
     and no more raw bytes than `max_bytes` unless the first alone is larger."""
     sizes = await _all(
         conn,
-        "SELECT id, length(raw) AS size FROM messages WHERE state = 'pending' ORDER BY id LIMIT ?",
+        "SELECT id, size FROM messages WHERE state = 'pending' ORDER BY id LIMIT ?",
         (limit,),
     )
     ids: list[int] = []
@@ -123,14 +135,14 @@ async def pending_messages(
         return []
     rows = await _all(
         conn,
-        f"SELECT * FROM messages WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY id",
+        f"{_WITH_RAW} WHERE m.id IN ({', '.join('?' * len(ids))}) ORDER BY m.id",
         ids,
     )
     return [_stored(row) for row in rows]
 
 
 async def message(conn: aiosqlite.Connection, message_pk: int) -> StoredMail | None:
-    row = await _one(conn, "SELECT * FROM messages WHERE id = ?", (message_pk,))
+    row = await _one(conn, f"{_WITH_RAW} WHERE m.id = ?", (message_pk,))
     return None if row is None else _stored(row)
 
 

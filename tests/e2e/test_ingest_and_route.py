@@ -62,7 +62,10 @@ def test_ingest_stores_and_routes_exactly_like_smtp(running: RunningDaemon, tmp_
     done = run(config, "ingest", "--to", "support@gw.test", "--from", "road@acme.com", stdin=piped)
     assert done.returncode == 0, done.stderr
     running.drain()
-    rows = running.query("SELECT source, inbox, envelope_from, raw FROM messages ORDER BY id")
+    rows = running.query(
+        "SELECT source, inbox, envelope_from, raw FROM messages JOIN raw_mail ON message = id"
+        " ORDER BY id"
+    )
     assert [(r["source"], r["inbox"]) for r in rows] == [
         ("smtp", "support@example.com"),
         ("ingest", "support@example.com"),

@@ -24,7 +24,9 @@ def test_mail_sent_over_smtp_is_in_the_store_byte_for_byte(daemon: RunningDaemon
     raw = message.as_bytes(policy=SMTP)
     assert daemon.send(raw) == {}
     # 250 was answered: the raw message must already be committed, before intake.
-    rows = daemon.query("SELECT raw, inbox, source, envelope_from FROM messages")
+    rows = daemon.query(
+        "SELECT raw, inbox, source, envelope_from FROM messages JOIN raw_mail ON message = id"
+    )
     assert len(rows) == 1
     assert bytes(rows[0]["raw"]) == raw
     assert (rows[0]["inbox"], rows[0]["source"]) == ("support@example.com", "smtp")
@@ -206,7 +208,7 @@ def test_mail_breaking_the_line_limit_is_stored_byte_for_byte_not_bounced(
         assert client.getreply()[0] == 354
         client.send(raw + b"\r\n.\r\n")
         assert client.getreply()[0] == 250
-    [row] = daemon.query("SELECT raw FROM messages")
+    [row] = daemon.query("SELECT raw FROM raw_mail")
     assert bytes(row["raw"]) == raw + b"\r\n"
     daemon.drain()
     assert daemon.query("SELECT state FROM messages")[0][0] == "routed"

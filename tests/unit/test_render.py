@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
 
@@ -80,3 +81,14 @@ def test_a_customer_address_the_parser_cannot_take_is_left_out_of_reply_to(custo
     data = render(alert("hello", customer=customer)).as_bytes(policy=policy.SMTP)
     parsed = message_from_bytes(data, policy=policy.default)
     assert "Reply-To" not in parsed and parsed["To"] == "Alice <alice@agents.test>"
+
+
+def test_a_message_stored_by_its_header_alone_says_it_was_too_large_to_attach() -> None:
+    cut = dataclasses.replace(alert("logs"), full_size=30_000_000)
+    assert "30,000,000 bytes, too large to attach" in render(cut).get_body().get_content()
+
+
+def test_a_sender_cannot_make_mail_look_too_large_with_a_header() -> None:
+    forged = b"X-Gateway-Too-Large: 99999999\r\n" + ORIGINAL
+    body = render(dataclasses.replace(alert("x"), raw=forged)).get_body().get_content()
+    assert "too large" not in body
