@@ -34,7 +34,6 @@ from tests.dovecot import Dovecot
 MB = 1_000_000
 LIMIT = 30 * MB
 WAIT = 600.0
-FOLDER = "Big"
 
 
 def big(tag: str, size: int) -> bytes:
@@ -128,9 +127,9 @@ def until_settled(database: Path, count: int, process: subprocess.Popen[bytes]) 
     return time.monotonic()
 
 
-def fill(server: Dovecot, tag: str, count: int, size: int) -> None:
+def fill(server: Dovecot, folder: str, tag: str, count: int, size: int) -> None:
     """Deliver into the folder's maildir directly: Dovecot sees them by inotify."""
-    maildir = server.folder / "home" / USER / "Maildir" / f".{FOLDER}"
+    maildir = server.folder / "home" / USER / "Maildir" / f".{folder}"
     owner = maildir.stat()
     for n in range(count):
         raw = big(f"{tag}-{n}", size).replace(b"\r\n", b"\n")
@@ -144,13 +143,15 @@ def one_round(server: Dovecot, n: int) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="bench-stall-"))
     (work / "imap-password").write_text(PASSWORD + "\n")
     port = free_port()
+    folder = f"Big{n}"  # a folder a round: the next round's daemon must find it empty
+    server.create(USER, folder)
     imap = {
         "host": "127.0.0.1",
         "port": server.port,
         "tls": False,
         "username": USER,
         "password_file": str(work / "imap-password"),
-        "folder": FOLDER,
+        "folder": folder,
         "mode": "idle",
         "initial_sync": "all",
     }
@@ -195,7 +196,7 @@ def one_round(server: Dovecot, n: int) -> dict[str, float]:
             group_end = until_settled(database, 11, process)
 
             imap_start = time.monotonic()
-            fill(server, f"imap{n}", 20, 10 * MB)
+            fill(server, folder, f"imap{n}", 20, 10 * MB)
             imap_end = until_settled(database, 31, process)
 
             figures = {
@@ -223,7 +224,6 @@ def main() -> None:
         return
     server = start_dovecot()
     try:
-        server.create(USER, FOLDER)
         rows = []
         for n in range(args.rounds):
             figures = one_round(server, n)
