@@ -41,11 +41,11 @@ def small_disk() -> Iterator[Path]:
 def fill(folder: Path) -> Path:
     """Take every free byte; the file that holds them."""
     filler = folder / "filler"
-    with filler.open("wb") as out:
+    # Unbuffered: a buffered file would still hold bytes to flush on closing a full disk.
+    with filler.open("wb", buffering=0) as out:
         try:
             while True:
                 out.write(b"\0" * 65536)
-                out.flush()
         except OSError:
             pass
     return filler

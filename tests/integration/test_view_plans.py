@@ -56,11 +56,12 @@ async def store(settings: Settings) -> Path:
     with sqlite3.connect(path) as conn:
         add_conversation(conn, 1, "2025-01-01T09:00:00.000000+00:00", assignee="alice")
         conn.execute(
-            "INSERT INTO messages (inbox, dedup_key, source, envelope_to, raw, received_at,"
+            "INSERT INTO messages (inbox, dedup_key, source, envelope_to, size, received_at,"
             " state, conversation_id, message_id, sender, subject) VALUES ('support@example.com',"
-            " '<m1@x>', 'smtp', '[]', x'00', '2025-01-01T09:00:00.000000+00:00', 'routed', 1,"
+            " '<m1@x>', 'smtp', '[]', 1, '2025-01-01T09:00:00.000000+00:00', 'routed', 1,"
             " 'm1@x', 'ann@example.org', 'Where is my order')"
         )
+        conn.execute("INSERT INTO raw_mail (message, raw) VALUES (1, x'00')")
         conn.execute(
             "INSERT INTO events (conversation_id, at, kind, actor, agent)"
             " VALUES (1, '2025-01-01T09:00:00.000000+00:00', 'assigned', 'gateway', 'alice')"
