@@ -1,9 +1,10 @@
 """What people do to the store through the `gateway` command, one transaction each.
 
-Each action reads the conversation inside its own write transaction (BEGIN
-IMMEDIATE), so two people acting at once are served one after the other: the
-second sees what the first did. Alerts are queued in the same transaction and
-sent by the daemon's outbox worker, so these work with the daemon stopped.
+Each action reads the conversation through a locking read inside its own write
+transaction, so two people acting at once are served one after the other: the
+second sees what the first did. A change of assignee is written as intake writes
+one (`assignment.record`); its alert is queued in the same transaction and sent by
+the daemon's outbox worker, so these work with the daemon stopped.
 """
 
 from __future__ import annotations
@@ -11,17 +12,17 @@ from __future__ import annotations
 import getpass
 import os
 
-import aiosqlite
-
 from gateway import alertmark
-from gateway.alerts import queue_alert, queue_keywords
+from gateway.assignment import Alert, Change, record
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.errors import Refused
 from gateway.intake.worker import Intake, Outcome
 from gateway.model import STATUSES
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, Tx
+
+VIA = "cli"  # the door these actions come through (DESIGN §8: detail.via)
 
 
 def login_name() -> str:
@@ -34,8 +35,9 @@ def login_name() -> str:
         return "unknown"
 
 
-async def _conversation(conn: aiosqlite.Connection, conversation_id: int) -> queries.Row:
-    row = await queries.conversation(conn, conversation_id)
+async def _conversation(tx: Tx, conversation_id: int) -> queries.Conversation:
+    """The conversation, read to be changed (a locking read)."""
+    row = await queries.conversation(tx, conversation_id, lock=True)
     if row is None:
         raise Refused(f"There is no conversation {conversation_id}.")
     return row
@@ -54,37 +56,28 @@ async def assign(
     async with db.transaction() as conn:
         at = stamp(clock())  # taken once the write lock is ours: the timeline's times only grow
         row = await _conversation(conn, conversation_id)
-        previous = row["assignee"]
+        previous = row.assignee
         if previous == agent:
             return (
                 f"Conversation {conversation_id} is already assigned to {agent}; nothing changed."
             )
         status = (await queries.routing_state(conn)).statuses.get(agent, "available")
-        await queries.set_assignee(conn, conversation_id, agent)
         kind = "assigned" if previous is None else "reassigned"
-        event_id = await queries.add_event(
-            conn,
+        alert = None
+        if by != agent:  # nobody is alerted about what they did themselves
+            latest = await queries.latest_message(conn, conversation_id)
+            alert = Alert(reason=kind, how=f"by {by}", message_pk=latest)
+        change = Change(
             conversation_id,
-            at,
             kind,
             by,
-            agent=agent,
-            previous_agent=previous,
-            detail={"via": "manual", "status": status},
+            at,
+            agent,
+            previous=previous,
+            detail={"via": VIA, "status": status},
+            alert=alert,
         )
-        await queue_keywords(conn, conversation_id, at)
-        if by != agent:  # nobody is alerted about what they did themselves
-            await queue_alert(
-                conn,
-                settings,
-                conversation_id=conversation_id,
-                event_id=event_id,
-                agent_id=agent,
-                reason=kind,
-                how=f"by {by}",
-                message_pk=await queries.latest_message(conn, conversation_id),
-                at=at,
-            )
+        await record(conn, settings, change)
     was = f" (it was {previous}'s)" if previous else ""
     away = f"; note that {agent} is {status}" if status != "available" else ""
     return f"Conversation {conversation_id} {kind} to {agent}{was}{away}."
@@ -104,15 +97,12 @@ async def claim(
     async with db.transaction() as conn:
         at = stamp(clock())
         row = await _conversation(conn, conversation_id)
-        if row["assignee"] == agent:
+        if row.assignee == agent:
             return f"Conversation {conversation_id} is already yours, {agent}; nothing changed."
-        if row["assignee"] is not None:
-            raise Refused(
-                f"Conversation {conversation_id} is already assigned to {row['assignee']}."
-            )
-        await queries.set_assignee(conn, conversation_id, agent)
-        await queries.add_event(conn, conversation_id, at, "claimed", by, agent=agent)
-        await queue_keywords(conn, conversation_id, at)
+        if row.assignee is not None:
+            raise Refused(f"Conversation {conversation_id} is already assigned to {row.assignee}.")
+        change = Change(conversation_id, "claimed", by, at, agent, detail={"via": VIA})
+        await record(conn, settings, change)
     return f"Conversation {conversation_id} is now {agent}'s."
 
 
@@ -123,14 +113,13 @@ async def unassign(
     async with db.transaction() as conn:
         at = stamp(clock())
         row = await _conversation(conn, conversation_id)
-        previous = row["assignee"]
+        previous = row.assignee
         if previous is None:
             return f"Conversation {conversation_id} is already unassigned; nothing changed."
-        await queries.set_assignee(conn, conversation_id, None)
-        await queries.add_event(
-            conn, conversation_id, at, "unassigned", by, previous_agent=previous
+        change = Change(
+            conversation_id, "unassigned", by, at, None, previous=previous, detail={"via": VIA}
         )
-        await queue_keywords(conn, conversation_id, at)
+        await record(conn, settings, change)
     return f"Conversation {conversation_id} is back in the unassigned queue (it was {previous}'s)."
 
 
@@ -148,10 +137,12 @@ async def set_open(
     async with db.transaction() as conn:
         at = stamp(clock())
         row = await _conversation(conn, conversation_id)
-        if row["status"] == status:
+        if row.status == status:
             return f"Conversation {conversation_id} is already {status}; nothing changed."
         await queries.set_conversation_status(conn, conversation_id, status)
-        await queries.add_event(conn, conversation_id, at, kind, by, agent=row["assignee"])
+        await queries.add_event(
+            conn, conversation_id, at, kind, by, agent=row.assignee, detail={"via": VIA}
+        )
     return f"Conversation {conversation_id} {kind}."
 
 
@@ -189,4 +180,4 @@ async def retry(
     # The running daemon took it first: report what became of it there.
     async with db.reading() as conn:
         row = await queries.message_outcome(conn, message_pk)
-    return Outcome(row["state"], row["conversation_id"], error=row["error"])
+    return Outcome(row.state, row.conversation_id, error=row.error)

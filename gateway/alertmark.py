@@ -12,14 +12,13 @@ import hmac
 import re
 import secrets
 
-import aiosqlite
-
 from gateway.store import queries
+from gateway.store.db import Tx
 
 SECRET_KEY = "alert_mark_secret"
 
 
-async def load_secret(conn: aiosqlite.Connection) -> bytes:
+async def load_secret(conn: Tx) -> bytes:
     return bytes.fromhex(await queries.put_meta_once(conn, SECRET_KEY, secrets.token_hex(32)))
 
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import aiosqlite
-
 from gateway.clock import stamp
 from gateway.config import Settings
 from gateway.store import queries
+from gateway.store.db import Tx
 
 SENDER_WINDOW = timedelta(hours=1)  # the span of a sender's alert allowance
 
 
 async def queue_alert(
-    conn: aiosqlite.Connection,
+    conn: Tx,
     settings: Settings,
     *,
     conversation_id: int,
@@ -64,7 +63,7 @@ async def queue_alert(
     return True
 
 
-async def queue_keywords(conn: aiosqlite.Connection, conversation_id: int, at: str) -> None:
+async def queue_keywords(conn: Tx, conversation_id: int, at: str) -> None:
     """Have every IMAP copy of the conversation show its assignment now (if it has copies).
 
     The job reads the conversation when it runs, so one per change is enough
@@ -76,7 +75,7 @@ async def queue_keywords(conn: aiosqlite.Connection, conversation_id: int, at: s
     await queries.enqueue(conn, "keywords", event_id, conversation_id, {}, at)
 
 
-async def forget_past_senders(conn: aiosqlite.Connection, now: datetime) -> int:
+async def forget_past_senders(conn: Tx, now: datetime) -> int:
     """Drop the senders' counts whose hour is over by `now` (a flood from many addresses
     would otherwise stay in the store for good); how many."""
     return await queries.prune_sender_alerts(conn, stamp(now - SENDER_WINDOW))

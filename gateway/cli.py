@@ -8,7 +8,6 @@ import getpass
 import json
 import logging
 import os
-import sqlite3
 import sys
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
@@ -19,7 +18,7 @@ from typing import Any, TypeVar
 from gateway import admin, config, logs, views
 from gateway.clock import utcnow
 from gateway.config import ImapSection, Settings
-from gateway.errors import ConfigError, GatewayError, Refused, StoreUnavailable
+from gateway.errors import ConfigError, GatewayError, Refused
 from gateway.imapsession import MailboxError, open_mailbox
 from gateway.ingress import users
 from gateway.ingress.accept import Accept
@@ -358,8 +357,6 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
         db = await Database.open(settings.gateway.database, readonly=True)
         try:
             return await views.explain_route(db, settings, raw, args.to, sender)
-        except sqlite3.Error as error:
-            raise StoreUnavailable(f"{db.path}: the database failed: {error}") from None
         finally:
             await db.close()
 
@@ -506,8 +503,6 @@ def _with_db(
         db = await Database.open(settings.gateway.database, create=create, readonly=readonly)
         try:
             return await work(db)
-        except sqlite3.Error as error:
-            raise StoreUnavailable(f"{db.path}: the database failed: {error}") from None
         finally:
             await db.close()
 

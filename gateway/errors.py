@@ -24,3 +24,9 @@ class StoreUnavailable(GatewayError):
 
 class Refused(GatewayError):
     """A person's action that cannot be done (unknown conversation, agent...): exit 1."""
+
+
+class StatementFailed(GatewayError):
+    """A statement failed on what it was given (too many values, too big a value), not
+    because the store is in trouble: retrying would meet it again. Intake shunts the
+    message that caused it."""

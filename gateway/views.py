@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from gateway import alertmark
@@ -17,19 +16,19 @@ from gateway.store import queries
 from gateway.store.db import Database
 
 
-def _conversation(row: queries.Row, tags: list[str]) -> dict[str, Any]:
+def _conversation(row: queries.Conversation, tags: list[str]) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "subject": row["subject"],
-        "customer": row["customer"],
-        "inbox": row["inbox"],
-        "assignee": row["assignee"],
-        "team": row["team"],
-        "status": row["status"],
+        "id": row.id,
+        "subject": row.subject,
+        "customer": row.customer,
+        "inbox": row.inbox,
+        "assignee": row.assignee,
+        "team": row.team,
+        "status": row.status,
         "tags": tags,
-        "created_at": row["created_at"],
-        "last_message_at": row["last_message_at"],
-        "message_count": row["message_count"],
+        "created_at": row.created_at,
+        "last_message_at": row.last_message_at,
+        "message_count": row.message_count,
     }
 
 
@@ -56,8 +55,8 @@ async def conversations(
             unassigned=unassigned,
             limit=limit,
         )
-        tags = await queries.tags_of(conn, [row["id"] for row in rows])
-    return [_conversation(row, tags[row["id"]]) for row in rows]
+        tags = await queries.tags_of(conn, [row.id for row in rows])
+    return [_conversation(row, tags[row.id]) for row in rows]
 
 
 async def show(db: Database, conversation_id: int) -> dict[str, Any]:
@@ -71,23 +70,23 @@ async def show(db: Database, conversation_id: int) -> dict[str, Any]:
     view = _conversation(row, tags[conversation_id])
     view["messages"] = [
         {
-            "message_id": m["message_id"],
-            "from": m["sender"],
-            "subject": m["subject"],
-            "received_at": m["received_at"],
-            "source": m["source"],
+            "message_id": m.message_id,
+            "from": m.sender,
+            "subject": m.subject,
+            "received_at": m.received_at,
+            "source": m.source,
         }
         for m in messages
     ]
     view["events"] = [
         {
-            "at": e["at"],
-            "kind": e["kind"],
-            "actor": e["actor"],
-            "agent": e["agent"],
-            "previous_agent": e["previous_agent"],
-            "rule": e["rule"],
-            "detail": json.loads(e["detail"]),
+            "at": e.at,
+            "kind": e.kind,
+            "actor": e.actor,
+            "agent": e.agent,
+            "previous_agent": e.previous_agent,
+            "rule": e.rule,
+            "detail": e.detail,
         }
         for e in events
     ]
@@ -99,11 +98,11 @@ async def shunted(db: Database) -> list[dict[str, Any]]:
         rows = await queries.shunted(conn)
     return [
         {
-            "id": r["id"],
-            "inbox": r["inbox"],
-            "source": r["source"],
-            "received_at": r["received_at"],
-            "error": r["error"],
+            "id": r.id,
+            "inbox": r.inbox,
+            "source": r.source,
+            "received_at": r.received_at,
+            "error": r.error,
         }
         for r in rows
     ]
@@ -178,10 +177,10 @@ async def explain_route(
         view.update(unrouted)
         view["reason"] = "it is the gateway's own alert: dropped, never routed"
     elif joined is not None:
-        view.update(unrouted, assignee=joined["assignee"], team=joined["team"])
+        view.update(unrouted, assignee=joined.assignee, team=joined.team)
         view["reason"] = (
             f"it replies to conversation {joins}, which keeps its assignee"
-            f" ({joined['assignee'] or 'unassigned'}); replies are not routed again"
+            f" ({joined.assignee or 'unassigned'}); replies are not routed again"
         )
     return view
 

@@ -10,24 +10,22 @@ message is on disk.
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-import aiosqlite
 import structlog
 
 from gateway.clock import Clock, stamp, utcnow
-from gateway.errors import StoreUnavailable
+from gateway.errors import StatementFailed, StoreUnavailable
 from gateway.intake.facts import dedup_key
 from gateway.model import RawMail
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, Tx
 
 log = structlog.get_logger("gateway.accept")
 
-Also = Callable[[aiosqlite.Connection, str], Awaitable[None]]  # (connection, dedup key)
+Also = Callable[[Tx, str], Awaitable[None]]  # (connection, dedup key)
 
 # Messages per commit. SQLite binds at most 32,766 values; each message takes 7.
 GROUP_LIMIT = 256
@@ -104,7 +102,7 @@ class Accept:
                 group.append(self._waiting.popleft())
             try:
                 results = await self._commit(group)
-            except sqlite3.Error as error:
+            except StatementFailed as error:
                 _fail(group, f"the message could not be stored: {error}")
                 continue
             except StoreUnavailable as error:

@@ -23,7 +23,6 @@ from datetime import datetime
 from typing import TypeVar
 
 import aioimaplib
-import aiosqlite
 import structlog
 
 from gateway.alerts import queue_keywords
@@ -41,7 +40,7 @@ from gateway.imapsession import (
 from gateway.ingress.accept import Accept, Also
 from gateway.model import RawMail
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, Tx
 
 log = structlog.get_logger("gateway.imap")
 T = TypeVar("T")
@@ -260,7 +259,7 @@ class MailboxPoller:
     def _checkpoint(self, cursor: queries.Cursor, uid: int) -> Also:
         moved = cursor.moved_to(uid)
 
-        async def write(conn: aiosqlite.Connection, key: str) -> None:
+        async def write(conn: Tx, key: str) -> None:
             await queries.set_imap_cursor(conn, self._inbox, self._imap.folder, moved)
             await queries.add_imap_source(
                 conn, self._inbox, self._imap.folder, cursor.uidvalidity, uid, key

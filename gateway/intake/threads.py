@@ -4,16 +4,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-import aiosqlite
-
 from gateway.clock import stamp
 from gateway.intake.facts import conversation_token, thread_subject
 from gateway.model import MailFacts
 from gateway.store import queries
+from gateway.store.db import Tx
 
 
 async def find_conversation(
-    conn: aiosqlite.Connection,
+    conn: Tx,
     inbox: str,
     facts: MailFacts,
     now: datetime,
@@ -25,7 +24,7 @@ async def find_conversation(
     token = conversation_token(facts.subject)
     if token is not None:
         row = await queries.conversation(conn, token)
-        if row is not None and row["inbox"] == inbox:
+        if row is not None and row.inbox == inbox:
             return token
     subject = thread_subject(facts.subject)
     # An empty subject says nothing about which thread it belongs to.

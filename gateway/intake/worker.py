@@ -8,18 +8,17 @@ the message's fault: the message stays pending and intake tries again later.
 from __future__ import annotations
 
 import functools
-import sqlite3
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiosqlite
 import structlog
 
 from gateway import alertmark
 from gateway.addresses import normalize_address
 from gateway.alerts import queue_alert, queue_keywords
+from gateway.assignment import Alert, Change, record
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.drainloop import DrainLoop
@@ -30,7 +29,7 @@ from gateway.intake.threads import find_conversation
 from gateway.model import Decision, Delivery, MailFacts
 from gateway.routing.router import Policy, route
 from gateway.store import queries
-from gateway.store.db import Database, store_trouble
+from gateway.store.db import Database, Tx
 from gateway.store.queries import StoredMail
 
 log = structlog.get_logger("gateway.intake")
@@ -122,32 +121,21 @@ class Intake(DrainLoop):
             self._on_routed()
         return outcomes
 
-    async def _one(
-        self, conn: aiosqlite.Connection, stored: StoredMail, facts: MailFacts | Exception
-    ) -> Outcome:
-        await conn.execute("SAVEPOINT message")
+    async def _one(self, tx: Tx, stored: StoredMail, facts: MailFacts | Exception) -> Outcome:
         try:
-            if isinstance(facts, Exception):
-                raise facts
-            outcome = await self._handle(conn, stored, facts)
+            async with tx.savepoint():
+                if isinstance(facts, Exception):
+                    raise facts
+                return await self._handle(tx, stored, facts)
         except StoreUnavailable:
-            raise  # the store's trouble: the whole batch stays pending
-        except sqlite3.Error as error:
-            if store_trouble(error):
-                raise  # locked, full, failing: the whole batch stays pending
-            outcome = await self._shunt(conn, stored, error)  # this message's data did it
-        except Exception as error:
-            outcome = await self._shunt(conn, stored, error)
-        await conn.execute("RELEASE message")
-        return outcome
+            raise  # locked, full, failing: the whole batch stays pending
+        except Exception as error:  # this message did it (its data, a bug): it alone is parked
+            return await self._shunt(tx, stored, error)
 
-    async def _shunt(
-        self, conn: aiosqlite.Connection, stored: StoredMail, error: Exception
-    ) -> Outcome:
-        """Undo what the message wrote and park it with its error; the rest flow on."""
+    async def _shunt(self, tx: Tx, stored: StoredMail, error: Exception) -> Outcome:
+        """Park the message with its error (what it wrote is undone); the rest flow on."""
         reason = f"{type(error).__name__}: {error}"
-        await conn.execute("ROLLBACK TO message")
-        await queries.shunt(conn, stored.id, reason)
+        await queries.shunt(tx, stored.id, reason)
         log.error(
             "message.shunted",
             message=stored.id,
@@ -157,9 +145,7 @@ class Intake(DrainLoop):
         )
         return Outcome("shunted", error=reason)
 
-    async def _handle(
-        self, conn: aiosqlite.Connection, stored: StoredMail, facts: MailFacts
-    ) -> Outcome:
+    async def _handle(self, conn: Tx, stored: StoredMail, facts: MailFacts) -> Outcome:
         at = stamp(self._clock())
         if not await queries.claim_pending(conn, stored.id):
             return Outcome("skipped")
@@ -181,14 +167,12 @@ class Intake(DrainLoop):
         else:
             await self._join(conn, found, stored, facts, at)
             outcome = Outcome("routed", found)
-        await queries.finish_message(conn, stored.id, "routed", facts, found)
-        await queue_keywords(conn, found, at)
         return outcome
 
     async def _open(
-        self, conn: aiosqlite.Connection, stored: StoredMail, facts: MailFacts, at: str
+        self, conn: Tx, stored: StoredMail, facts: MailFacts, at: str
     ) -> tuple[int, Decision]:
-        state = await queries.routing_state(conn)
+        state = await queries.routing_state(conn, lock=True)
         delivery = Delivery(facts, stored.mail.inbox, stored.mail.envelope_to)
         decision = route(delivery, self._policy, state)
         conversation_id = await queries.create_conversation(
@@ -197,11 +181,12 @@ class Intake(DrainLoop):
             customer=facts.sender,
             subject=facts.subject,
             thread_subject=thread_subject(facts.subject),
-            assignee=decision.assignee,
             team=decision.team,
             # The customer has waited since the message arrived, not since intake ran.
             at=stored.received_at,
         )
+        # Of the conversation first: its IMAP copies are found by it for the keywords job.
+        await queries.finish_message(conn, stored.id, "routed", facts, conversation_id)
         await queries.add_event(
             conn,
             conversation_id,
@@ -221,49 +206,40 @@ class Intake(DrainLoop):
                 rule=decision.rule,
                 detail={"tags": list(decision.tags)},
             )
-        if decision.rotation is not None:
-            await queries.set_rotation(conn, *decision.rotation)
-        if decision.assignee is not None:
-            event_id = await queries.add_event(
-                conn,
-                conversation_id,
-                at,
-                "assigned",
-                ACTOR,
-                agent=decision.assignee,
-                rule=decision.rule,
-                detail={
-                    "via": decision.via,
-                    "team": decision.team,
-                    "status": state.statuses.get(decision.assignee, "available"),
-                    "reason": decision.reason,
-                    "matched": [list(pair) for pair in decision.matched],
-                },
-            )
-            await queue_alert(
-                conn,
-                self._settings,
-                conversation_id=conversation_id,
-                event_id=event_id,
-                agent_id=decision.assignee,
-                reason="assigned",
-                how=_how(decision),
-                message_pk=stored.id,
-                at=at,
-                sender=facts.sender,
-            )
+        if decision.assignee is None:
+            await queue_keywords(conn, conversation_id, at)
+            return conversation_id, decision
+        change = Change(
+            conversation_id,
+            "assigned",
+            ACTOR,
+            at,
+            decision.assignee,
+            rule=decision.rule,
+            detail={
+                "via": decision.via,
+                "team": decision.team,
+                "status": state.statuses.get(decision.assignee, "available"),
+                "reason": decision.reason,
+                "matched": [list(pair) for pair in decision.matched],
+            },
+            rotation=decision.rotation,
+            alert=Alert("assigned", _how(decision), stored.id, facts.sender),
+        )
+        await record(conn, self._settings, change)
         return conversation_id, decision
 
     async def _join(
         self,
-        conn: aiosqlite.Connection,
+        conn: Tx,
         conversation_id: int,
         stored: StoredMail,
         facts: MailFacts,
         at: str,
     ) -> None:
-        row = await queries.conversation(conn, conversation_id)
+        row = await queries.conversation(conn, conversation_id, lock=True)
         assert row is not None
+        await queries.finish_message(conn, stored.id, "routed", facts, conversation_id)
         await queries.add_message_to(conn, conversation_id, stored.received_at)
         event_id = await queries.add_event(
             conn,
@@ -278,7 +254,7 @@ class Intake(DrainLoop):
         )
         # The customer writing again reopens; an out-of-office or an agent's copy does not.
         from_customer = facts.auto is None and not from_agent
-        if row["status"] == "closed" and from_customer:
+        if row.status == "closed" and from_customer:
             await queries.set_conversation_status(conn, conversation_id, "open")
             await queries.add_event(
                 conn,
@@ -286,10 +262,10 @@ class Intake(DrainLoop):
                 at,
                 "reopened",
                 ACTOR,
-                agent=row["assignee"],
+                agent=row.assignee,
                 detail={"reason": "the customer wrote again"},
             )
-        assignee = row["assignee"]
+        assignee = row.assignee
         if assignee is not None and self._settings.notify.on_reply and from_customer:
             await queue_alert(
                 conn,
@@ -303,6 +279,7 @@ class Intake(DrainLoop):
                 at=at,
                 sender=facts.sender,
             )
+        await queue_keywords(conn, conversation_id, at)
 
 
 def _log(stored: StoredMail, facts: MailFacts | Exception, outcome: Outcome, ms: float) -> None:

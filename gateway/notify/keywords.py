@@ -86,17 +86,19 @@ class KeywordWriter:
     def _ours(self, flag: str) -> bool:
         return flag.startswith(("assigned-", "team-")) or flag in self._ours_exact
 
-    async def apply(self, copies: list[queries.Row], want: set[str]) -> None:
-        by_mailbox: dict[tuple[str, str], list[queries.Row]] = defaultdict(list)
+    async def apply(self, copies: list[queries.ImapCopy], want: set[str]) -> None:
+        by_mailbox: dict[tuple[str, str], list[queries.ImapCopy]] = defaultdict(list)
         for copy in copies:
-            by_mailbox[(copy["inbox"], copy["folder"])].append(copy)
+            by_mailbox[(copy.inbox, copy.folder)].append(copy)
         for (inbox, folder), rows in by_mailbox.items():
             imap = self._mailboxes.get(inbox)
             if imap is None or imap.folder != folder:
                 continue  # no longer connected: nothing to tag
             await self._mailbox(imap, rows, want)
 
-    async def _mailbox(self, imap: ImapSection, rows: list[queries.Row], want: set[str]) -> None:
+    async def _mailbox(
+        self, imap: ImapSection, rows: list[queries.ImapCopy], want: set[str]
+    ) -> None:
         try:
             box = await self._session(imap)
             await self._tag(box, _name(imap), rows, want)
@@ -104,7 +106,9 @@ class KeywordWriter:
             await self._close(_name(imap))  # the next job starts afresh
             raise
 
-    async def _tag(self, box: Mailbox, name: str, rows: list[queries.Row], want: set[str]) -> None:
+    async def _tag(
+        self, box: Mailbox, name: str, rows: list[queries.ImapCopy], want: set[str]
+    ) -> None:
         if not box.keywords:
             if name not in self._warned:  # said once, not for every message
                 self._warned.add(name)
@@ -114,7 +118,7 @@ class KeywordWriter:
                     reason="the server does not keep new keywords; no tagging",
                 )
             return
-        uids = [str(r["uid"]) for r in rows if r["uidvalidity"] == box.uidvalidity]
+        uids = [str(r.uid) for r in rows if r.uidvalidity == box.uidvalidity]
         if not uids:
             return  # renumbered since: the rescan lists the copies anew
         fetched = await unless_lost(

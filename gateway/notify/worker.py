@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import secrets
 import socket
@@ -168,10 +167,10 @@ class Outbox(DrainLoop):
                 break
             for row in rows:
                 started = time.perf_counter()
-                lease = await self._claim(row["id"])
+                lease = await self._claim(row.id)
                 if lease is None:
                     continue
-                if row["kind"] == "keywords":
+                if row.kind == "keywords":
                     await self._keywords(row, lease)
                 else:
                     await self._attempt(row, lease)
@@ -197,39 +196,40 @@ class Outbox(DrainLoop):
         return lease if taken else None
 
     async def _done(
-        self, row: queries.Row, lease: str, event: tuple[str, str, dict[str, Any]] | None = None
+        self,
+        row: queries.OutboxRow,
+        lease: str,
+        event: tuple[str, str, dict[str, Any]] | None = None,
     ) -> bool:
         """Mark the row done, with `event` (kind, agent, detail) on the timeline, if this
         attempt still holds it; whether it did."""
         async with self._db.transaction() as conn:
-            held = await queries.outbox_done(conn, row["id"], lease)
+            held = await queries.outbox_done(conn, row.id, lease)
             if held and event is not None:
                 kind, agent, detail = event
                 at = stamp(self._clock())
                 await queries.add_event(
-                    conn, row["conversation_id"], at, kind, ACTOR, agent=agent, detail=detail
+                    conn, row.conversation_id, at, kind, ACTOR, agent=agent, detail=detail
                 )
         if not held:
-            log.warning("outbox.outcome_dropped", outcome="done", id=row["id"], why=DROPPED)
+            log.warning("outbox.outcome_dropped", outcome="done", id=row.id, why=DROPPED)
         return held
 
     async def _failed(
-        self, row: queries.Row, lease: str, error: str, payload: dict[str, str] | None = None
+        self, row: queries.OutboxRow, lease: str, error: str, payload: dict[str, str] | None = None
     ) -> None:
         """Count a failed attempt and set the retry (an alert's failure on the timeline too),
         if this attempt still holds the row."""
         now = self._clock()
-        attempts = int(row["attempts"]) + 1
-        retry_at = self._retry.next_attempt(
-            attempts, datetime.fromisoformat(row["created_at"]), now
-        )
+        attempts = int(row.attempts) + 1
+        retry_at = self._retry.next_attempt(attempts, datetime.fromisoformat(row.created_at), now)
         retry = None if retry_at is None else stamp(retry_at)
         async with self._db.transaction() as conn:
-            held = await queries.outbox_failed(conn, row["id"], lease, error, retry)
+            held = await queries.outbox_failed(conn, row.id, lease, error, retry)
             if held and payload is not None:
                 await queries.add_event(
                     conn,
-                    row["conversation_id"],
+                    row.conversation_id,
                     stamp(now),
                     "notify_failed",
                     ACTOR,
@@ -244,22 +244,22 @@ class Outbox(DrainLoop):
         if not held:
             log.warning("outbox.outcome_dropped", outcome="failed", error=error, why=DROPPED)
         elif payload is None:
-            log.warning("keywords.failed", conversation=row["conversation_id"], error=error)
+            log.warning("keywords.failed", conversation=row.conversation_id, error=error)
         else:
             log.warning("alert.failed", error=error, attempts=attempts, gave_up=retry is None)
 
-    async def _keywords(self, row: queries.Row, lease: str) -> None:
+    async def _keywords(self, row: queries.OutboxRow, lease: str) -> None:
         if self._keywords_for is not self._settings:  # reloaded since the last job
             await self._keyword_writer.close()  # its sessions belong to the old settings
             self._keyword_writer = KeywordWriter(self._settings)
             self._keywords_for = self._settings
-        conversation_id = row["conversation_id"]
+        conversation_id = row.conversation_id
         async with self._db.reading() as conn:
             found = await queries.conversation(conn, conversation_id)
             tags = (await queries.tags_of(conn, [conversation_id]))[conversation_id]
             copies = await queries.imap_copies(conn, conversation_id)
         assert found is not None
-        want = wanted(found["assignee"], found["team"], tags)
+        want = wanted(found.assignee, found.team, tags)
         try:
             await self._keyword_writer.apply(copies, want)
         except Exception as error:  # server down, refused...: retried like an alert
@@ -273,22 +273,22 @@ class Outbox(DrainLoop):
                 copies=len(copies),
             )
 
-    async def _attempt(self, row: queries.Row, lease: str) -> None:
-        payload = json.loads(row["payload"])
+    async def _attempt(self, row: queries.OutboxRow, lease: str) -> None:
+        payload = row.payload
         agent = self._settings.agent(payload["agent"])
-        event_id = int(row["event_id"])
+        event_id = int(row.event_id)
         with structlog.contextvars.bound_contextvars(
-            conversation=row["conversation_id"], event=event_id, agent=payload["agent"]
+            conversation=row.conversation_id, event=event_id, agent=payload["agent"]
         ):
             try:
                 if agent is None:
                     raise LookupError(f"agent {payload['agent']!r} is no longer configured")
                 async with self._db.reading() as conn:
-                    conversation = await queries.conversation(conn, row["conversation_id"])
+                    conversation = await queries.conversation(conn, row.conversation_id)
                     stored = await queries.message(conn, int(payload["message"]))
                 if conversation is None or stored is None:
                     raise LookupError("the conversation or its message is gone")
-                assignee = conversation["assignee"]
+                assignee = conversation.assignee
                 if assignee == payload["agent"]:
                     message = await self._render(row, payload, conversation, stored, agent)
                     await self._transport.send(message, agent.email, f"alert-{event_id}")
@@ -303,7 +303,7 @@ class Outbox(DrainLoop):
                 log.info("alert.sent", reason=payload["reason"], to=agent.email)
 
     async def _superseded(
-        self, row: queries.Row, lease: str, payload: dict[str, str], assignee: str | None
+        self, row: queries.OutboxRow, lease: str, payload: dict[str, str], assignee: str | None
     ) -> None:
         """The conversation left the agent while the alert waited (the outbox was held up, or
         behind): it would send them to work that is no longer theirs, so it stays unsent.
@@ -315,9 +315,9 @@ class Outbox(DrainLoop):
 
     async def _render(
         self,
-        row: queries.Row,
+        row: queries.OutboxRow,
         payload: dict[str, str],
-        conversation: queries.Row,
+        conversation: queries.Conversation,
         stored: queries.StoredMail,
         agent: Agent,
     ) -> EmailMessage:
@@ -326,18 +326,18 @@ class Outbox(DrainLoop):
         built = functools.partial(
             render,
             AlertInput(
-                event_id=int(row["event_id"]),
+                event_id=int(row.event_id),
                 reason=payload["reason"],
                 how=payload["how"],
-                conversation_id=conversation["id"],
-                subject=conversation["subject"],
-                customer=conversation["customer"],
-                inbox=conversation["inbox"],
+                conversation_id=conversation.id,
+                subject=conversation.subject,
+                customer=conversation.customer,
+                inbox=conversation.inbox,
                 agent_name=agent.name or agent.id,
                 agent_email=agent.email,
                 sender=self._settings.notify.from_,
                 hostname=self._settings.gateway.hostname,
-                mark=alertmark.mark(self._secret, int(row["event_id"])),
+                mark=alertmark.mark(self._secret, int(row.event_id)),
                 raw=stored.mail.raw,
                 date=self._clock(),
                 full_size=stored.mail.full_size,

@@ -16,14 +16,14 @@ import fcntl
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from importlib import resources
 from typing import Any, TypeVar
 
 import aiosqlite
 
-from gateway.errors import StoreUnavailable
+from gateway.errors import StatementFailed, StoreUnavailable
 
 T = TypeVar("T")
 
@@ -42,6 +42,69 @@ def store_trouble(error: sqlite3.Error) -> bool:
     if code is None:  # no code to tell by: the cautious answer keeps the mail pending
         return isinstance(error, sqlite3.OperationalError)
     return code & 0xFF in _STORE_TROUBLE
+
+
+Record = sqlite3.Row  # a row as SQLite gives it: only queries.py reads one
+
+
+@contextlib.contextmanager
+def _classified() -> Iterator[None]:
+    """SQLite's errors as the store's kinds: its trouble, or a statement's data."""
+    try:
+        yield
+    except sqlite3.Error as error:
+        if store_trouble(error):
+            raise StoreUnavailable(f"the database is unavailable: {error}") from None
+        raise StatementFailed(f"{type(error).__name__}: {error}") from None
+
+
+class Tx:
+    """One transaction, or one read snapshot: what every query in queries.py runs on.
+
+    Nothing of the driver leaves the store: statements fail with StoreUnavailable
+    (the store's trouble: try again later) or StatementFailed (the data given).
+    SQL is written once, in what SQLite and PostgreSQL share, with `?` marks.
+    """
+
+    # The locking read of a read-modify-write. SQLite's BEGIN IMMEDIATE holds the
+    # database's write lock already, so a plain read is one; PostgreSQL needs FOR UPDATE.
+    for_update = ""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Record | None:
+        with _classified():
+            async with self._conn.execute(sql, args) as cursor:
+                row: Record | None = await cursor.fetchone()
+                return row
+
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Record]:
+        with _classified():
+            async with self._conn.execute(sql, args) as cursor:
+                return list(await cursor.fetchall())
+
+    async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
+        """Run a write; the number of rows it changed."""
+        with _classified():
+            async with self._conn.execute(sql, args) as cursor:
+                return int(cursor.rowcount)
+
+    async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        with _classified():
+            await self._conn.executemany(sql, rows)
+
+    @asynccontextmanager
+    async def savepoint(self) -> AsyncIterator[None]:
+        """A part of the transaction that is undone alone if it raises (and re-raised)."""
+        await self.run("SAVEPOINT part")
+        try:
+            yield
+        except BaseException:
+            await self.run("ROLLBACK TO part")
+            await self.run("RELEASE part")
+            raise
+        await self.run("RELEASE part")
 
 
 class _Connection(aiosqlite.Connection):
@@ -132,7 +195,7 @@ class Database:
         return cls(conn, path)
 
     @asynccontextmanager
-    async def transaction(self, *, inline: bool = True) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self, *, inline: bool = True) -> AsyncIterator[Tx]:
         """One write transaction; StoreUnavailable when SQLite cannot take or commit it.
 
         Its statements run on the loop's thread (see `_Connection`); `inline=False`
@@ -146,13 +209,9 @@ class Database:
             try:
                 self._conn.inline = inline
                 try:
-                    yield self._conn
+                    yield Tx(self._conn)
                 finally:
                     self._conn.inline = False
-            except sqlite3.OperationalError as error:
-                # Locked, full, read-only, I/O: the store's trouble, not the caller's data.
-                await self._rollback()
-                raise StoreUnavailable(f"the database is unavailable: {error}") from None
             except BaseException:
                 await self._rollback()
                 raise
@@ -163,7 +222,7 @@ class Database:
                 raise StoreUnavailable(f"the database could not commit: {error}") from None
 
     @asynccontextmanager
-    async def reading(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def reading(self) -> AsyncIterator[Tx]:
         """Reads that see one snapshot, however the daemon writes meanwhile (WAL)."""
         async with self._lock:
             try:
@@ -171,7 +230,7 @@ class Database:
             except sqlite3.Error as error:
                 raise StoreUnavailable(f"the database is unavailable: {error}") from None
             try:
-                yield self._conn
+                yield Tx(self._conn)
             finally:
                 await self._rollback()
 
@@ -186,6 +245,11 @@ class Database:
     def sole(self, job: str) -> Sole:
         """The one process that may do `job` on this database (see `Sole`)."""
         return Sole(f"{self.path}-{job}.lock")
+
+    async def trace(self, statements: Callable[[str], None] | None) -> None:
+        """Have every statement's text given to `statements` (None: stop), from the thread
+        that runs it: for tests that show where and how often the store works."""
+        await self._conn.set_trace_callback(statements)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         await self._conn.close()

@@ -1,49 +1,35 @@
 """Every read and write of the store, one function each. SQL lives here only.
 
-Functions take a connection inside `Database.transaction()` (writes) or
-`Database.reading()` (reads); none of them commits.
+Functions take the `Tx` of a `Database.transaction()` (writes) or `reading()`
+(reads); none of them commits. What they read comes out as the frozen records
+below, never as the driver's rows. A read-modify-write reads through a locking
+read (`lock=True`: `Tx.for_update`).
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
-
 from gateway.model import STATUSES, MailFacts, RawMail, RoutingState, Status
-
-Row = sqlite3.Row
-
-
-async def _one(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> Row | None:
-    async with conn.execute(sql, args) as cursor:
-        row: Row | None = await cursor.fetchone()
-        return row
-
-
-async def _all(conn: aiosqlite.Connection, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-    async with conn.execute(sql, args) as cursor:
-        return list(await cursor.fetchall())
-
+from gateway.store.db import Record, Tx
 
 # --- meta ---------------------------------------------------------------------
 
 
-async def get_meta(conn: aiosqlite.Connection, key: str) -> str | None:
-    row = await _one(conn, "SELECT value FROM meta WHERE key = ?", (key,))
+async def get_meta(tx: Tx, key: str) -> str | None:
+    row = await tx.one("SELECT value FROM meta WHERE key = ?", (key,))
     return None if row is None else str(row["value"])
 
 
-async def put_meta_once(conn: aiosqlite.Connection, key: str, value: str) -> str:
+async def put_meta_once(tx: Tx, key: str, value: str) -> str:
     """Store `value` unless the key has one; return the value that stands."""
-    await conn.execute(
+    await tx.run(
         "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING", (key, value)
     )
-    stored = await get_meta(conn, key)
+    stored = await get_meta(tx, key)
     assert stored is not None
     return stored
 
@@ -62,7 +48,7 @@ class StoredMail:
 _WITH_RAW = "SELECT m.*, r.raw FROM messages m JOIN raw_mail r ON r.message = m.id"
 
 
-def _stored(row: Row) -> StoredMail:
+def _stored(row: Record) -> StoredMail:
     return StoredMail(
         id=row["id"],
         mail=RawMail(
@@ -79,7 +65,7 @@ def _stored(row: Row) -> StoredMail:
 
 
 async def insert_messages(
-    conn: aiosqlite.Connection, mails: Sequence[tuple[RawMail, str]], at: str
+    tx: Tx, mails: Sequence[tuple[RawMail, str]], at: str
 ) -> list[int | None]:
     """Each (mail, dedup key)'s new id, or None when it is stored already (or earlier in
     `mails`). Two statements for them all, whatever their number: a group commit costs
@@ -89,7 +75,7 @@ async def insert_messages(
     for mail, key in mails:
         params += (mail.inbox, key, mail.source, mail.envelope_from)
         params += (json.dumps(list(mail.envelope_to)), len(mail.raw), mail.full_size, at)
-    rows = await conn.execute_fetchall(
+    rows = await tx.all(
         "INSERT INTO messages (inbox, dedup_key, source, envelope_from, envelope_to, size,"
         f" full_size, received_at) VALUES {values} ON CONFLICT (inbox, dedup_key) DO NOTHING"
         " RETURNING id, inbox, dedup_key",
@@ -100,27 +86,24 @@ async def insert_messages(
     ids = [new.pop((mail.inbox, key), None) for mail, key in mails]
     stored = [(pk, mail.raw) for pk, (mail, _) in zip(ids, mails, strict=True) if pk is not None]
     if stored:
-        await conn.execute(
+        await tx.run(
             f"INSERT INTO raw_mail (message, raw) VALUES {', '.join(['(?, ?)'] * len(stored))}",
             [value for pair in stored for value in pair],
         )
     return ids
 
 
-async def is_stored(conn: aiosqlite.Connection, inbox: str, dedup_key: str) -> bool:
-    row = await _one(
-        conn, "SELECT 1 FROM messages WHERE inbox = ? AND dedup_key = ?", (inbox, dedup_key)
+async def is_stored(tx: Tx, inbox: str, dedup_key: str) -> bool:
+    row = await tx.one(
+        "SELECT 1 FROM messages WHERE inbox = ? AND dedup_key = ?", (inbox, dedup_key)
     )
     return row is not None
 
 
-async def pending_messages(
-    conn: aiosqlite.Connection, limit: int, max_bytes: int
-) -> list[StoredMail]:
+async def pending_messages(tx: Tx, limit: int, max_bytes: int) -> list[StoredMail]:
     """The oldest pending messages first (intake keeps arrival order): at most `limit`,
     and no more raw bytes than `max_bytes` unless the first alone is larger."""
-    sizes = await _all(
-        conn,
+    sizes = await tx.all(
         "SELECT id, size FROM messages WHERE state = 'pending' ORDER BY id LIMIT ?",
         (limit,),
     )
@@ -133,78 +116,91 @@ async def pending_messages(
         ids.append(int(row["id"]))
     if not ids:
         return []
-    rows = await _all(
-        conn,
+    rows = await tx.all(
         f"{_WITH_RAW} WHERE m.id IN ({', '.join('?' * len(ids))}) ORDER BY m.id",
         ids,
     )
     return [_stored(row) for row in rows]
 
 
-async def message(conn: aiosqlite.Connection, message_pk: int) -> StoredMail | None:
-    row = await _one(conn, f"{_WITH_RAW} WHERE m.id = ?", (message_pk,))
+async def message(tx: Tx, message_pk: int) -> StoredMail | None:
+    row = await tx.one(f"{_WITH_RAW} WHERE m.id = ?", (message_pk,))
     return None if row is None else _stored(row)
 
 
-async def message_outcome(conn: aiosqlite.Connection, message_pk: int) -> Row:
-    row = await _one(
-        conn, "SELECT state, error, conversation_id FROM messages WHERE id = ?", (message_pk,)
+@dataclass(frozen=True)
+class Outcome:
+    state: str  # pending, routed, dropped, shunted
+    error: str | None
+    conversation_id: int | None
+
+
+async def message_outcome(tx: Tx, message_pk: int) -> Outcome:
+    row = await tx.one(
+        "SELECT state, error, conversation_id FROM messages WHERE id = ?", (message_pk,)
     )
     assert row is not None
-    return row
+    return Outcome(*row)
 
 
-async def claim_pending(conn: aiosqlite.Connection, message_pk: int) -> bool:
+async def claim_pending(tx: Tx, message_pk: int) -> bool:
     """True when the message is still pending (no other intake took it meanwhile)."""
-    row = await _one(conn, "SELECT state FROM messages WHERE id = ?", (message_pk,))
+    row = await tx.one("SELECT state FROM messages WHERE id = ?", (message_pk,))
     return row is not None and row["state"] == "pending"
 
 
 async def finish_message(
-    conn: aiosqlite.Connection,
+    tx: Tx,
     message_pk: int,
     state: str,
     facts: MailFacts,
     conversation_id: int | None,
     error: str | None = None,
 ) -> None:
-    await conn.execute(
+    await tx.run(
         "UPDATE messages SET state = ?, conversation_id = ?, message_id = ?, sender = ?,"
         " subject = ?, error = ? WHERE id = ?",
         (state, conversation_id, facts.message_id, facts.sender, facts.subject, error, message_pk),
     )
 
 
-async def shunt(conn: aiosqlite.Connection, message_pk: int, error: str) -> None:
-    await conn.execute(
+async def shunt(tx: Tx, message_pk: int, error: str) -> None:
+    await tx.run(
         "UPDATE messages SET state = 'shunted', error = ? WHERE id = ?", (error, message_pk)
     )
 
 
-async def unshunt(conn: aiosqlite.Connection, message_pk: int) -> bool:
-    cursor = await conn.execute(
+async def unshunt(tx: Tx, message_pk: int) -> bool:
+    changed = await tx.run(
         "UPDATE messages SET state = 'pending' WHERE id = ? AND state = 'shunted'", (message_pk,)
     )
-    return cursor.rowcount == 1
+    return changed == 1
 
 
-async def shunted(conn: aiosqlite.Connection) -> list[Row]:
-    return await _all(
-        conn,
+@dataclass(frozen=True)
+class Shunted:
+    id: int
+    inbox: str
+    source: str
+    received_at: str
+    error: str | None
+    envelope_from: str | None
+
+
+async def shunted(tx: Tx) -> list[Shunted]:
+    rows = await tx.all(
         "SELECT id, inbox, source, received_at, error, envelope_from FROM messages"
         " WHERE state = 'shunted' ORDER BY id",
     )
+    return [Shunted(*row) for row in rows]
 
 
-async def conversation_of_message_ids(
-    conn: aiosqlite.Connection, inbox: str, message_ids: Sequence[str]
-) -> int | None:
+async def conversation_of_message_ids(tx: Tx, inbox: str, message_ids: Sequence[str]) -> int | None:
     """The conversation of the most recent stored message named in `message_ids`."""
     if not message_ids:
         return None
     marks = ",".join("?" * len(message_ids))
-    row = await _one(
-        conn,
+    row = await tx.one(
         f"SELECT conversation_id FROM messages WHERE inbox = ? AND message_id IN ({marks})"
         " AND conversation_id IS NOT NULL ORDER BY id DESC LIMIT 1",
         (inbox, *message_ids),
@@ -212,18 +208,30 @@ async def conversation_of_message_ids(
     return None if row is None else int(row["conversation_id"])
 
 
-async def messages_of(conn: aiosqlite.Connection, conversation_id: int) -> list[Row]:
-    return await _all(
-        conn,
+@dataclass(frozen=True)
+class MessageLine:
+    """A message as a conversation's timeline lists it."""
+
+    id: int
+    message_id: str | None
+    sender: str | None
+    subject: str | None
+    received_at: str
+    source: str
+
+
+async def messages_of(tx: Tx, conversation_id: int) -> list[MessageLine]:
+    rows = await tx.all(
         "SELECT id, message_id, sender, subject, received_at, source FROM messages"
         " WHERE conversation_id = ? ORDER BY id",
         (conversation_id,),
     )
+    return [MessageLine(*row) for row in rows]
 
 
-async def message_state(conn: aiosqlite.Connection, message_pk: int) -> str | None:
+async def message_state(tx: Tx, message_pk: int) -> str | None:
     """pending, routed, dropped or shunted; None when there is no such message."""
-    row = await _one(conn, "SELECT state FROM messages WHERE id = ?", (message_pk,))
+    row = await tx.one("SELECT state FROM messages WHERE id = ?", (message_pk,))
     return None if row is None else str(row["state"])
 
 
@@ -233,15 +241,39 @@ CONVERSATION_STATUSES = ("open", "closed")
 TAGS_BATCH = 500  # conversations per tags query, far below any bound-parameter limit
 
 
-async def conversation(conn: aiosqlite.Connection, conversation_id: int) -> Row | None:
-    return await _one(conn, "SELECT * FROM conversations WHERE id = ?", (conversation_id,))
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    inbox: str
+    customer: str | None
+    subject: str
+    thread_subject: str
+    assignee: str | None
+    team: str | None
+    status: str  # open, closed
+    created_at: str
+    last_message_at: str
+    message_count: int
+
+
+_CONVERSATION = (
+    "SELECT id, inbox, customer, subject, thread_subject, assignee, team, status, created_at,"
+    " last_message_at, message_count FROM conversations"
+)
+
+
+async def conversation(tx: Tx, conversation_id: int, *, lock: bool = False) -> Conversation | None:
+    """The conversation; `lock` when the caller changes it from what it read."""
+    row = await tx.one(
+        f"{_CONVERSATION} WHERE id = ?{tx.for_update if lock else ''}", (conversation_id,)
+    )
+    return None if row is None else Conversation(*row)
 
 
 async def conversation_by_subject(
-    conn: aiosqlite.Connection, inbox: str, customer: str, thread_subject: str, since: str
+    tx: Tx, inbox: str, customer: str, thread_subject: str, since: str
 ) -> int | None:
-    row = await _one(
-        conn,
+    row = await tx.one(
         "SELECT id FROM conversations WHERE inbox = ? AND customer = ? AND thread_subject = ?"
         " AND last_message_at >= ? ORDER BY last_message_at DESC LIMIT 1",
         (inbox, customer, thread_subject, since),
@@ -250,29 +282,28 @@ async def conversation_by_subject(
 
 
 async def create_conversation(
-    conn: aiosqlite.Connection,
+    tx: Tx,
     *,
     inbox: str,
     customer: str | None,
     subject: str,
     thread_subject: str,
-    assignee: str | None,
     team: str | None,
     at: str,
 ) -> int:
-    row = await _one(
-        conn,
-        "INSERT INTO conversations (inbox, customer, subject, thread_subject, assignee, team,"
-        " created_at, last_message_at, message_count) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 1)"
+    """A new conversation, unassigned: an assignee comes with `assignment.record`."""
+    row = await tx.one(
+        "INSERT INTO conversations (inbox, customer, subject, thread_subject, team,"
+        " created_at, last_message_at, message_count) VALUES (?, ?, ?, ?, ?, ?, ?, 1)"
         " RETURNING id",
-        (inbox, customer, subject, thread_subject, assignee, team, at, at),
+        (inbox, customer, subject, thread_subject, team, at, at),
     )
     assert row is not None
     return int(row["id"])
 
 
-async def add_message_to(conn: aiosqlite.Connection, conversation_id: int, at: str) -> None:
-    await conn.execute(
+async def add_message_to(tx: Tx, conversation_id: int, at: str) -> None:
+    await tx.run(
         "UPDATE conversations SET message_count = message_count + 1,"
         # CASE, not max(): PostgreSQL's max() is an aggregate only.
         " last_message_at = CASE WHEN last_message_at > ? THEN last_message_at ELSE ? END"
@@ -281,16 +312,13 @@ async def add_message_to(conn: aiosqlite.Connection, conversation_id: int, at: s
     )
 
 
-async def set_assignee(conn: aiosqlite.Connection, conversation_id: int, agent: str | None) -> None:
-    await conn.execute(
-        "UPDATE conversations SET assignee = ? WHERE id = ?", (agent, conversation_id)
-    )
+async def set_assignee(tx: Tx, conversation_id: int, agent: str | None) -> None:
+    await tx.run("UPDATE conversations SET assignee = ? WHERE id = ?", (agent, conversation_id))
 
 
-async def latest_message(conn: aiosqlite.Connection, conversation_id: int) -> int:
+async def latest_message(tx: Tx, conversation_id: int) -> int:
     """The newest message of a conversation: the one an alert attaches."""
-    row = await _one(
-        conn,
+    row = await tx.one(
         "SELECT max(id) AS id FROM messages WHERE conversation_id = ?",
         (conversation_id,),
     )
@@ -298,24 +326,18 @@ async def latest_message(conn: aiosqlite.Connection, conversation_id: int) -> in
     return int(row["id"])
 
 
-async def set_conversation_status(
-    conn: aiosqlite.Connection, conversation_id: int, status: str
-) -> None:
-    await conn.execute(
-        "UPDATE conversations SET status = ? WHERE id = ?", (status, conversation_id)
-    )
+async def set_conversation_status(tx: Tx, conversation_id: int, status: str) -> None:
+    await tx.run("UPDATE conversations SET status = ? WHERE id = ?", (status, conversation_id))
 
 
-async def add_tags(conn: aiosqlite.Connection, conversation_id: int, tags: Iterable[str]) -> None:
-    await conn.executemany(
+async def add_tags(tx: Tx, conversation_id: int, tags: Iterable[str]) -> None:
+    await tx.run_many(
         "INSERT INTO tags (conversation_id, tag) VALUES (?, ?) ON CONFLICT DO NOTHING",
         [(conversation_id, tag) for tag in tags],
     )
 
 
-async def tags_of(
-    conn: aiosqlite.Connection, conversation_ids: Sequence[int]
-) -> dict[int, list[str]]:
+async def tags_of(tx: Tx, conversation_ids: Sequence[int]) -> dict[int, list[str]]:
     """Each conversation's tags, in the order they were given.
 
     Asked in batches: one IN list for a long unpaged list would pass SQLite's
@@ -325,8 +347,7 @@ async def tags_of(
     for start in range(0, len(conversation_ids), TAGS_BATCH):
         batch = tuple(conversation_ids[start : start + TAGS_BATCH])
         marks = ",".join("?" * len(batch))
-        rows = await _all(
-            conn,
+        rows = await tx.all(
             f"SELECT conversation_id, tag FROM tags WHERE conversation_id IN ({marks})"
             " ORDER BY conversation_id, rowid",
             batch,
@@ -337,14 +358,14 @@ async def tags_of(
 
 
 async def list_conversations(
-    conn: aiosqlite.Connection,
+    tx: Tx,
     *,
     status: str | None,
     assignee: str | None = None,
     team: str | None = None,
     unassigned: bool = False,
     limit: int | None = None,
-) -> list[Row]:
+) -> list[Conversation]:
     """Oldest waiting first: the conversation whose last message is oldest.
 
     Each queue is a walk along one (…, status, last_message_at) index, which
@@ -361,21 +382,21 @@ async def list_conversations(
         args.append(team)
     if unassigned:
         where.append("assignee IS NULL")
-    walk = f"SELECT * FROM conversations WHERE {' AND '.join(where)}"
+    walk = f"{_CONVERSATION} WHERE {' AND '.join(where)}"
     statuses = CONVERSATION_STATUSES if status is None else (status,)
     sql = " UNION ALL ".join([walk] * len(statuses)) + " ORDER BY last_message_at, id"
     params: list[object] = [value for each in statuses for value in (each, *args)]
     if limit is not None:
         sql += " LIMIT ?"
         params.append(limit)
-    return await _all(conn, sql, params)
+    return [Conversation(*row) for row in await tx.all(sql, params)]
 
 
 # --- events -------------------------------------------------------------------
 
 
 async def add_event(
-    conn: aiosqlite.Connection,
+    tx: Tx,
     conversation_id: int,
     at: str,
     kind: str,
@@ -386,8 +407,7 @@ async def add_event(
     rule: str | None = None,
     detail: dict[str, Any] | None = None,
 ) -> int:
-    row = await _one(
-        conn,
+    row = await tx.one(
         "INSERT INTO events (conversation_id, at, kind, actor, agent, previous_agent, rule,"
         " detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
         (
@@ -405,28 +425,61 @@ async def add_event(
     return int(row["id"])
 
 
-async def events_of(conn: aiosqlite.Connection, conversation_id: int) -> list[Row]:
-    return await _all(
-        conn, "SELECT * FROM events WHERE conversation_id = ? ORDER BY id", (conversation_id,)
+@dataclass(frozen=True)
+class Event:
+    id: int
+    conversation_id: int
+    at: str
+    kind: str
+    actor: str
+    agent: str | None
+    previous_agent: str | None
+    rule: str | None
+    detail: dict[str, Any]
+
+
+async def events_of(tx: Tx, conversation_id: int) -> list[Event]:
+    rows = await tx.all(
+        "SELECT id, conversation_id, at, kind, actor, agent, previous_agent, rule, detail"
+        " FROM events WHERE conversation_id = ? ORDER BY id",
+        (conversation_id,),
     )
+    return [
+        Event(
+            id=row["id"],
+            conversation_id=row["conversation_id"],
+            at=row["at"],
+            kind=row["kind"],
+            actor=row["actor"],
+            agent=row["agent"],
+            previous_agent=row["previous_agent"],
+            rule=row["rule"],
+            detail=json.loads(row["detail"]),
+        )
+        for row in rows
+    ]
 
 
 # --- agents and rotations -----------------------------------------------------
 
 
-async def routing_state(conn: aiosqlite.Connection) -> RoutingState:
+async def routing_state(tx: Tx, *, lock: bool = False) -> RoutingState:
+    """Agents' availability and each rotation's last agent; `lock` when a turn may be taken
+    (the pointer moves in the same transaction: two messages never take one turn)."""
     statuses: dict[str, Status] = {}
-    for row in await _all(conn, "SELECT agent, status FROM agent_status"):
+    for row in await tx.all("SELECT agent, status FROM agent_status"):
         if row["status"] in STATUSES:
             statuses[row["agent"]] = row["status"]
-    rotations = await _all(conn, "SELECT key, last_agent FROM rotations")
+    rotations = await tx.all(
+        f"SELECT key, last_agent FROM rotations{tx.for_update if lock else ''}"
+    )
     return RoutingState(
         statuses=statuses, last_served={row["key"]: row["last_agent"] for row in rotations}
     )
 
 
-async def set_agent_status(conn: aiosqlite.Connection, agent: str, status: str, at: str) -> None:
-    await conn.execute(
+async def set_agent_status(tx: Tx, agent: str, status: str, at: str) -> None:
+    await tx.run(
         "INSERT INTO agent_status (agent, status, changed_at) VALUES (?, ?, ?)"
         " ON CONFLICT (agent) DO UPDATE SET status = excluded.status,"
         " changed_at = excluded.changed_at",
@@ -434,7 +487,7 @@ async def set_agent_status(conn: aiosqlite.Connection, agent: str, status: str, 
     )
 
 
-async def open_counts(conn: aiosqlite.Connection, agents: Sequence[str]) -> dict[str, int]:
+async def open_counts(tx: Tx, agents: Sequence[str]) -> dict[str, int]:
     """Open conversations of each of `agents` (absent: none).
 
     Named agents let the count walk only the (assignee, status) index, without
@@ -443,8 +496,7 @@ async def open_counts(conn: aiosqlite.Connection, agents: Sequence[str]) -> dict
     if not agents:
         return {}
     marks = ",".join("?" * len(agents))
-    rows = await _all(
-        conn,
+    rows = await tx.all(
         f"SELECT assignee, count(*) AS n FROM conversations WHERE assignee IN ({marks})"
         " AND status = 'open' GROUP BY assignee",
         tuple(agents),
@@ -452,8 +504,8 @@ async def open_counts(conn: aiosqlite.Connection, agents: Sequence[str]) -> dict
     return {row["assignee"]: row["n"] for row in rows}
 
 
-async def set_rotation(conn: aiosqlite.Connection, key: str, agent: str) -> None:
-    await conn.execute(
+async def set_rotation(tx: Tx, key: str, agent: str) -> None:
+    await tx.run(
         "INSERT INTO rotations (key, last_agent) VALUES (?, ?)"
         " ON CONFLICT (key) DO UPDATE SET last_agent = excluded.last_agent",
         (key, agent),
@@ -484,9 +536,8 @@ class Cursor:
         )
 
 
-async def imap_cursor(conn: aiosqlite.Connection, inbox: str, folder: str) -> Cursor | None:
-    row = await _one(
-        conn,
+async def imap_cursor(tx: Tx, inbox: str, folder: str) -> Cursor | None:
+    row = await tx.one(
         "SELECT uidvalidity, last_uid, first_connected_at, rescan_below_uid FROM imap_cursors"
         " WHERE inbox = ? AND folder = ?",
         (inbox, folder),
@@ -494,10 +545,8 @@ async def imap_cursor(conn: aiosqlite.Connection, inbox: str, folder: str) -> Cu
     return None if row is None else Cursor(row[0], row[1], row[2], row[3])
 
 
-async def set_imap_cursor(
-    conn: aiosqlite.Connection, inbox: str, folder: str, cursor: Cursor
-) -> None:
-    await conn.execute(
+async def set_imap_cursor(tx: Tx, inbox: str, folder: str, cursor: Cursor) -> None:
+    await tx.run(
         "INSERT INTO imap_cursors"
         " (inbox, folder, uidvalidity, last_uid, first_connected_at, rescan_below_uid)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (inbox, folder) DO UPDATE SET"
@@ -515,39 +564,46 @@ async def set_imap_cursor(
 
 
 async def add_imap_source(
-    conn: aiosqlite.Connection, inbox: str, folder: str, uidvalidity: int, uid: int, key: str
+    tx: Tx, inbox: str, folder: str, uidvalidity: int, uid: int, key: str
 ) -> None:
-    await conn.execute(
-        "INSERT OR IGNORE INTO imap_sources (inbox, folder, uidvalidity, uid, dedup_key)"
-        " VALUES (?, ?, ?, ?, ?)",
+    await tx.run(
+        "INSERT INTO imap_sources (inbox, folder, uidvalidity, uid, dedup_key)"
+        " VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         (inbox, folder, uidvalidity, uid, key),
     )
 
 
-async def imap_copies(conn: aiosqlite.Connection, conversation_id: int) -> list[Row]:
-    """Every IMAP copy of the conversation's messages: (inbox, folder, uidvalidity, uid)."""
-    return await _all(
-        conn,
+@dataclass(frozen=True)
+class ImapCopy:
+    """Where a copy of a message sits in a connected mailbox."""
+
+    inbox: str
+    folder: str
+    uidvalidity: int
+    uid: int
+
+
+async def imap_copies(tx: Tx, conversation_id: int) -> list[ImapCopy]:
+    """Every IMAP copy of the conversation's messages."""
+    rows = await tx.all(
         "SELECT s.inbox, s.folder, s.uidvalidity, s.uid FROM imap_sources s"
         " JOIN messages m ON m.inbox = s.inbox AND m.dedup_key = s.dedup_key"
         " WHERE m.conversation_id = ? ORDER BY s.inbox, s.folder, s.uid",
         (conversation_id,),
     )
+    return [ImapCopy(*row) for row in rows]
 
 
-async def conversation_of_key(conn: aiosqlite.Connection, inbox: str, key: str) -> int | None:
-    row = await _one(
-        conn,
+async def conversation_of_key(tx: Tx, inbox: str, key: str) -> int | None:
+    row = await tx.one(
         "SELECT conversation_id FROM messages WHERE inbox = ? AND dedup_key = ?",
         (inbox, key),
     )
     return None if row is None or row[0] is None else int(row[0])
 
 
-async def latest_event(conn: aiosqlite.Connection, conversation_id: int) -> int:
-    row = await _one(
-        conn, "SELECT max(id) FROM events WHERE conversation_id = ?", (conversation_id,)
-    )
+async def latest_event(tx: Tx, conversation_id: int) -> int:
+    row = await tx.one("SELECT max(id) FROM events WHERE conversation_id = ?", (conversation_id,))
     assert row is not None and row[0] is not None
     return int(row[0])
 
@@ -556,7 +612,7 @@ async def latest_event(conn: aiosqlite.Connection, conversation_id: int) -> int:
 
 
 async def enqueue(
-    conn: aiosqlite.Connection,
+    tx: Tx,
     kind: str,
     event_id: int,
     conversation_id: int,
@@ -568,7 +624,7 @@ async def enqueue(
     A keywords job keyed on an event may have run already, or be running, when
     a new copy of the mail appears: pending again, it runs once more.
     """
-    await conn.execute(
+    await tx.run(
         "INSERT INTO outbox (kind, event_id, conversation_id, payload, created_at, due_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO UPDATE SET"
         " state = 'pending', due_at = excluded.due_at, attempts = 0, leased_by = NULL,"
@@ -578,26 +634,25 @@ async def enqueue(
     )
 
 
-async def count_sender_alert(conn: aiosqlite.Connection, sender: str, at: str, since: str) -> int:
+async def count_sender_alert(tx: Tx, sender: str, at: str, since: str) -> int:
     """Count one more alert caused by `sender` in its hour (a new hour from `at` once
     `since` has passed its window's start); the count, this one included."""
-    async with conn.execute(
+    row = await tx.one(
         "INSERT INTO alert_senders (sender, window_start, alerts) VALUES (?, ?, 1)"
         " ON CONFLICT (sender) DO UPDATE SET"
         " alerts = CASE WHEN window_start > ? THEN alerts + 1 ELSE 1 END,"
         " window_start = CASE WHEN window_start > ? THEN window_start ELSE ? END"
         " RETURNING alerts",
         (sender, at, since, since, at),
-    ) as cursor:
-        row = await cursor.fetchone()
+    )
     assert row is not None
     return int(row[0])
 
 
-async def prune_sender_alerts(conn: aiosqlite.Connection, since: str) -> int:
+async def prune_sender_alerts(tx: Tx, since: str) -> int:
     """Drop the counts whose window began at or before `since` (it is over); how many."""
-    cursor = await conn.execute("DELETE FROM alert_senders WHERE window_start <= ?", (since,))
-    return cursor.rowcount
+    changed = await tx.run("DELETE FROM alert_senders WHERE window_start <= ?", (since,))
+    return changed
 
 
 # A lease is judged by the store's clock, the one clock every process on the database
@@ -609,66 +664,88 @@ def _store_clock(later: str = "") -> str:
 _UNLEASED = f"(lease_until IS NULL OR lease_until <= {_store_clock()})"
 
 
-async def due_outbox(conn: aiosqlite.Connection, now: str, limit: int) -> list[Row]:
+@dataclass(frozen=True)
+class OutboxRow:
+    """A side effect waiting to be carried out: an alert, or a keywords job."""
+
+    id: int
+    kind: str  # alert, keywords
+    event_id: int
+    conversation_id: int
+    payload: dict[str, Any]
+    created_at: str
+    attempts: int
+
+
+async def due_outbox(tx: Tx, now: str, limit: int) -> list[OutboxRow]:
     """Pending rows due at `now` that no attempt holds."""
-    return await _all(
-        conn,
-        f"SELECT * FROM outbox WHERE state = 'pending' AND due_at <= ? AND {_UNLEASED}"
-        " ORDER BY due_at, id LIMIT ?",
+    rows = await tx.all(
+        "SELECT id, kind, event_id, conversation_id, payload, created_at, attempts FROM outbox"
+        f" WHERE state = 'pending' AND due_at <= ? AND {_UNLEASED} ORDER BY due_at, id LIMIT ?",
         (now, limit),
     )
+    return [
+        OutboxRow(
+            id=row["id"],
+            kind=row["kind"],
+            event_id=row["event_id"],
+            conversation_id=row["conversation_id"],
+            payload=json.loads(row["payload"]),
+            created_at=row["created_at"],
+            attempts=row["attempts"],
+        )
+        for row in rows
+    ]
 
 
-async def next_due(conn: aiosqlite.Connection) -> str | None:
+async def next_due(tx: Tx) -> str | None:
     """When the next row nobody holds is due (a held one is looked at again at the next poll)."""
-    row = await _one(
-        conn, f"SELECT min(due_at) AS due FROM outbox WHERE state = 'pending' AND {_UNLEASED}"
+    row = await tx.one(
+        f"SELECT min(due_at) AS due FROM outbox WHERE state = 'pending' AND {_UNLEASED}"
     )
     return None if row is None or row["due"] is None else str(row["due"])
 
 
-async def claim_outbox(
-    conn: aiosqlite.Connection, outbox_id: int, now: str, holder: str, seconds: float
-) -> bool:
+async def claim_outbox(tx: Tx, outbox_id: int, now: str, holder: str, seconds: float) -> bool:
     """Lease a due row to `holder` for `seconds` of the store's clock, unless another holds it."""
-    cursor = await conn.execute(
+    changed = await tx.run(
         f"UPDATE outbox SET leased_by = ?, lease_until = {_store_clock(', ?')}"
         f" WHERE id = ? AND state = 'pending' AND due_at <= ? AND {_UNLEASED}",
         (holder, f"+{seconds} seconds", outbox_id, now),
     )
-    return cursor.rowcount == 1
+    return changed == 1
 
 
-async def release_leases(conn: aiosqlite.Connection, now: str) -> int:
+async def release_leases(tx: Tx, now: str) -> int:
     """Every leased row due now: for when their holders are known to be dead. How many."""
-    cursor = await conn.execute(
+    changed = await tx.run(
         "UPDATE outbox SET due_at = ?, leased_by = NULL, lease_until = NULL"
         " WHERE state = 'pending' AND leased_by IS NOT NULL",
         (now,),
     )
-    return cursor.rowcount
+    return changed
 
 
-async def outbox_done(conn: aiosqlite.Connection, outbox_id: int, holder: str) -> bool:
+async def outbox_done(tx: Tx, outbox_id: int, holder: str) -> bool:
     """Done, if `holder` still holds the row; whether it did (not when its lease passed to
     another attempt, or the row was queued again, while it ran)."""
-    cursor = await conn.execute(
+    changed = await tx.run(
         "UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL,"
         " leased_by = NULL, lease_until = NULL WHERE id = ? AND leased_by = ?",
         (outbox_id, holder),
     )
-    return cursor.rowcount == 1
+    return changed == 1
 
 
 async def outbox_failed(
-    conn: aiosqlite.Connection, outbox_id: int, holder: str, error: str, retry_at: str | None
+    tx: Tx, outbox_id: int, holder: str, error: str, retry_at: str | None
 ) -> bool:
     """Count the failed attempt; retry at `retry_at`, or give up (dead) when it is None.
     Only if `holder` still holds the row; whether it did."""
-    cursor = await conn.execute(
+    changed = await tx.run(
         "UPDATE outbox SET state = CASE WHEN ? IS NULL THEN 'dead' ELSE state END,"
         " due_at = coalesce(?, due_at), attempts = attempts + 1, last_error = ?,"
         " leased_by = NULL, lease_until = NULL WHERE id = ? AND leased_by = ?",
         (retry_at, retry_at, error, outbox_id, holder),
     )
-    return cursor.rowcount == 1
+    return changed == 1

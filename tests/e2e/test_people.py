@@ -86,7 +86,7 @@ def test_assign_reassign_unassign_claim_close_reopen_make_that_timeline(
         ("closed", "carol", "carol", None),
         ("reopened", "alice", "carol", None),
     ]
-    assert [e["detail"].get("via") for e in view["events"] if e["kind"] == "assigned"] == ["manual"]
+    assert [e["detail"].get("via") for e in view["events"] if e["kind"] == "assigned"] == ["cli"]
     assert (view["assignee"], view["status"]) == ("carol", "open")
     human = ok(desk, "show", "1")
     positions = [

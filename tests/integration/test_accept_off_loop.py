@@ -27,11 +27,7 @@ async def traced(tmp_path: Path) -> AsyncIterator[tuple[Database, list[tuple[str
     """A store, and each statement run on it from now on with the thread that ran it."""
     db = await Database.open(str(tmp_path / "gateway.db"))
     statements: list[tuple[str, int]] = []
-    async with db.transaction() as conn:
-        await conn.set_trace_callback(
-            lambda sql: statements.append((sql[:40], threading.get_ident()))
-        )
-    statements.clear()
+    await db.trace(lambda sql: statements.append((sql[:40], threading.get_ident())))
     yield db, statements
     await db.close()
 

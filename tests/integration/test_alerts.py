@@ -232,7 +232,7 @@ def test_an_alert_in_the_hands_of_one_process_is_not_sent_by_another(
             second = Outbox(other, settings, secret)
             async with mine.reading() as conn:
                 [row] = await queries.due_outbox(conn, stamp(datetime.now(UTC)), 10)
-            assert await first._claim(row["id"])  # an attempt under way, say a slow smarthost
+            assert await first._claim(row.id)  # an attempt under way, say a slow smarthost
             assert await second.drain() == 0
             # The first process died mid-attempt: its lease ends, by the store's clock.
             deadline = time.monotonic() + 15

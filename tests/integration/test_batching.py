@@ -10,7 +10,6 @@ import pytest
 from gateway import alertmark
 from gateway.config import Settings
 from gateway.ingress.accept import Accept
-from gateway.intake import worker
 from gateway.intake.worker import Intake
 from gateway.model import RawMail
 from gateway.store import queries
@@ -40,9 +39,7 @@ async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[S
 
 async def count_commits(db: Database) -> list[str]:
     seen: list[str] = []
-    await db._conn.set_trace_callback(
-        lambda sql: seen.append(sql) if sql.strip().upper() == "COMMIT" else None
-    )
+    await db.trace(lambda sql: seen.append(sql) if sql.strip().upper() == "COMMIT" else None)
     return seen
 
 
@@ -77,15 +74,14 @@ async def test_a_message_that_fails_in_a_batch_is_shunted_alone_and_leaves_nothi
     settings, db = store
     door = Accept(db)
     await asyncio.gather(*(door(mail(n, "explode" if n == 3 else "Question")) for n in range(6)))
-    real = worker.queue_keywords
+    real = queries.finish_message
 
-    async def faulty(conn, conversation_id, at):  # type: ignore[no-untyped-def]
-        row = await queries.conversation(conn, conversation_id)
-        if "explode" in row["subject"]:
+    async def faulty(tx, message_pk, state, facts, *args):  # type: ignore[no-untyped-def]
+        if "explode" in facts.subject:
             raise RuntimeError("injected after the conversation was written")
-        await real(conn, conversation_id, at)
+        await real(tx, message_pk, state, facts, *args)
 
-    monkeypatch.setattr(worker, "queue_keywords", faulty)
+    monkeypatch.setattr(queries, "finish_message", faulty)
     async with db.transaction() as conn:
         secret = await alertmark.load_secret(conn)
     commits = await count_commits(db)
@@ -93,7 +89,7 @@ async def test_a_message_that_fails_in_a_batch_is_shunted_alone_and_leaves_nothi
     assert len(commits) == 1  # the six in one transaction
     async with db.reading() as conn:
         states = [(await queries.message(conn, i)) for i in range(1, 7)]
-        subjects = [r["subject"] for r in await queries.list_conversations(conn, status=None)]
+        subjects = [r.subject for r in await queries.list_conversations(conn, status=None)]
     assert [s.state for s in states if s] == ["routed"] * 3 + ["shunted"] + ["routed"] * 2
     assert sorted(subjects) == [f"Question {n}" for n in (0, 1, 2, 4, 5)]
 

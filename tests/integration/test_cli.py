@@ -143,7 +143,6 @@ def long_queue(make_settings: Callable[..., Settings]) -> Path:
                         customer=f"c{n}@example.org",
                         subject=f"question {n}",
                         thread_subject=f"question {n}",
-                        assignee=None,
                         team=None,
                         at=at,
                     )

@@ -33,9 +33,8 @@ async def test_a_message_whose_parse_hangs_is_shunted_and_the_others_are_routed(
         async with db.transaction() as conn:
             secret = await alertmark.load_secret(conn)
         assert await Intake(db, settings, secret, parse=parser).drain() == 3
-        async with db.reading() as conn:
-            cursor = await conn.execute("SELECT state, error FROM messages ORDER BY id")
-            rows = [tuple(row) for row in await cursor.fetchall()]
+        async with db.reading() as tx:
+            rows = [tuple(row) for row in await tx.all("SELECT state, error FROM messages")]
         assert rows == [
             ("routed", None),
             ("shunted", "ParserLost: parsing took longer than 2 s"),

@@ -166,7 +166,7 @@ def test_an_sql_error_a_message_causes_shunts_it_instead_of_stalling_intake(
 
     async def poisoned(conn, **fields):  # type: ignore[no-untyped-def]
         if fields["subject"] == "poison":
-            await conn.execute(statement, tuple(range(statement.count("?"))))
+            await conn.run(statement, tuple(range(statement.count("?"))))
         return await real(conn, **fields)
 
     monkeypatch.setattr(queries, "create_conversation", poisoned)

@@ -109,18 +109,18 @@ async def compare(
             await intake.drain()
             async with db.reading() as conn:
                 rows = await queries.list_conversations(conn, status=None)
-                done = max(rows, key=lambda r: r["last_message_at"])
-                tags = (await queries.tags_of(conn, [done["id"]]))[done["id"]]
+                done = max(rows, key=lambda r: r.last_message_at)
+                tags = (await queries.tags_of(conn, [done.id]))[done.id]
                 assigned = [
-                    e for e in await queries.events_of(conn, done["id"]) if e["kind"] == "assigned"
+                    e for e in await queries.events_of(conn, done.id) if e.kind == "assigned"
                 ]
             if said["joins"] is not None:
-                assert done["id"] == said["joins"] and done["message_count"] > 1
+                assert done.id == said["joins"] and done.message_count > 1
                 continue
-            assert done["message_count"] == 1
-            assert (done["assignee"], done["team"]) == (said["assignee"], said["team"])
+            assert done.message_count == 1
+            assert (done.assignee, done.team) == (said["assignee"], said["team"])
             assert sorted(tags) == sorted(said["tags"])
-            assert [e["rule"] for e in assigned] == ([said["rule"]] if said["assignee"] else [])
+            assert [e.rule for e in assigned] == ([said["rule"]] if said["assignee"] else [])
     finally:
         await db.close()
 

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
 from email.policy import SMTP
+from typing import Any
 
 import pytest
 from aiosmtpd.smtp import Envelope
@@ -83,15 +84,15 @@ async def store(
             rows = await queries.due_outbox(conn, stamp(NOW), 10)
     finally:
         await db.close()
-    yield settings, secret, [row["id"] for row in rows]
+    yield settings, secret, [row.id for row in rows]
 
 
-async def outbox_row(settings: Settings, outbox_id: int) -> queries.Row:
+async def outbox_row(settings: Settings, outbox_id: int) -> dict[str, Any]:
     db = await Database.open(settings.gateway.database)
     try:
-        async with db.reading() as conn:
-            [row] = await conn.execute_fetchall("SELECT * FROM outbox WHERE id = ?", (outbox_id,))
-        return row
+        async with db.reading() as tx:
+            [row] = await tx.all("SELECT * FROM outbox WHERE id = ?", (outbox_id,))
+        return dict(row)
     finally:
         await db.close()
 
@@ -213,7 +214,7 @@ async def test_an_attempt_that_outlived_its_lease_leaves_the_row_to_the_one_that
     db = await Database.open(settings.gateway.database)
     try:
         async with db.reading() as conn:
-            kinds = [e["kind"] for e in await queries.events_of(conn, row["conversation_id"])]
+            kinds = [e.kind for e in await queries.events_of(conn, row["conversation_id"])]
     finally:
         await db.close()
     assert kinds.count("notified") == 1 and "notify_failed" not in kinds

@@ -114,11 +114,11 @@ async def test_statements_in_a_transaction_run_on_the_loops_thread_others_on_aio
         threads[sql] = threading.get_ident()
 
     try:
-        async with db.transaction() as conn:
-            await conn.set_trace_callback(record)
-            await conn.execute("SELECT 'inside'")
-        async with db.reading() as conn:
-            await conn.execute("SELECT 'outside'")
+        await db.trace(record)
+        async with db.transaction() as tx:
+            await tx.one("SELECT 'inside'")
+        async with db.reading() as tx:
+            await tx.one("SELECT 'outside'")
     finally:
         await db.close()
     assert threads["SELECT 'inside'"] == threading.get_ident()
