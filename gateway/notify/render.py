@@ -10,17 +10,25 @@ never parsed whole and written out again. That recursed once per nested part
 (1,000 levels exceed Python's stack: the alert was never sent) and refolded long
 headers with the email package's quadratic parser (an alert about 80,000
 addresses in To took 87 s, on the event loop).
+
+Nor does the email package write the original out: the alert is flattened with
+an empty last part, and the original's bytes are put in it. The generator wrote
+it with str and regex calls over the whole of it, each holding the GIL for tens
+of milliseconds on a 25 MB message, and the event loop's thread waited for the
+GIL that long although the alert was built in a thread of its own. Here each
+call over the original covers a megabyte or so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy
 from email.errors import HeaderParseError
-from email.generator import Generator
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
@@ -34,6 +42,8 @@ _PREVIEW_LINES = 8
 # when it is nothing but nested or tiny parts (the email parser's speed, not ours).
 PREFIX_BYTES = 32 * 1024
 FIELD_CHARS = 200  # a From or To line of the alert's text; the original has them all
+# A call over this much of the original holds the GIL a millisecond or two.
+_PIECE_BYTES = 1 << 20
 
 # DESIGN §7 names one subject, "Assigned:", for every assignment; a reply says so instead.
 TITLES = {"assigned": "Assigned", "reassigned": "Assigned", "reply": "New reply"}
@@ -79,17 +89,47 @@ def _preview(raw: bytes) -> list[str]:
     return [f"> {line}" for line in lines]
 
 
-class _AsReceived(Message):
-    """The original, headers and all, as one text payload: the generator writes it as it
-    came, but for line endings (made the alert's own), 8-bit bytes included. It asks a
-    message to write its own headers when it can, and these are in the payload."""
+@dataclass(frozen=True)
+class Alert:
+    message_id: str
+    data: bytes  # as sent: CRLF lines, the original attached as it came
 
-    def __init__(self, raw: bytes) -> None:
-        super().__init__()
-        self.set_payload(raw.decode("ascii", "surrogateescape"))
 
-    def _write_headers(self, generator: Generator) -> None:
-        pass
+def new_boundary() -> str:
+    # "=_" is in no quoted-printable or base64 text: only the text as written can hold it.
+    return "=_" + secrets.token_hex(16)
+
+
+def _boundary(raw: bytes, text: str, boundaries: Callable[[], str]) -> str:
+    """A multipart boundary found in neither the original nor the alert's text."""
+    while True:
+        boundary = boundaries()
+        if boundary not in text and boundary.encode() not in raw:
+            return boundary
+
+
+def _crlf(raw: bytes) -> Iterator[bytes]:
+    """`raw` with CRLF line endings (CR, LF and CRLF alike), a piece at a time."""
+    start = 0
+    while start < len(raw):
+        end = start + _PIECE_BYTES
+        if raw[end - 1 : end + 1] == b"\r\n":  # a CRLF is never cut in two
+            end += 1
+        piece = raw[start:end]
+        if b"\r" in piece:
+            piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        yield piece.replace(b"\n", b"\r\n")
+        start = end
+
+
+def _with_original(alert: EmailMessage, boundary: str, raw: bytes) -> bytes:
+    """The alert flattened, `raw` put in its last part, which is empty: the generator
+    ends the alert with that part's header, then the close delimiter."""
+    close = f"\r\n--{boundary}--\r\n".encode()
+    flat = alert.as_bytes(policy=policy.SMTP)
+    if not flat.endswith(close):
+        raise ValueError("the alert does not end with its close delimiter")
+    return b"".join([flat.removesuffix(close), *_crlf(raw), close])
 
 
 def _field(headers: Message, name: str) -> str:
@@ -108,7 +148,7 @@ def _too_large(full_size: int | None) -> list[str]:
     ]
 
 
-def render(alert: AlertInput) -> EmailMessage:
+def render(alert: AlertInput, boundaries: Callable[[], str] = new_boundary) -> Alert:
     headers = parse_headers(alert.raw[:PREFIX_BYTES])
     subject = _one_line(alert.subject)
     msg = EmailMessage()
@@ -123,7 +163,7 @@ def render(alert: AlertInput) -> EmailMessage:
         with contextlib.suppress(ValueError, IndexError, HeaderParseError, RecursionError):
             msg["Reply-To"] = Address(addr_spec=_one_line(customer))
     msg["Date"] = format_datetime(alert.date)
-    msg["Message-ID"] = message_id(alert.event_id, alert.hostname)
+    msg["Message-ID"] = own_id = message_id(alert.event_id, alert.hostname)
     msg["Auto-Submitted"] = "auto-generated"
     msg["X-Gateway-Conversation"] = str(alert.conversation_id)
     msg["X-Gateway-Notification"] = alert.mark
@@ -145,6 +185,11 @@ def render(alert: AlertInput) -> EmailMessage:
         "",
         f"See it with: gateway show {alert.conversation_id}",
     ]
-    msg.set_content("\n".join(lines) + "\n")
-    msg.add_attachment(_AsReceived(alert.raw), filename="original.eml")
-    return msg
+    text = "\n".join(lines) + "\n"
+    boundary = _boundary(alert.raw, text, boundaries)
+    msg.set_content(text)
+    msg.make_mixed(boundary=boundary)
+    msg.add_attachment(
+        b"", maintype="message", subtype="rfc822", cte="8bit", filename="original.eml"
+    )
+    return Alert(own_id, _with_original(msg, boundary, alert.raw))

@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
-from email import policy
-from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +16,7 @@ TIMEOUT_SECONDS = 30
 
 
 class Transport(Protocol):
-    async def send(self, message: EmailMessage, recipient: str, name: str) -> None: ...
+    async def send(self, data: bytes, recipient: str, name: str) -> None: ...
 
     async def close(self) -> None:
         """Let go of what `send` kept open between alerts."""
@@ -32,12 +30,10 @@ class SmtpTransport:
         self._notify = notify
         self._client: aiosmtplib.SMTP | None = None
 
-    async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
+    async def send(self, data: bytes, recipient: str, name: str) -> None:
         # Not From: an alert's bounce (a typo in an agent's address, a full mailbox) must
         # not land in that inbox, which may be one the gateway reads, nor answer back.
         sender = self._notify.bounce_address or ""
-        # Flattened off the loop: the original attached may be megabytes.
-        data = await asyncio.to_thread(message.as_bytes, policy=policy.SMTP)
         if self._client is not None and self._client.is_connected:
             try:
                 await self._client.sendmail(sender, [recipient], data)
@@ -95,12 +91,11 @@ class FileTransport:
     async def close(self) -> None:
         pass
 
-    async def send(self, message: EmailMessage, recipient: str, name: str) -> None:
-        # Flattened off the loop too: the original attached may be megabytes.
-        await asyncio.to_thread(self._write, message, name)
+    async def send(self, data: bytes, recipient: str, name: str) -> None:
+        # Written off the loop: the original attached may be megabytes, and fsync waits.
+        await asyncio.to_thread(self._write, data, name)
 
-    def _write(self, message: EmailMessage, name: str) -> None:
-        data = message.as_bytes(policy=policy.SMTP)
+    def _write(self, data: bytes, name: str) -> None:
         self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # alerts carry customer mail
         fd, temporary = tempfile.mkstemp(dir=self._folder, suffix=".tmp")
         try:

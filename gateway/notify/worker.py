@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from email.message import EmailMessage
 from typing import Any, TypeVar, cast
 
 import structlog
@@ -29,7 +28,7 @@ from gateway.config import Agent, Settings
 from gateway.drainloop import POLL_SECONDS, DrainLoop
 from gateway.errors import StoreUnavailable
 from gateway.notify.keywords import KeywordWriter, wanted
-from gateway.notify.render import AlertInput, render
+from gateway.notify.render import Alert, AlertInput, render
 from gateway.notify.transports import Transport, transport_for
 from gateway.store import queries
 from gateway.store.db import Database
@@ -290,15 +289,15 @@ class Outbox(DrainLoop):
                     raise LookupError("the conversation or its message is gone")
                 assignee = conversation.assignee
                 if assignee == payload["agent"]:
-                    message = await self._render(row, payload, conversation, stored, agent)
-                    await self._transport.send(message, agent.email, f"alert-{event_id}")
+                    alert = await self._render(row, payload, conversation, stored, agent)
+                    await self._transport.send(alert.data, agent.email, f"alert-{event_id}")
             except Exception as error:
                 await self._failed(row, lease, f"{type(error).__name__}: {error}", payload)
                 return
             if assignee != payload["agent"]:
                 await self._superseded(row, lease, payload, assignee)
                 return
-            detail = {"reason": payload["reason"], "message_id": message["Message-ID"]}
+            detail = {"reason": payload["reason"], "message_id": alert.message_id}
             if await self._done(row, lease, ("notified", payload["agent"], detail)):
                 log.info("alert.sent", reason=payload["reason"], to=agent.email)
 
@@ -320,7 +319,7 @@ class Outbox(DrainLoop):
         conversation: queries.Conversation,
         stored: queries.StoredMail,
         agent: Agent,
-    ) -> EmailMessage:
+    ) -> Alert:
         # Off the loop: its preview parses up to 32 KB of the original, 0.2 s when that is
         # nothing but nested parts, and it copies the original whole, megabytes maybe.
         built = functools.partial(

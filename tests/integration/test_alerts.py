@@ -287,7 +287,7 @@ def test_an_alert_whose_rendering_hangs_fails_and_the_next_alerts_go_on(
 
     release = threading.Event()
 
-    def hangs_on_one(alert: render.AlertInput) -> EmailMessage:
+    def hangs_on_one(alert: render.AlertInput) -> render.Alert:
         if alert.subject == "Hangs":
             release.wait()
         return render.render(alert)
