@@ -36,7 +36,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import os
 import re
 import shutil
 import sqlite3
@@ -119,15 +118,7 @@ def stop_dovecot(server: Dovecot) -> None:
 def fill(server: Dovecot, folder: str, count: int, tag: str) -> None:
     """Write `count` messages into the folder's maildir, then let Dovecot index them."""
     server.create(USER, folder)
-    maildir = server.folder / "home" / USER / "Maildir" / f".{folder}"
-    stat = maildir.stat()  # made by Dovecot: its owner is the mail user
-    now = int(time.time())
-    for n in range(count):
-        raw = message(tag, n).replace(b"\r\n", b"\n")  # a maildir holds LF lines
-        name = f"{now}.M{n}P{os.getpid()}.bench,S={len(raw)}"
-        (maildir / "tmp" / name).write_bytes(raw)
-        os.chown(maildir / "tmp" / name, stat.st_uid, stat.st_gid)
-        os.rename(maildir / "tmp" / name, maildir / "new" / name)
+    server.deliver(USER, folder, (message(tag, n) for n in range(count)))
     client = server.client(USER)
     try:
         status, answer = client.select(folder, readonly=True)

@@ -17,7 +17,6 @@ message is routed and its alert written:
 from __future__ import annotations
 
 import argparse
-import os
 import smtplib
 import sqlite3
 import subprocess
@@ -129,14 +128,7 @@ def until_settled(database: Path, count: int, process: subprocess.Popen[bytes]) 
 
 def fill(server: Dovecot, folder: str, tag: str, count: int, size: int) -> None:
     """Deliver into the folder's maildir directly: Dovecot sees them by inotify."""
-    maildir = server.folder / "home" / USER / "Maildir" / f".{folder}"
-    owner = maildir.stat()
-    for n in range(count):
-        raw = big(f"{tag}-{n}", size).replace(b"\r\n", b"\n")
-        name = f"{int(time.time())}.M{n}P{os.getpid()}.{tag},S={len(raw)}"
-        (maildir / "tmp" / name).write_bytes(raw)
-        os.chown(maildir / "tmp" / name, owner.st_uid, owner.st_gid)
-        os.rename(maildir / "tmp" / name, maildir / "new" / name)
+    server.deliver(USER, folder, (big(f"{tag}-{n}", size) for n in range(count)))
 
 
 def one_round(server: Dovecot, n: int) -> dict[str, float]:

@@ -47,6 +47,10 @@ T = TypeVar("T")
 
 BATCH = 50  # messages per fetch and commit
 BATCH_BYTES = 8 * 1024 * 1024  # and bytes: one fetch of 20 x 10 MB held the loop for seconds
+# UIDs whose sizes one FETCH lists. aioimaplib handles the lines of what it has received
+# by recursion, a frame a line: a listing of thousands raised RecursionError, the session
+# died, and a mailbox with a backlog that large was never read.
+LIST_CHUNK = 200
 IDLE_RENEW_SECONDS = 25 * 60  # servers may drop an IDLE after 30 minutes (RFC 2177)
 TIMEOUT_SECONDS = 30.0
 FIRST_RETRY_SECONDS = 1.0
@@ -172,16 +176,27 @@ class MailboxPoller:
     async def _take_new(
         self, client: aioimaplib.IMAP4, cursor: queries.Cursor, lost: asyncio.Event
     ) -> queries.Cursor:
-        listed = await unless_lost(
-            client.uid("fetch", f"{cursor.last_uid + 1}:*", "(UID RFC822.SIZE INTERNALDATE)"),
-            lost,
-        )
-        if listed.result != "OK":
-            raise MailboxError(f"the listing failed: {text(listed.lines)}")
+        found = await unless_lost(client.uid_search(f"UID {cursor.last_uid + 1}:*"), lost)
+        if found.result != "OK":
+            raise MailboxError(f"the search failed: {text(found.lines)}")
         # "n:*" always names the highest UID, even one at or below n.
-        new = [message for message in _listing(listed.lines) if message.uid > cursor.last_uid]
-        for batch in _batches(new, self._max_size):
-            cursor = await self._take(client, cursor, batch, lost)
+        uids = sorted(
+            {
+                int(u)
+                for line in found.lines[:-1]
+                for u in line.split()
+                if u.isdigit() and int(u) > cursor.last_uid
+            }
+        )
+        for start in range(0, len(uids), LIST_CHUNK):
+            chunk = ",".join(map(str, uids[start : start + LIST_CHUNK]))
+            listed = await unless_lost(
+                client.uid("fetch", chunk, "(UID RFC822.SIZE INTERNALDATE)"), lost
+            )
+            if listed.result != "OK":
+                raise MailboxError(f"the listing failed: {text(listed.lines)}")
+            for batch in _batches(_listing(listed.lines), self._max_size):
+                cursor = await self._take(client, cursor, batch, lost)
         return cursor
 
     async def _take(

@@ -461,3 +461,22 @@ def test_a_stop_gives_up_the_goodbye_a_hung_server_does_not_answer(
         running.stop()
     # Given up after a second, not five: a stop is not held by a server that hangs.
     assert [e["event"] for e in logs if e["event"] == "imap.logout_unanswered"]
+
+
+def test_a_backlog_of_thousands_is_all_taken(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+    tmp_path: Path,
+) -> None:
+    """aioimaplib reads a response's lines by recursion: one listing of every new UID
+    raised RecursionError past about a thousand, and such a mailbox was never read."""
+    inbox = imap_inbox(dovecot, tmp_path, initial_sync="all")
+    running = start_daemon(make_settings(inboxes=[inbox], notify={"enabled": False}))
+    connected(running)
+    count = dovecot.deliver("support", "INBOX", (raw(f"Backlog {n}") for n in range(10_000)))
+    wait_until(
+        lambda: running.query("SELECT count(*) FROM messages")[0][0] == count,
+        timeout=120,
+        what="every message of the backlog stored",
+    )
