@@ -138,7 +138,7 @@ def conversation(k: int, count: int, rows: Rows) -> None:
         message_id = f"{k}.{i}@{customer.split('@')[1]}"
         rows.messages.append(
             (inbox, f"<{message_id}>", "smtp" if i % 4 else "imap", customer,
-             json.dumps([inbox]), RAW, stamp(at), "routed", k, message_id, customer,
+             json.dumps([inbox]), len(RAW), stamp(at), "routed", k, message_id, customer,
              subject if i == 0 else f"Re: {subject}")
         )  # fmt: skip
         detail = f'{{"message_id": "{message_id}", "from": "{customer}", "source": "smtp"}}'
@@ -181,11 +181,16 @@ def fill(path: Path, ids: range, count: int) -> None:
         conn.executemany(
             f"INSERT INTO conversations VALUES ({','.join('?' * 11)})", rows.conversations
         )
+        last = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
         conn.executemany(
-            "INSERT INTO messages (inbox, dedup_key, source, envelope_from, envelope_to, raw,"
+            "INSERT INTO messages (inbox, dedup_key, source, envelope_from, envelope_to, size,"
             " received_at, state, conversation_id, message_id, sender, subject)"
             f" VALUES ({','.join('?' * 12)})",
             rows.messages,
+        )
+        conn.execute(
+            "INSERT INTO raw_mail (message, raw) SELECT id, ? FROM messages WHERE id > ?",
+            (RAW, last),
         )
         conn.executemany(
             "INSERT INTO events (conversation_id, at, kind, actor, agent, previous_agent, rule,"

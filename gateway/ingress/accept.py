@@ -123,8 +123,7 @@ class Accept:
                 self.on_stored()
 
     async def _commit(self, group: list[_Unit]) -> list[list[int | None]]:
-        # Off the loop's thread: its INSERT carries megabytes, and it is a few statements.
-        async with self._db.transaction(inline=False) as conn:
+        async with self._db.transaction() as conn:
             flat = [mail for unit in group for mail in unit.mails]
             ids = await queries.insert_messages(conn, flat, stamp(self._clock()))
             results = []

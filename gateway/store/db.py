@@ -70,7 +70,7 @@ class Tx:
     # database's write lock already, so a plain read is one; PostgreSQL needs FOR UPDATE.
     for_update = ""
 
-    def __init__(self, conn: aiosqlite.Connection) -> None:
+    def __init__(self, conn: _Connection) -> None:
         self._conn = conn
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Record | None:
@@ -94,6 +94,16 @@ class Tx:
         with _classified():
             await self._conn.executemany(sql, rows)
 
+    @contextlib.contextmanager
+    def off_loop(self) -> Iterator[None]:
+        """The statements of this block run on aiosqlite's thread, even in a transaction:
+        for those that carry megabytes (raw mail), which would hold the loop meanwhile."""
+        was, self._conn.inline = self._conn.inline, False
+        try:
+            yield
+        finally:
+            self._conn.inline = was
+
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
         """A part of the transaction that is undone alone if it raises (and re-raised)."""
@@ -115,7 +125,7 @@ class _Connection(aiosqlite.Connection):
     BEGIN IMMEDIATE and COMMIT this process holds the write lock, so a statement
     there never waits on another writer and takes microseconds: `inline` runs
     those directly, unless they carry megabytes (accept's raw mail), which
-    `transaction(inline=False)` keeps on aiosqlite's thread. What can wait
+    `Tx.off_loop()` keeps on aiosqlite's thread. What can wait
     (taking the lock, the commit's fsync) always goes through aiosqlite's thread.
     aiosqlite has no public way to run a call on the caller's thread: `_execute`
     is its private hook, so pyproject.toml pins aiosqlite's tested versions and
@@ -195,11 +205,11 @@ class Database:
         return cls(conn, path)
 
     @asynccontextmanager
-    async def transaction(self, *, inline: bool = True) -> AsyncIterator[Tx]:
+    async def transaction(self) -> AsyncIterator[Tx]:
         """One write transaction; StoreUnavailable when SQLite cannot take or commit it.
 
-        Its statements run on the loop's thread (see `_Connection`); `inline=False`
-        for statements big enough to stall the loop.
+        Its statements run on the loop's thread (see `_Connection`), but for those
+        in a `Tx.off_loop()` block.
         """
         async with self._lock:
             try:
@@ -207,7 +217,7 @@ class Database:
             except sqlite3.Error as error:
                 raise StoreUnavailable(f"the database is unavailable: {error}") from None
             try:
-                self._conn.inline = inline
+                self._conn.inline = True
                 try:
                     yield Tx(self._conn)
                 finally:

@@ -86,10 +86,11 @@ async def insert_messages(
     ids = [new.pop((mail.inbox, key), None) for mail, key in mails]
     stored = [(pk, mail.raw) for pk, (mail, _) in zip(ids, mails, strict=True) if pk is not None]
     if stored:
-        await tx.run(
-            f"INSERT INTO raw_mail (message, raw) VALUES {', '.join(['(?, ?)'] * len(stored))}",
-            [value for pair in stored for value in pair],
-        )
+        with tx.off_loop():  # megabytes maybe: copying them in would hold the loop
+            await tx.run(
+                f"INSERT INTO raw_mail (message, raw) VALUES {', '.join(['(?, ?)'] * len(stored))}",
+                [value for pair in stored for value in pair],
+            )
     return ids
 
 

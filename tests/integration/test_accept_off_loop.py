@@ -37,7 +37,7 @@ async def test_accept_inserts_the_raw_mail_off_the_loops_thread(
 ) -> None:
     db, statements = traced
     assert await Accept(db)(big(1)) is not None
-    inserts = [thread for sql, thread in statements if sql.startswith("INSERT INTO messages")]
+    inserts = [thread for sql, thread in statements if sql.startswith("INSERT INTO raw_mail")]
     assert inserts and threading.get_ident() not in inserts
 
 
