@@ -49,6 +49,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aioimaplib
 import tomli_w
@@ -199,12 +200,26 @@ async def bare_idle(port: int, folder: str) -> None:
 # --- the gateway (its own process) -------------------------------------------------------
 
 
+def mailbox(server: Dovecot, work: Path, folder: str, initial_sync: str) -> dict[str, Any]:
+    """An inbox's `[inboxes.imap]` on the bench's Dovecot user, its password in `work`."""
+    (work / "imap-password").write_text(PASSWORD + "\n")
+    return {
+        "host": "127.0.0.1",
+        "port": server.port,
+        "tls": False,
+        "username": USER,
+        "password_file": str(work / "imap-password"),
+        "folder": folder,
+        "mode": "idle",
+        "initial_sync": initial_sync,
+    }
+
+
 def start_gateway(
     server: Dovecot, folder: str, initial_sync: str, work: Path
 ) -> tuple[subprocess.Popen[bytes], Path, Path]:
     """The gateway on its own fresh store in `work`; (process, database, log file)."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "imap-password").write_text(PASSWORD + "\n")
     config = {
         "gateway": {"database": "gateway.db", "hostname": "bench.test"},
         "smtp": {"listen": [f"127.0.0.1:{free_port()}"]},
@@ -214,16 +229,7 @@ def start_gateway(
         "inboxes": [
             {
                 "address": "support@example.com",
-                "imap": {
-                    "host": "127.0.0.1",
-                    "port": server.port,
-                    "tls": False,
-                    "username": USER,
-                    "password_file": str(work / "imap-password"),
-                    "folder": folder,
-                    "mode": "idle",
-                    "initial_sync": initial_sync,
-                },
+                "imap": mailbox(server, work, folder, initial_sync),
             }
         ],
         "rules": [{"name": "ACME", "sender_domain": ["acme.com"], "assign_to": "agent:a"}],

@@ -26,7 +26,7 @@ import threading
 import time
 from pathlib import Path
 
-from bench.imap import PASSWORD, USER, start_dovecot, stop_dovecot
+from bench.imap import USER, mailbox, start_dovecot, stop_dovecot
 from bench.processes import ROOT, free_port, gateway_config, wait_port
 from tests.dovecot import Dovecot
 
@@ -133,20 +133,10 @@ def fill(server: Dovecot, folder: str, tag: str, count: int, size: int) -> None:
 
 def one_round(server: Dovecot, n: int) -> dict[str, float]:
     work = Path(tempfile.mkdtemp(prefix="bench-stall-"))
-    (work / "imap-password").write_text(PASSWORD + "\n")
     port = free_port()
     folder = f"Big{n}"  # a folder a round: the next round's daemon must find it empty
     server.create(USER, folder)
-    imap = {
-        "host": "127.0.0.1",
-        "port": server.port,
-        "tls": False,
-        "username": USER,
-        "password_file": str(work / "imap-password"),
-        "folder": folder,
-        "mode": "idle",
-        "initial_sync": "all",
-    }
+    imap = mailbox(server, work, folder, "all")
     smtp = {
         "listen": [f"127.0.0.1:{port}"],
         "max_message_size": LIMIT,
