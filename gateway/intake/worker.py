@@ -249,11 +249,13 @@ class Intake(DrainLoop):
             ACTOR,
             detail=_received(stored, facts),
         )
-        from_agent = facts.sender is not None and (
-            normalize_address(facts.sender) in self._agent_addresses
+        # The customer writing again reopens; an out-of-office, an agent's copy, or mail
+        # from nobody to answer (no sender address at all) does not.
+        from_customer = (
+            facts.auto is None
+            and facts.sender is not None
+            and normalize_address(facts.sender) not in self._agent_addresses
         )
-        # The customer writing again reopens; an out-of-office or an agent's copy does not.
-        from_customer = facts.auto is None and not from_agent
         if row.status == "closed" and from_customer:
             await queries.set_conversation_status(conn, conversation_id, "open")
             await queries.add_event(

@@ -116,3 +116,32 @@ def test_token_of_another_inbox_does_not_join(daemon: RunningDaemon) -> None:
     daemon.send(mail("About [#1]", to="sales@example.com"), to=["sales@example.com"])
     daemon.drain()
     assert len(daemon.conversations()) == 2
+
+
+def test_mail_without_a_sender_joins_but_neither_reopens_nor_alerts(
+    daemon: RunningDaemon,
+) -> None:
+    """Nobody to answer (no From, no envelope sender, as a pipe may deliver): like an
+    auto-reply it is kept with its conversation, and it wakes nobody."""
+    original, _ = first_message(daemon)
+    import sqlite3
+    import subprocess
+    import sys
+    from email.policy import SMTP
+    from pathlib import Path
+
+    with sqlite3.connect(daemon.settings.gateway.database) as conn:
+        conn.execute("UPDATE conversations SET status = 'closed'")
+    nobody = mail("Re: Printer jams", In_Reply_To=original)
+    del nobody["From"]
+    config = Path(daemon.settings.gateway.database).with_name("gateway.toml")
+    command = ["ingest", "--to", "support@example.com", "--config", str(config)]
+    piped = subprocess.run(
+        [sys.executable, "-m", "gateway", *command], input=nobody.as_bytes(policy=SMTP)
+    )
+    assert piped.returncode == 0
+    daemon.drain()
+    [conversation] = daemon.conversations()
+    assert (conversation["status"], conversation["message_count"]) == ("closed", 2)
+    assert daemon.events(conversation["id"], "reopened") == []
+    assert daemon.query("SELECT count(*) FROM outbox WHERE kind = 'alert'")[0][0] == 1
