@@ -9,6 +9,9 @@ Source = Literal["smtp", "imap", "ingest"]
 Via = Literal["rule", "team", "round_robin"]
 Status = Literal["available", "away", "dnd"]
 STATUSES: tuple[Status, ...] = ("available", "away", "dnd")
+# The tags mail gets that nobody is assigned for: automatic mail, and mail with no sender.
+AUTO_TAG = "auto"
+NO_SENDER_TAG = "no-sender"
 
 
 @dataclass(frozen=True)

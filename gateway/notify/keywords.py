@@ -7,6 +7,7 @@ gateway's previous keywords on each copy, so a retried or late job is harmless.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -17,11 +18,13 @@ import structlog
 
 from gateway.config import ImapSection, Settings
 from gateway.imapsession import Mailbox, MailboxError, open_mailbox, text, unless_lost
+from gateway.model import AUTO_TAG, NO_SENDER_TAG
 from gateway.store import queries
 
 log = structlog.get_logger("gateway.keywords")
 
 REUSE_SECONDS = 60.0  # a session quiet longer than this is closed, not reused
+PROBE_SECONDS = 5.0  # how long a kept session may take to answer NOOP
 _NOT_ATOM = re.compile(r"[^A-Za-z0-9!#$&'+,\-./:;<=>?@^_`|~]")  # RFC 3501 atom-chars
 _FLAGS = re.compile(rb"UID (\d+).*?FLAGS \(([^)]*)\)|FLAGS \(([^)]*)\).*?UID (\d+)")
 
@@ -47,7 +50,7 @@ class KeywordWriter:
         self._mailboxes: dict[str, ImapSection] = {
             inbox.address: inbox.imap for inbox in settings.inboxes if inbox.imap is not None
         }
-        tags = {tag for rule in settings.rules for tag in rule.tags} | {"auto"}
+        tags = {tag for rule in settings.rules for tag in rule.tags} | {AUTO_TAG, NO_SENDER_TAG}
         self._ours_exact = {"unassigned"} | {keyword(tag) for tag in tags}
         self._warned: set[str] = set()
         self._sessions: dict[str, tuple[AsyncExitStack, Mailbox, float]] = {}
@@ -63,7 +66,11 @@ class KeywordWriter:
                 # A session sees mail that arrived since it selected the folder only
                 # once told of it (EXISTS); NOOP asks, or a new copy's UID is unknown.
                 with contextlib.suppress(Exception):  # any trouble: a new session instead
-                    synced = await unless_lost(box.client.noop(), box.lost)
+                    # Briefly: a session the server dropped unseen would hold the job for
+                    # the client's whole command timeout (30 s) before a new one is tried.
+                    synced = await asyncio.wait_for(
+                        unless_lost(box.client.noop(), box.lost), PROBE_SECONDS
+                    )
                     if synced.result == "OK":
                         self._sessions[name] = (stack, box, time.monotonic())
                         return box

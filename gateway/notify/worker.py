@@ -41,6 +41,7 @@ BATCH = 20
 PRUNE_EVERY = timedelta(minutes=1)
 # Far past the slowest render seen (0.2 s), well inside the lease: beyond, failed and retried.
 RENDER_SECONDS = 20.0
+KEYWORDS_SECONDS = 20.0
 
 
 @dataclass(frozen=True)
@@ -260,8 +261,10 @@ class Outbox(DrainLoop):
         assert found is not None
         want = wanted(found.assignee, found.team, tags)
         try:
-            await self._keyword_writer.apply(copies, want)
-        except Exception as error:  # server down, refused...: retried like an alert
+            # Bounded: each IMAP command may take the client's 30 s, and a stop waits for
+            # the job in hand; past this it is failed and retried like an alert.
+            await asyncio.wait_for(self._keyword_writer.apply(copies, want), KEYWORDS_SECONDS)
+        except Exception as error:  # server down, refused, too slow...: retried later
             await self._failed(row, lease, f"{type(error).__name__}: {error}")
             return
         if await self._done(row, lease):

@@ -5,13 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from gateway.config import Settings
-from gateway.model import Decision, Delivery, MailFacts, RoutingState
+from gateway.model import AUTO_TAG, NO_SENDER_TAG, Decision, Delivery, MailFacts, RoutingState
 from gateway.routing.index import RuleIndex
 from gateway.routing.rotation import GLOBAL, next_agent, team_key
 from gateway.routing.rules import CompiledRule, check_each, compile_rules
-
-AUTO_TAG = "auto"
-NO_SENDER_TAG = "no-sender"
 
 
 @dataclass(frozen=True)
