@@ -35,7 +35,7 @@ BUSY_TIMEOUT_MS = 10_000
 _STORE_TROUBLE = {5, 6, 7, 8, 10, 11, 13, 14, 15, 26}
 
 
-def store_trouble(error: sqlite3.Error) -> bool:
+def _store_trouble(error: sqlite3.Error) -> bool:
     """Whether `error` is the store's trouble rather than something a statement's data caused
     (too many variables, too big a value), which retrying would only meet again."""
     code = getattr(error, "sqlite_errorcode", None)
@@ -53,7 +53,7 @@ def _classified() -> Iterator[None]:
     try:
         yield
     except sqlite3.Error as error:
-        if store_trouble(error):
+        if _store_trouble(error):
             raise StoreUnavailable(f"the database is unavailable: {error}") from None
         raise StatementFailed(f"{type(error).__name__}: {error}") from None
 

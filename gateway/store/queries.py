@@ -151,9 +151,9 @@ async def message_outcome(tx: Tx, message_pk: int) -> Outcome:
 
 
 async def claim_pending(tx: Tx, message_pk: int) -> bool:
-    """True when the message is still pending (no other intake took it meanwhile)."""
-    row = await tx.one("SELECT state FROM messages WHERE id = ?", (message_pk,))
-    return row is not None and row["state"] == "pending"
+    """True when the message is still pending (no other intake took it meanwhile); read
+    with a lock, as intake then writes what became of it."""
+    return await message_state(tx, message_pk, lock=True) == "pending"
 
 
 async def finish_message(
@@ -236,9 +236,11 @@ async def messages_of(tx: Tx, conversation_id: int) -> list[MessageLine]:
     return [MessageLine(*row) for row in rows]
 
 
-async def message_state(tx: Tx, message_pk: int) -> str | None:
+async def message_state(tx: Tx, message_pk: int, *, lock: bool = False) -> str | None:
     """pending, routed, dropped or shunted; None when there is no such message."""
-    row = await tx.one("SELECT state FROM messages WHERE id = ?", (message_pk,))
+    row = await tx.one(
+        f"SELECT state FROM messages WHERE id = ?{tx.for_update if lock else ''}", (message_pk,)
+    )
     return None if row is None else str(row["state"])
 
 
