@@ -141,7 +141,6 @@ class Daemon:
                 secret,
                 clock=self._clock,
                 retry=self._retry,
-                accept_busy=accept.busy,
             )
             intake = Intake(
                 db,

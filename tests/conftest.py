@@ -35,10 +35,12 @@ from aiosmtpd.smtp import Envelope
 from hypothesis import settings as hypothesis_settings
 
 from gateway import config
-from gateway.clock import Clock, utcnow
+from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.daemon import Daemon
 from gateway.notify.worker import RetryPolicy
+from gateway.store import queries
+from gateway.store.db import Database
 from tests.dovecot import Dovecot
 from tests.dovecot import available as dovecot_available
 
@@ -49,7 +51,10 @@ if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
 
 FAST_RETRY = RetryPolicy(
-    first=timedelta(milliseconds=200), cap=timedelta(milliseconds=500), deadline=timedelta(days=2)
+    first=timedelta(milliseconds=200),
+    cap=timedelta(milliseconds=500),
+    deadline=timedelta(days=2),
+    probe_cap=timedelta(milliseconds=500),
 )
 
 BASE: dict[str, Any] = {
@@ -266,6 +271,16 @@ def sink() -> Iterator[Sink]:
     server.start()
     yield server
     server.stop()
+
+
+async def hold_oldest_alert(db: Database, seconds: float = 120) -> int:
+    """Lease the oldest alert due to another attempt, as a process in the middle of sending
+    it holds it; its outbox id."""
+    async with db.transaction() as tx:
+        [row] = await queries.claim_due(
+            tx, stamp(utcnow()), ("alert",), "another:1/held", seconds, limit=1
+        )
+    return row.id
 
 
 def smtp_notify(port: int, **extra: Any) -> dict[str, Any]:

@@ -15,6 +15,11 @@ from gateway.config import NotifySection
 TIMEOUT_SECONDS = 30
 
 
+class SmarthostDown(Exception):
+    """No session with the smarthost could be had, or the one in hand failed as a whole
+    (refused, timed out, 421): any alert would fail alike, not this one alone."""
+
+
 class Transport(Protocol):
     async def send(self, data: bytes, recipient: str, name: str) -> None: ...
 
@@ -24,7 +29,8 @@ class Transport(Protocol):
 
 class SmtpTransport:
     """One session with the smarthost for a run of alerts (connect, TLS and login once),
-    closed by the outbox when the run is over: a backlog is not one connection an alert."""
+    closed by the outbox once it has been idle a while: a backlog, or a steady load,
+    is not one connection an alert."""
 
     def __init__(self, notify: NotifySection) -> None:
         self._notify = notify
@@ -36,17 +42,36 @@ class SmtpTransport:
         sender = self._notify.bounce_address or ""
         if self._client is not None and self._client.is_connected:
             try:
-                await self._client.sendmail(sender, [recipient], data)
+                await self._sendmail(self._client, sender, recipient, data)
                 return
             except aiosmtplib.SMTPServerDisconnected:
                 pass  # the smarthost ended the session between alerts: a new one below
-            except BaseException:
-                self._drop()  # whatever state the session is in, the next starts clean
-                raise
         self._drop()
-        self._client = await self._connect()
         try:
-            await self._client.sendmail(sender, [recipient], data)
+            self._client = await self._connect()
+        except (aiosmtplib.SMTPException, OSError) as error:
+            raise SmarthostDown(_described(error)) from error
+        try:
+            await self._sendmail(self._client, sender, recipient, data)
+        except aiosmtplib.SMTPServerDisconnected as error:  # a session no sooner had than lost
+            raise SmarthostDown(_described(error)) from error
+
+    async def _sendmail(
+        self, client: aiosmtplib.SMTP, sender: str, recipient: str, data: bytes
+    ) -> None:
+        try:
+            await client.sendmail(sender, [recipient], data)
+        except aiosmtplib.SMTPServerDisconnected:
+            self._drop()
+            raise
+        except (aiosmtplib.SMTPTimeoutError, OSError) as error:
+            self._drop()
+            raise SmarthostDown(_described(error)) from error
+        except aiosmtplib.SMTPResponseException as error:
+            self._drop()  # whatever state the session is in, the next starts clean
+            if error.code == 421:  # the smarthost is closing: not this alert's fault
+                raise SmarthostDown(_described(error)) from error
+            raise
         except BaseException:
             self._drop()
             raise
@@ -107,6 +132,10 @@ class FileTransport:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _described(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
 
 
 def transport_for(notify: NotifySection) -> Transport:

@@ -29,7 +29,7 @@ from gateway.drainloop import POLL_SECONDS, DrainLoop
 from gateway.errors import StoreUnavailable
 from gateway.notify.keywords import KeywordWriter, wanted
 from gateway.notify.render import Alert, AlertInput, render
-from gateway.notify.transports import Transport, transport_for
+from gateway.notify.transports import SmarthostDown, Transport, transport_for
 from gateway.store import queries
 from gateway.store.db import Database
 
@@ -37,25 +37,40 @@ log = structlog.get_logger("gateway.notify")
 T = TypeVar("T")
 
 ACTOR = "gateway"
-BATCH = 20
+KINDS = ("alert", "keywords")
+# Rows claimed in one commit, their outcomes recorded in one more: two fsyncs a batch.
+BATCH = 50
+DEFER_CHUNK = 1000  # alerts deferred in one commit while the smarthost is down
 PRUNE_EVERY = timedelta(minutes=1)
 # Far past the slowest render seen (0.2 s), well inside the lease: beyond, failed and retried.
 RENDER_SECONDS = 20.0
 KEYWORDS_SECONDS = 10.0  # a job is a FETCH and a few STOREs: milliseconds on a live server
+# A smarthost session idle this long is closed (Postfix caches one for 2 s): under a steady
+# load alerts come a few at a time, and a session for each few would cost more than them.
+KEEP_SESSION_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff: first, first*2, ... capped; given up after `deadline`."""
+    """Exponential backoff: first, first*2, ... capped; given up after `deadline`.
+
+    An alert the smarthost refuses waits by its own attempts; while the smarthost
+    cannot be reached at all, every alert waits for one probe, whose backoff ends
+    at `probe_cap` so that a smarthost back is found within minutes."""
 
     first: timedelta = timedelta(seconds=30)
     cap: timedelta = timedelta(hours=1)
     deadline: timedelta = timedelta(days=2, hours=1)
+    probe_cap: timedelta = timedelta(minutes=5)
 
     def next_attempt(self, attempts: int, created: datetime, now: datetime) -> datetime | None:
         delay = min(self.first * (2 ** max(attempts - 1, 0)), self.cap)
         retry_at: datetime = now + delay
         return None if retry_at > created + self.deadline else retry_at
+
+    def next_probe(self, failures: int, now: datetime) -> datetime:
+        probe_at: datetime = now + min(self.first * (2 ** max(failures - 1, 0)), self.probe_cap)
+        return probe_at
 
 
 DEFAULT_RETRY = RetryPolicy()
@@ -63,6 +78,59 @@ LEASE = timedelta(minutes=2)  # longer than an attempt can take (the SMTP timeou
 # Who holds a lease, for a person reading the outbox; recovery does not depend on it.
 OWNER = f"{socket.gethostname()}:{os.getpid()}"
 DROPPED = "the row was taken over when its lease ended, or queued again, while this attempt ran"
+
+Said = tuple[str, dict[str, Any]]  # a log line: its event and fields
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one attempt at a row ended, recorded with its batch's."""
+
+    row: queries.OutboxRow
+    error: str | None = None  # None: done
+    retry_at: str | None = None  # failed: when it is due again (None: given up)
+    event: tuple[str, str, dict[str, Any]] | None = None  # kind, agent, detail: the timeline's
+    said: Said | None = None  # logged once recorded
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An alert built and ready to go."""
+
+    recipient: str
+    alert: Alert
+
+
+@dataclass
+class Smarthost:
+    """What the outbox knows of the smarthost: up, or down until `probe_at`.
+
+    Like Postfix's queue manager with a dead destination: one failed session
+    marks it down, and until the probe nothing is attempted; every alert due
+    meanwhile is deferred to the probe in a few commits, each new one with a
+    `notify_failed` at once, so that a desk sees its alerts are held up.
+    """
+
+    failures: int = 0  # sessions failed in a row
+    since: datetime | None = None
+    probe_at: datetime | None = None
+    error: str = ""
+
+    def down(self, now: datetime) -> bool:
+        return self.probe_at is not None and now < self.probe_at
+
+    def failed(self, error: str, now: datetime, retry: RetryPolicy) -> None:
+        self.failures += 1
+        self.since = self.since or now
+        self.probe_at = retry.next_probe(self.failures, now)
+        self.error = error
+
+    def why(self) -> str:
+        assert self.since is not None
+        return (
+            f"not attempted: the smarthost has been unreachable since {stamp(self.since)}"
+            f" ({self.error})"
+        )
 
 
 class Outbox(DrainLoop):
@@ -76,10 +144,9 @@ class Outbox(DrainLoop):
         *,
         clock: Clock = utcnow,
         retry: RetryPolicy = DEFAULT_RETRY,
-        accept_busy: Callable[[], bool] = lambda: False,
         lease: timedelta = LEASE,
     ) -> None:
-        super().__init__(accept_busy)
+        super().__init__()
         self._db = db
         self._settings = settings
         self._secret = secret
@@ -88,6 +155,9 @@ class Outbox(DrainLoop):
         self._lease = lease
         self._transport: Transport = transport_for(settings.notify)
         self._transport_notify = settings.notify
+        self._smarthost = Smarthost()
+        self._sent_at = 0.0  # when the transport's session last carried an alert
+        self._keep_session = False  # between drains: only while `run` is there to close it
         self._keyword_writer = KeywordWriter(settings)
         self._keywords_for = settings
         self._pruned_at: datetime | None = None
@@ -95,7 +165,7 @@ class Outbox(DrainLoop):
     def reload(self, settings: Settings) -> None:
         """Agents' addresses and their `notify` from the next alert on, the mailboxes and
         tags keywords are written by from the next keywords job; where alerts go, from
-        the next drain (a drain in progress keeps its smarthost session)."""
+        the next batch."""
         self._settings = settings
 
     def prepare(self, settings: Settings) -> Callable[[], None]:
@@ -108,9 +178,11 @@ class Outbox(DrainLoop):
             async with presence.joining() as alone:
                 if alone:
                     await self._release_leases()
+            self._keep_session = True
             await super().run()
         finally:
             presence.leave()
+            await self._transport.close()
             await self._keyword_writer.close()
 
     async def _release_leases(self) -> None:
@@ -128,24 +200,27 @@ class Outbox(DrainLoop):
     async def idle_seconds(self) -> float:
         async with self._db.reading() as conn:
             due = await queries.next_due(conn)
-        if due is None:
-            return POLL_SECONDS
-        ahead = (datetime.fromisoformat(due) - self._clock()).total_seconds()
-        return min(max(ahead, 0.0), POLL_SECONDS)
+        wait = POLL_SECONDS
+        if due is not None:
+            ahead = (datetime.fromisoformat(due) - self._clock()).total_seconds()
+            wait = min(max(ahead, 0.0), wait)
+        return wait
 
     async def drain(self) -> int:
-        """Attempt every row that is due now; the count attempted.
-
-        Alerts of one drain share the transport's session; it ends with the drain.
-        """
+        """Attempt every row that is due now; the count attempted."""
         await self._prune()
         if self._settings.notify != self._transport_notify:
+            await self._transport.close()
             self._transport = transport_for(self._settings.notify)
             self._transport_notify = self._settings.notify
+            self._smarthost = Smarthost()  # another smarthost, or the same one set right
         try:
-            return await self._drain()
+            attempted = await self._drain()
         finally:
-            await self._transport.close()
+            idle = time.monotonic() - self._sent_at > KEEP_SESSION_SECONDS
+            if not self._keep_session or idle:
+                await self._transport.close()
+        return attempted
 
     async def _prune(self) -> None:
         """Forget senders' alert counts whose hour is over, once a minute at most."""
@@ -161,94 +236,133 @@ class Outbox(DrainLoop):
     async def _drain(self) -> int:
         attempted = 0
         while not self.stopping:
-            async with self._db.reading() as conn:
-                rows = await queries.due_outbox(conn, stamp(self._clock()), BATCH)
+            now = self._clock()
+            kinds: tuple[str, ...] = KINDS
+            if self._smarthost.down(now):
+                await self._defer(now)
+                kinds = ("keywords",)
+            holder = f"{OWNER}/{secrets.token_hex(6)}"
+            async with self._db.transaction() as conn:
+                rows = await queries.claim_due(
+                    conn, stamp(now), kinds, holder, self._lease.total_seconds(), BATCH
+                )
             if not rows:
                 break
-            for row in rows:
-                started = time.perf_counter()
-                lease = await self._claim(row.id)
-                if lease is None:
-                    continue
-                if row.kind == "keywords":
-                    await self._keywords(row, lease)
-                else:
-                    await self._attempt(row, lease)
-                attempted += 1
-                await self.accept_first(started)
+            attempted += await self._work(rows, holder)
         return attempted
 
-    async def _claim(self, outbox_id: int) -> str | None:
-        """Take the row for one attempt, so two processes never send the same alert at once.
+    async def _work(self, rows: list[queries.OutboxRow], holder: str) -> int:
+        """Attempt the rows `holder` claimed, then record every outcome in one commit; the
+        count attempted.
 
-        The lease is returned: a token naming this attempt, held until an expiry
-        the store's clock judges (processes' clocks may disagree; the store's is
-        one). The attempt's outcome is recorded only while it still holds it.
-        Should this process die mid-attempt, the row is due again when the lease
-        ends, or at once when an outbox starts with no other running on the
-        database (`run`).
+        The lease is the store's promise that nobody else attempts these rows: past
+        half of it no more are begun (an attempt takes 30 s at most), and the rest
+        go back to the queue, as they do when the outbox stops or the smarthost is
+        found down.
         """
-        lease = f"{OWNER}/{secrets.token_hex(6)}"
-        async with self._db.transaction() as conn:
-            taken = await queries.claim_outbox(
-                conn, outbox_id, stamp(self._clock()), lease, self._lease.total_seconds()
-            )
-        return lease if taken else None
+        deadline = time.monotonic() + self._lease.total_seconds() / 2
+        outcomes: list[Outcome] = []
+        jobs = [row for row in rows if row.kind == "keywords"]
+        for row in jobs:
+            if self.stopping or time.monotonic() > deadline:
+                break
+            outcomes.append(await self._keywords(row))
+        if len(outcomes) == len(jobs):
+            alerts_ = [row for row in rows if row.kind == "alert"]
+            outcomes += await self._alerts(alerts_, deadline)
+        attempted = {outcome.row.id for outcome in outcomes}
+        await self._record(outcomes, holder, [row.id for row in rows if row.id not in attempted])
+        return len(outcomes)
 
-    async def _done(
-        self,
-        row: queries.OutboxRow,
-        lease: str,
-        event: tuple[str, str, dict[str, Any]] | None = None,
-    ) -> bool:
-        """Mark the row done, with `event` (kind, agent, detail) on the timeline, if this
-        attempt still holds it; whether it did."""
+    async def _record(self, outcomes: list[Outcome], holder: str, untouched: list[int]) -> None:
+        """Each outcome, if `holder` still holds its row, with its event; `untouched` let go."""
+        at = stamp(self._clock())
         async with self._db.transaction() as conn:
-            held = await queries.outbox_done(conn, row.id, lease)
-            if held and event is not None:
-                kind, agent, detail = event
-                at = stamp(self._clock())
-                await queries.add_event(
-                    conn, row.conversation_id, at, kind, ACTOR, agent=agent, detail=detail
+            held = []
+            for outcome in outcomes:
+                row = outcome.row
+                if outcome.error is None:
+                    kept = await queries.outbox_done(conn, row.id, holder)
+                else:
+                    kept = await queries.outbox_failed(
+                        conn, row.id, holder, outcome.error, outcome.retry_at
+                    )
+                if kept and outcome.event is not None:
+                    kind, agent, detail = outcome.event
+                    await queries.add_event(
+                        conn, row.conversation_id, at, kind, ACTOR, agent=agent, detail=detail
+                    )
+                held.append(kept)
+            await queries.release(conn, untouched, holder)
+        for outcome, kept in zip(outcomes, held, strict=True):
+            if not kept:
+                log.warning("outbox.outcome_dropped", id=outcome.row.id, why=DROPPED)
+            elif outcome.said is not None:
+                what, fields = outcome.said
+                log.info(what, **fields) if outcome.error is None else log.warning(what, **fields)
+
+    async def _defer(self, now: datetime) -> None:
+        """Every alert due now made due at the smarthost's probe, none attempted; a new one
+        (or one past the deadline, given up) with its `notify_failed`."""
+        smarthost = self._smarthost
+        assert smarthost.probe_at is not None
+        probe = stamp(smarthost.probe_at)
+        dead_before = stamp(smarthost.probe_at - self._retry.deadline)
+        while True:
+            async with self._db.transaction() as conn:
+                deferred, owed = await queries.defer_alerts(
+                    conn, stamp(now), probe, dead_before, smarthost.why(), DEFER_CHUNK
                 )
-        if not held:
-            log.warning("outbox.outcome_dropped", outcome="done", id=row.id, why=DROPPED)
-        return held
+                for row in owed:
+                    given_up = row.created_at < dead_before
+                    detail = {
+                        "reason": row.payload["reason"],
+                        "error": smarthost.why(),
+                        "attempts": row.attempts,
+                        "retry_at": None if given_up else probe,
+                    }
+                    await queries.add_event(
+                        conn,
+                        row.conversation_id,
+                        stamp(now),
+                        "notify_failed",
+                        ACTOR,
+                        agent=row.payload["agent"],
+                        detail=detail,
+                    )
+            if deferred:
+                log.info("alerts.deferred", alerts=deferred, until=probe, error=smarthost.error)
+            if deferred < DEFER_CHUNK:
+                return
 
-    async def _failed(
-        self, row: queries.OutboxRow, lease: str, error: str, payload: dict[str, str] | None = None
-    ) -> None:
-        """Count a failed attempt and set the retry (an alert's failure on the timeline too),
-        if this attempt still holds the row."""
+    def _failure(
+        self, row: queries.OutboxRow, error: BaseException | str, retry_at: datetime | None = None
+    ) -> Outcome:
+        """A failed attempt: due again by the row's backoff (or at `retry_at`), an alert's
+        with `notify_failed` on the timeline."""
         now = self._clock()
-        attempts = int(row.attempts) + 1
-        retry_at = self._retry.next_attempt(attempts, datetime.fromisoformat(row.created_at), now)
+        text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+        attempts = row.attempts + 1
+        created = datetime.fromisoformat(row.created_at)
+        if retry_at is None:
+            retry_at = self._retry.next_attempt(attempts, created, now)
+        elif retry_at > created + self._retry.deadline:
+            retry_at = None
         retry = None if retry_at is None else stamp(retry_at)
-        async with self._db.transaction() as conn:
-            held = await queries.outbox_failed(conn, row.id, lease, error, retry)
-            if held and payload is not None:
-                await queries.add_event(
-                    conn,
-                    row.conversation_id,
-                    stamp(now),
-                    "notify_failed",
-                    ACTOR,
-                    agent=payload["agent"],
-                    detail={
-                        "reason": payload["reason"],
-                        "error": error,
-                        "attempts": attempts,
-                        "retry_at": retry,
-                    },
-                )
-        if not held:
-            log.warning("outbox.outcome_dropped", outcome="failed", error=error, why=DROPPED)
-        elif payload is None:
-            log.warning("keywords.failed", conversation=row.conversation_id, error=error)
-        else:
-            log.warning("alert.failed", error=error, attempts=attempts, gave_up=retry is None)
+        if row.kind == "keywords":
+            said = ("keywords.failed", {"conversation": row.conversation_id, "error": text})
+            return Outcome(row, text, retry, said=said)
+        payload = row.payload
+        detail = {"reason": payload["reason"], "error": text, "attempts": attempts}
+        return Outcome(
+            row,
+            text,
+            retry,
+            event=("notify_failed", payload["agent"], {**detail, "retry_at": retry}),
+            said=("alert.failed", {**_about(row), **detail, "gave_up": retry is None}),
+        )
 
-    async def _keywords(self, row: queries.OutboxRow, lease: str) -> None:
+    async def _keywords(self, row: queries.OutboxRow) -> Outcome:
         if self._keywords_for is not self._settings:  # reloaded since the last job
             await self._keyword_writer.close()  # its sessions belong to the old settings
             self._keyword_writer = KeywordWriter(self._settings)
@@ -265,64 +379,82 @@ class Outbox(DrainLoop):
             # the job in hand; past this it is failed and retried like an alert.
             await asyncio.wait_for(self._keyword_writer.apply(copies, want), KEYWORDS_SECONDS)
         except Exception as error:  # server down, refused, too slow...: retried later
-            await self._failed(row, lease, f"{type(error).__name__}: {error}")
-            return
-        if await self._done(row, lease):
-            log.info(
-                "keywords.set",
-                conversation=conversation_id,
-                keywords=sorted(want),
-                copies=len(copies),
-            )
+            return self._failure(row, error)
+        fields = {"conversation": conversation_id, "keywords": sorted(want), "copies": len(copies)}
+        return Outcome(row, said=("keywords.set", fields))
 
-    async def _attempt(self, row: queries.OutboxRow, lease: str) -> None:
+    async def _alerts(self, rows: list[queries.OutboxRow], deadline: float) -> list[Outcome]:
+        """Send `rows` in order, each built while the one before is on the wire; stopped
+        short by a stop, the deadline or the smarthost found down."""
+        outcomes: list[Outcome] = []
+        building: asyncio.Task[Outcome | Prepared] | None = None
+        try:
+            for n, row in enumerate(rows):
+                if self.stopping or time.monotonic() > deadline:
+                    break
+                if self._smarthost.down(self._clock()):
+                    break
+                prepared = await (building or self._prepare(row))
+                building = None
+                if n + 1 < len(rows):
+                    building = asyncio.create_task(self._prepare(rows[n + 1]))
+                outcomes.append(await self._deliver(row, prepared))
+        finally:
+            if building is not None:
+                building.cancel()
+        return outcomes
+
+    async def _prepare(self, row: queries.OutboxRow) -> Outcome | Prepared:
+        """The alert built, or how the attempt ended without sending it."""
         payload = row.payload
         agent = self._settings.agent(payload["agent"])
-        event_id = int(row.event_id)
-        with structlog.contextvars.bound_contextvars(
-            conversation=row.conversation_id, event=event_id, agent=payload["agent"]
-        ):
-            try:
-                if agent is None:
-                    raise LookupError(f"agent {payload['agent']!r} is no longer configured")
-                async with self._db.reading() as conn:
-                    conversation = await queries.conversation(conn, row.conversation_id)
-                    stored = await queries.message(conn, int(payload["message"]))
-                if conversation is None or stored is None:
-                    raise LookupError("the conversation or its message is gone")
-                assignee = conversation.assignee
-                if assignee == payload["agent"]:
-                    alert = await self._render(row, payload, conversation, stored, agent)
-                    await self._transport.send(alert.data, agent.email, f"alert-{event_id}")
-            except Exception as error:
-                await self._failed(row, lease, f"{type(error).__name__}: {error}", payload)
-                return
-            if assignee != payload["agent"]:
-                await self._superseded(row, lease, payload, assignee)
-                return
-            detail = {"reason": payload["reason"], "message_id": alert.message_id}
-            if await self._done(row, lease, ("notified", payload["agent"], detail)):
-                log.info("alert.sent", reason=payload["reason"], to=agent.email)
+        try:
+            if agent is None:
+                raise LookupError(f"agent {payload['agent']!r} is no longer configured")
+            async with self._db.reading() as conn:
+                conversation = await queries.conversation(conn, row.conversation_id)
+                stored = await queries.message(conn, int(payload["message"]))
+            if conversation is None or stored is None:
+                raise LookupError("the conversation or its message is gone")
+            if conversation.assignee != payload["agent"]:
+                return _superseded(row, conversation.assignee)
+            return Prepared(agent.email, await self._render(row, conversation, stored, agent))
+        except Exception as error:
+            return self._failure(row, error)
 
-    async def _superseded(
-        self, row: queries.OutboxRow, lease: str, payload: dict[str, str], assignee: str | None
-    ) -> None:
-        """The conversation left the agent while the alert waited (the outbox was held up, or
-        behind): it would send them to work that is no longer theirs, so it stays unsent.
-        The new assignee has an alert of their own. A reassignment after this look, while
-        the alert is being built and sent, does not stop it."""
-        detail = {"reason": payload["reason"], "assignee": assignee}
-        if await self._done(row, lease, ("notify_superseded", payload["agent"], detail)):
-            log.info("alert.superseded", reason=payload["reason"], assignee=assignee)
+    async def _deliver(self, row: queries.OutboxRow, prepared: Outcome | Prepared) -> Outcome:
+        if isinstance(prepared, Outcome):
+            return prepared
+        try:
+            await self._transport.send(
+                prepared.alert.data, prepared.recipient, f"alert-{row.event_id}"
+            )
+        except SmarthostDown as down:
+            now = self._clock()
+            self._smarthost.failed(str(down), now, self._retry)
+            log.warning(
+                "smarthost.down", error=str(down), probe_at=stamp(self._smarthost.probe_at or now)
+            )
+            return self._failure(row, down, self._smarthost.probe_at)
+        except Exception as error:
+            return self._failure(row, error)
+        self._sent_at = time.monotonic()
+        if self._smarthost.since is not None:
+            log.info("smarthost.up", down_since=stamp(self._smarthost.since))
+            self._smarthost = Smarthost()
+        reason = row.payload["reason"]
+        detail = {"reason": reason, "message_id": prepared.alert.message_id}
+        said = ("alert.sent", {**_about(row), "reason": reason, "to": prepared.recipient})
+        return Outcome(row, event=("notified", row.payload["agent"], detail), said=said)
 
     async def _render(
         self,
         row: queries.OutboxRow,
-        payload: dict[str, str],
         conversation: queries.Conversation,
         stored: queries.StoredMail,
         agent: Agent,
     ) -> Alert:
+        payload = row.payload
         # Off the loop: its preview parses up to 32 KB of the original, 0.2 s when that is
         # nothing but nested parts, and it copies the original whole, megabytes maybe.
         built = functools.partial(
@@ -351,6 +483,25 @@ class Outbox(DrainLoop):
             raise TimeoutError(
                 f"building the alert took longer than {RENDER_SECONDS:g} s"
             ) from None
+
+
+def _about(row: queries.OutboxRow) -> dict[str, Any]:
+    return {
+        "conversation": row.conversation_id,
+        "event_id": row.event_id,
+        "agent": row.payload["agent"],
+    }
+
+
+def _superseded(row: queries.OutboxRow, assignee: str | None) -> Outcome:
+    """The conversation left the agent while the alert waited (the outbox was held up, or
+    behind): it would send them to work that is no longer theirs, so it stays unsent.
+    The new assignee has an alert of their own. A reassignment after this look, while
+    the alert is being built and sent, does not stop it."""
+    reason = row.payload["reason"]
+    detail = {"reason": reason, "assignee": assignee}
+    said = ("alert.superseded", {**_about(row), "reason": reason, "assignee": assignee})
+    return Outcome(row, event=("notify_superseded", row.payload["agent"], detail), said=said)
 
 
 async def _bounded(work: Callable[[], T], seconds: float) -> T:

@@ -684,27 +684,68 @@ class OutboxRow:
     payload: dict[str, Any]
     created_at: str
     attempts: int
+    due_at: str
 
 
-async def due_outbox(tx: Tx, now: str, limit: int) -> list[OutboxRow]:
-    """Pending rows due at `now` that no attempt holds."""
+_OUTBOX_ROW = "id, kind, event_id, conversation_id, payload, created_at, attempts, due_at"
+
+
+def _outbox_row(row: Record) -> OutboxRow:
+    return OutboxRow(
+        id=row["id"],
+        kind=row["kind"],
+        event_id=row["event_id"],
+        conversation_id=row["conversation_id"],
+        payload=json.loads(row["payload"]),
+        created_at=row["created_at"],
+        attempts=row["attempts"],
+        due_at=row["due_at"],
+    )
+
+
+def _kinds(kinds: Sequence[str]) -> str:
+    return f"kind IN ({', '.join('?' * len(kinds))})"
+
+
+async def claim_due(
+    tx: Tx, now: str, kinds: Sequence[str], holder: str, seconds: float, limit: int
+) -> list[OutboxRow]:
+    """Lease to `holder`, for `seconds` of the store's clock, up to `limit` pending rows of
+    `kinds` due at `now` that nobody holds: half the oldest due, half the newest (a queue
+    read from both ends, so that what was queued last waits for one batch, not for a
+    backlog). In the order they came due."""
+    due = f"state = 'pending' AND due_at <= ? AND {_kinds(kinds)} AND {_UNLEASED}"
+    oldest, newest = (limit + 1) // 2, limit // 2
     rows = await tx.all(
-        "SELECT id, kind, event_id, conversation_id, payload, created_at, attempts FROM outbox"
-        f" WHERE state = 'pending' AND due_at <= ? AND {_UNLEASED} ORDER BY due_at, id LIMIT ?",
+        f"UPDATE outbox SET leased_by = ?, lease_until = {_store_clock(', ?')} WHERE id IN ("
+        f" SELECT id FROM (SELECT id FROM outbox WHERE {due} ORDER BY due_at, id LIMIT ?)"
+        f" UNION SELECT id FROM (SELECT id FROM outbox WHERE {due} ORDER BY id DESC LIMIT ?))"
+        f" RETURNING {_OUTBOX_ROW}",
+        (holder, f"+{seconds} seconds", now, *kinds, oldest, now, *kinds, newest),
+    )
+    return sorted(map(_outbox_row, rows), key=lambda row: (row.due_at, row.id))
+
+
+async def defer_alerts(
+    tx: Tx, now: str, until: str, dead_before: str, error: str, limit: int
+) -> tuple[int, list[OutboxRow]]:
+    """Up to `limit` alerts due at `now` that nobody holds made due at `until`, with `error`,
+    none of them attempted; those created before `dead_before` given up (dead). The ones
+    that had not failed nor been deferred before, and the ones given up: each owes the
+    timeline a word. How many were deferred (0: nothing more is due), and those."""
+    rows = await tx.all(
+        f"SELECT {_OUTBOX_ROW}, last_error IS NULL AS fresh FROM outbox"
+        f" WHERE state = 'pending' AND due_at <= ? AND kind = 'alert' AND {_UNLEASED}"
+        " ORDER BY due_at, id LIMIT ?",
         (now, limit),
     )
-    return [
-        OutboxRow(
-            id=row["id"],
-            kind=row["kind"],
-            event_id=row["event_id"],
-            conversation_id=row["conversation_id"],
-            payload=json.loads(row["payload"]),
-            created_at=row["created_at"],
-            attempts=row["attempts"],
-        )
-        for row in rows
-    ]
+    await tx.run_many(
+        "UPDATE outbox SET due_at = ?, last_error = ?,"
+        " state = CASE WHEN created_at < ? THEN 'dead' ELSE state END WHERE id = ?",
+        [(until, error, dead_before, row["id"]) for row in rows],
+    )
+    owed = [_outbox_row(row) for row in rows if row["fresh"] or row["created_at"] < dead_before]
+    return len(rows), owed
 
 
 async def next_due(tx: Tx) -> str | None:
@@ -715,14 +756,12 @@ async def next_due(tx: Tx) -> str | None:
     return None if row is None or row["due"] is None else str(row["due"])
 
 
-async def claim_outbox(tx: Tx, outbox_id: int, now: str, holder: str, seconds: float) -> bool:
-    """Lease a due row to `holder` for `seconds` of the store's clock, unless another holds it."""
-    changed = await tx.run(
-        f"UPDATE outbox SET leased_by = ?, lease_until = {_store_clock(', ?')}"
-        f" WHERE id = ? AND state = 'pending' AND due_at <= ? AND {_UNLEASED}",
-        (holder, f"+{seconds} seconds", outbox_id, now),
+async def release(tx: Tx, ids: Sequence[int], holder: str) -> None:
+    """Let go of rows `holder` leased and did not attempt: due as they were, to anyone."""
+    await tx.run_many(
+        "UPDATE outbox SET leased_by = NULL, lease_until = NULL WHERE id = ? AND leased_by = ?",
+        [(outbox_id, holder) for outbox_id in ids],
     )
-    return changed == 1
 
 
 async def release_leases(tx: Tx, now: str) -> int:

@@ -20,7 +20,7 @@ import pytest
 from aiosmtpd.smtp import Envelope
 
 from gateway import alertmark
-from gateway.clock import stamp, utcnow
+from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.ingress.accept import Accept
 from gateway.intake.worker import Intake
@@ -28,7 +28,7 @@ from gateway.model import RawMail
 from gateway.notify.worker import Outbox
 from gateway.store import queries
 from gateway.store.db import Database
-from tests.conftest import Sink, free_port, mail, smtp_notify
+from tests.conftest import Sink, free_port, hold_oldest_alert, mail, smtp_notify
 
 pytestmark = pytest.mark.integration
 
@@ -81,10 +81,10 @@ async def store(
             await Accept(db)(RawMail("support@example.com", raw, "smtp", "c@example.org", ()))
         await Intake(db, settings, secret, clock=frozen).drain()
         async with db.reading() as conn:
-            rows = await queries.due_outbox(conn, stamp(NOW), 10)
+            rows = await conn.all("SELECT id FROM outbox WHERE kind = 'alert' ORDER BY id")
     finally:
         await db.close()
-    yield settings, secret, [row.id for row in rows]
+    yield settings, secret, [row["id"] for row in rows]
 
 
 async def outbox_row(settings: Settings, outbox_id: int) -> dict[str, Any]:
@@ -105,7 +105,7 @@ async def test_an_alert_a_dead_process_was_sending_goes_at_once_when_the_outbox_
     presence = dead.presence("outbox")
     async with presence.joining() as alone:
         assert alone
-    assert await Outbox(dead, settings, secret, clock=frozen)._claim(leased)
+    assert await hold_oldest_alert(dead) == leased
     presence.leave()  # the process is killed mid-attempt: the kernel lets go of its lock
     await dead.close()
 
@@ -129,7 +129,7 @@ async def test_an_alert_a_live_process_is_sending_is_left_to_it(
     presence = alive.presence("outbox")
     async with presence.joining() as alone:
         assert alone
-    assert await Outbox(alive, settings, secret, clock=frozen)._claim(leased)
+    assert await hold_oldest_alert(alive) == leased
 
     db = await Database.open(settings.gateway.database)
     outbox = Outbox(db, settings, secret, clock=frozen)
@@ -157,7 +157,7 @@ async def test_a_lease_holds_against_a_process_whose_clock_is_ahead(
     holder = await Database.open(settings.gateway.database)
     db = await Database.open(settings.gateway.database)
     try:
-        assert await Outbox(holder, settings, secret, clock=frozen)._claim(leased)
+        assert await hold_oldest_alert(holder) == leased
         ahead = Outbox(db, settings, secret, clock=lambda: NOW + timedelta(hours=1))
         assert await ahead.drain() == 1  # the free alert only: the lease is the store's to judge
     finally:
