@@ -400,8 +400,8 @@ class Outbox(DrainLoop):
                     building = asyncio.create_task(self._prepare(rows[n + 1]))
                 outcomes.append(await self._deliver(row, prepared))
         finally:
-            if building is not None:
-                building.cancel()
+            if building is not None:  # left to end, not cancelled: it may be in the store
+                await building
         return outcomes
 
     async def _prepare(self, row: queries.OutboxRow) -> Outcome | Prepared:

@@ -212,10 +212,7 @@ class Database:
         in a `Tx.off_loop()` block.
         """
         async with self._lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as error:
-                raise StoreUnavailable(f"the database is unavailable: {error}") from None
+            await self._begin("BEGIN IMMEDIATE")
             try:
                 self._conn.inline = True
                 try:
@@ -235,14 +232,26 @@ class Database:
     async def reading(self) -> AsyncIterator[Tx]:
         """Reads that see one snapshot, however the daemon writes meanwhile (WAL)."""
         async with self._lock:
-            try:
-                await self._conn.execute("BEGIN")
-            except sqlite3.Error as error:
-                raise StoreUnavailable(f"the database is unavailable: {error}") from None
+            await self._begin("BEGIN")
             try:
                 yield Tx(self._conn)
             finally:
                 await self._rollback()
+
+    async def _begin(self, sql: str) -> None:
+        """Open a transaction. A caller cancelled meanwhile does not stop the statement
+        (aiosqlite's thread runs it anyway): what it opened is undone before the lock is
+        let go, or the next transaction would find one open."""
+        began = asyncio.ensure_future(self._conn.execute(sql))
+        try:
+            await asyncio.shield(began)
+        except asyncio.CancelledError:
+            with contextlib.suppress(sqlite3.Error):
+                await began
+            await self._rollback()
+            raise
+        except sqlite3.Error as error:
+            raise StoreUnavailable(f"the database is unavailable: {error}") from None
 
     async def _rollback(self) -> None:
         if self._conn.in_transaction:
