@@ -57,6 +57,7 @@ from bench.processes import ROOT
 
 RATES = (50, 100, 200, 400)
 FRESH_RATE = 2.0  # one fresh message every 0.5 s behind the backlog
+FRESH_SESSIONS = 4  # so that one slow answer does not hold the next fresh message
 OUTAGE_MESSAGES = 3
 POLL = 0.1
 # The original attached to an alert, as bench.alerts.mail names it.
@@ -287,12 +288,18 @@ STEADY_HEAD = (
 # --- 2. fresh alerts behind a backlog ---
 
 
+def _made(gateway: SmtpGateway, backlog: int) -> None:
+    started = time.monotonic()
+    make_backlog(gateway, backlog)
+    print(f"a backlog of {backlog} due alerts made in {time.monotonic() - started:.0f} s")
+
+
 def behind_backlog(backlog: int, cap: float, wait: float) -> str:
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as folder:
         gateway = SmtpGateway(Path(folder))
-        make_backlog(gateway, backlog)
+        _made(gateway, backlog)
         with Sink(gateway.smarthost_port) as sink, gateway.running():
-            fresh = Client(gateway.port, "fresh", FRESH_RATE, cap, 1)
+            fresh = Client(gateway.port, "fresh", FRESH_RATE, cap, FRESH_SESSIONS)
             sink.wait_for("backlog", range(backlog), cap)
             fresh.stop()
             sent = fresh.result()
@@ -334,33 +341,33 @@ def outage(backlog: int, cap: float) -> str:
     failed = "SELECT count(*) FROM events WHERE kind = 'notify_failed'"
     with tempfile.TemporaryDirectory(prefix="bench-soak-") as folder:
         gateway = SmtpGateway(Path(folder))
-        make_backlog(gateway, backlog)
+        _made(gateway, backlog)
         failed_before = query(gateway.database, failed)
-        with Sink(gateway.smarthost_port, refuse=True) as listener, gateway.running():
-            began = time.monotonic()
-            acked = {}
-            with smtplib.SMTP("127.0.0.1", gateway.port) as client:
-                for n in range(OUTAGE_MESSAGES):
-                    sender, raw = mail("outage", n)
-                    client.sendmail(sender, ["support@example.com"], raw)
-                    acked[n] = time.time()
-            noticed: dict[int, float] = {}
-            while len(noticed) < OUTAGE_MESSAGES and time.monotonic() - began < cap:
-                time.sleep(POLL)
-                noticed = _failures(gateway.database)
-            lasted = time.monotonic() - began
-            attempts = listener.accepts
-        written = query(gateway.database, failed) - failed_before
+        with Sink(gateway.smarthost_port, refuse=True) as listener:
+            began = time.monotonic()  # the outage, as the daemon sees it, from its start
+            with gateway.running():
+                acked = {}
+                with smtplib.SMTP("127.0.0.1", gateway.port) as client:
+                    for n in range(OUTAGE_MESSAGES):
+                        sender, raw = mail("outage", n)
+                        client.sendmail(sender, ["support@example.com"], raw)
+                        acked[n] = time.time()
+                noticed: dict[int, float] = {}
+                while len(noticed) < OUTAGE_MESSAGES and time.monotonic() - began < cap:
+                    time.sleep(POLL)
+                    noticed = _failures(gateway.database)
+                lasted = time.monotonic() - began
+                attempts = listener.accepts
+                written = query(gateway.database, failed) - failed_before
     after = ", ".join(
         duration(noticed[n] - acked[n]) if n in noticed else f"not within {cap:g} s"
         for n in range(OUTAGE_MESSAGES)
     )
     return (
-        "| backlog due | smarthost's port | notify_failed after each new message's 250 "
+        "| backlog due | notify_failed after each new message's 250 "
         "| connections accepted | notify_failed written |\n"
-        "| --- | --- | --- | --- | --- |\n"
-        f"| {backlog} | a listener closing each connection on accept "
-        f"| {after} | {attempts} in {lasted:.0f} s | {written} |"
+        "| --- | --- | --- | --- |\n"
+        f"| {backlog} | {after} | {attempts} in {lasted:.0f} s | {written} |"
     )
 
 
@@ -377,16 +384,21 @@ def measure(
     for rate in rates:
         rows.append(steady(rate, seconds, wait, connections))
         print(rows[-1], flush=True)
+    drained = behind_backlog(backlog, cap, wait)
+    print(drained, flush=True)
+    dead = outage(outage_backlog, cap)
+    print(dead, flush=True)
     parts = [
         f"A steady load for {seconds:g} s at each rate, a fresh daemon each; alert latency "
         f"is its arrival at the smarthost less its message's 250, the alerts still owed "
         f"waited for {wait:g} s after the load:\n\n" + STEADY_HEAD + "\n" + "\n".join(rows),
         f"A backlog of {backlog} due alerts as the smarthost comes back, and one fresh "
         f"message every {1 / FRESH_RATE:g} s while it drains (at most {cap:g} s; the fresh "
-        f"alerts waited for {wait:g} s after):\n\n" + behind_backlog(backlog, cap, wait),
-        f"An outage behind a backlog of {outage_backlog} due alerts: {OUTAGE_MESSAGES} new "
-        f"messages, and how long until their conversations show `notify_failed` (at most "
-        f"{cap:g} s):\n\n" + outage(outage_backlog, cap),
+        f"alerts waited for {wait:g} s after):\n\n" + drained,
+        f"An outage behind a backlog of {outage_backlog} due alerts, the smarthost's port "
+        f"held by a listener that closes each connection as it accepts it (and counts them): "
+        f"{OUTAGE_MESSAGES} new messages, and how long until their conversations show "
+        f"`notify_failed` (at most {cap:g} s):\n\n" + dead,
     ]
     return "\n\n".join(parts)
 
