@@ -36,7 +36,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from bench import alerts, imap, postfix, routing, views
+from bench import alerts, imap, postfix, routing, soak, views
 from bench.processes import ROOT, free_port, gateway_config, wait_port
 
 CONNECTIONS = (1, 8, 32)
@@ -246,7 +246,13 @@ def main() -> None:
     sections["burst"] = burst(args.burst, "asyncio")
     print(sections["burst"], flush=True)
     if not args.smtp_only:
-        parts = (("routing", routing), ("alerts", alerts), ("imap", imap), ("views", views))
+        parts = (
+            ("routing", routing),
+            ("alerts", alerts),
+            ("soak", soak),
+            ("imap", imap),
+            ("views", views),
+        )
         for name, module in parts:
             print(f"{name}...", flush=True)
             sections[name] = module.measure()
@@ -278,6 +284,7 @@ TITLES = {
     "burst": "A long burst: accept, then routing",
     "routing": "Routing cost",
     "alerts": "Alerts: a backlog through the outbox",
+    "soak": "Alerts under a steady load, behind a backlog, in an outage",
     "imap": "IMAP",
     "views": "Queue views",
 }

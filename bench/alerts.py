@@ -3,8 +3,9 @@
     .venv/bin/python -m bench.alerts [--alerts 400] [--rounds 2]
 
 A backlog of N alerts is made the way an outage makes one: the gateway takes N
-messages while its smarthost is down, every alert fails once, the gateway is
-stopped and the alerts are made due. Then a real aiosmtpd smarthost starts and
+messages (over a few sessions at once) while its smarthost is down, queues an
+alert for each and attempts what it will, then it is stopped and the alerts are
+made due. Then a real aiosmtpd smarthost starts and
 the gateway with it; the figure is alerts per second from the first `notified`
 to the last. The baseline, in the same run and alternating with it: a bare
 aiosmtplib client sending the same number of messages of the same size to the
@@ -15,17 +16,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
-import smtplib
 import sqlite3
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 from aiosmtpd.controller import Controller
@@ -33,10 +36,21 @@ from aiosmtpd.smtp import Envelope
 
 from bench.processes import ROOT, free_port, gateway_config, wait_port
 
-MESSAGE = (
-    b"From: Customer <c@example.org>\r\nTo: support@example.com\r\nSubject: Where is my order\r\n"
-    b"Message-ID: <%d@bench.test>\r\n\r\n" + b"The order has not arrived yet.\r\n" * 60
-)
+BACKLOG_CONNECTIONS = 8  # the backlog is taken as fast as these sessions give it
+LONG_AGO = "2000-01-01T00:00:00.000000+00:00"  # the store's timestamps, so due at once
+BODY = b"The order has not arrived yet.\r\n" * 60
+
+
+def mail(tag: str, n: int) -> tuple[str, bytes]:
+    """Message `n` of a bench run: (envelope sender, message). A sender and subject of its
+    own, so that it starts a conversation of its own and owes an alert; its Message-ID,
+    `<tag-n@soak.test>`, names it in the alert, which attaches it."""
+    sender = f"c{n}@{tag}.example.org"
+    head = (
+        f"From: Customer {n} <{sender}>\r\nTo: support@example.com\r\n"
+        f"Subject: Where is order {tag} {n}\r\nMessage-ID: <{tag}-{n}@soak.test>\r\n\r\n"
+    )
+    return sender, head.encode() + BODY
 
 
 class Smarthost:
@@ -59,55 +73,92 @@ class Smarthost:
         self._controller.stop()
 
 
-def _query(database: Path, sql: str) -> object:
+def query(database: Path, sql: str, *args: object) -> Any:
+    """The first column of the first row."""
     with sqlite3.connect(database, timeout=30) as conn:
-        return conn.execute(sql).fetchone()[0]
+        return conn.execute(sql, args).fetchone()[0]
+
+
+class SmtpGateway:
+    """The daemon as production runs it (`python -m gateway run`, a process of its own),
+    its alerts over SMTP to a smarthost on `smarthost_port`; the per-sender alert limit
+    is off, since a bench's mail would meet it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.port, self.smarthost_port = free_port(), free_port()
+        self.database = folder / "gateway.db"
+        self._config = gateway_config(
+            folder,
+            self.port,
+            notify={
+                "backend": "smtp",
+                "smtp_host": "127.0.0.1",
+                "smtp_port": self.smarthost_port,
+                "from": "gateway@bench.test",
+                "max_alerts_per_sender_per_hour": 0,
+            },
+        )
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[subprocess.Popen[bytes]]:
+        """The daemon, listening; stopped as an operator would (SIGTERM) on the way out."""
+        command = [sys.executable, "-m", "gateway", "run", "--config", str(self._config)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
+        try:
+            wait_port(self.port, process)
+            yield process
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+async def send_all(port: int, messages: list[tuple[str, bytes]], connections: int) -> None:
+    """Every message, as fast as `connections` sessions take them."""
+    queue = iter(messages)  # shared: each session takes the next one not yet sent
+
+    async def session() -> None:
+        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=60) as client:
+            for sender, raw in queue:
+                await client.sendmail(sender, ["support@example.com"], raw)
+
+    await asyncio.gather(*(session() for _ in range(connections)))
+
+
+def make_backlog(
+    gateway: SmtpGateway, alerts: int, tag: str = "backlog", timeout: float = 900
+) -> None:
+    """A backlog of `alerts` due alerts, made the way an outage makes one: the gateway
+    takes `alerts` messages (`mail(tag, n)`) while nothing listens on its smarthost's
+    port, routes them, queues an alert for each and attempts what it will meanwhile;
+    then it is stopped and every alert made due. The daemon is left stopped."""
+    queued = "SELECT count(*) FROM outbox WHERE kind = 'alert'"
+    with gateway.running():
+        messages = [mail(tag, n) for n in range(alerts)]
+        asyncio.run(send_all(gateway.port, messages, BACKLOG_CONNECTIONS))
+        deadline = time.monotonic() + timeout
+        while query(gateway.database, queued) != alerts:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the backlog was not queued within {timeout:g} s")
+            time.sleep(0.1)
+    with sqlite3.connect(gateway.database) as conn:
+        conn.execute("UPDATE outbox SET due_at = ? WHERE state = 'pending'", (LONG_AGO,))
 
 
 def gateway_backlog(alerts: int, folder: Path) -> tuple[float, int]:
     """(alerts/s first to last, size of an alert) for a backlog of `alerts`."""
-    port, smarthost_port = free_port(), free_port()
-    config = gateway_config(
-        folder,
-        port,
-        notify={
-            "backend": "smtp",
-            "smtp_host": "127.0.0.1",
-            "smtp_port": smarthost_port,
-            "from": "gateway@bench.test",
-            "max_alerts_per_sender_per_hour": 0,
-        },
-    )
-    database = folder / "gateway.db"
-    command = [sys.executable, "-m", "gateway", "run", "--config", str(config)]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
-
-    def start() -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stderr=subprocess.DEVNULL)
-        wait_port(port, process)
-        return process
-
-    daemon = start()
-    with smtplib.SMTP("127.0.0.1", port) as client:
-        for n in range(alerts):
-            client.sendmail("c@example.org", ["support@example.com"], MESSAGE % n)
-    while _query(database, "SELECT count(*) FROM outbox WHERE attempts >= 1") != alerts:
-        time.sleep(0.05)
-    daemon.send_signal(signal.SIGTERM)
-    daemon.wait(60)
-    with sqlite3.connect(database) as conn:
-        conn.execute("UPDATE outbox SET due_at = '2000-01-01T00:00:00.000000+00:00'")
-    with Smarthost(smarthost_port) as smarthost:
-        daemon = start()
-        try:
-            notified = "SELECT count(*) FROM events WHERE kind = 'notified'"
-            while _query(database, notified) != alerts:
-                time.sleep(0.05)
-            first = str(_query(database, "SELECT min(at) FROM events WHERE kind = 'notified'"))
-            last = str(_query(database, "SELECT max(at) FROM events WHERE kind = 'notified'"))
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(60)
+    gateway = SmtpGateway(folder)
+    make_backlog(gateway, alerts)
+    notified = "SELECT count(*) FROM events WHERE kind = 'notified'"
+    with Smarthost(gateway.smarthost_port) as smarthost, gateway.running():
+        while query(gateway.database, notified) != alerts:
+            time.sleep(0.05)
+        first = query(gateway.database, "SELECT min(at) FROM events WHERE kind = 'notified'")
+        last = query(gateway.database, "SELECT max(at) FROM events WHERE kind = 'notified'")
     seconds = (datetime.fromisoformat(last) - datetime.fromisoformat(first)).total_seconds()
     return (alerts - 1) / seconds, smarthost.size
 
