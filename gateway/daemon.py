@@ -28,6 +28,7 @@ from gateway.ingress.imap import MailboxPoller
 from gateway.ingress.smtp import Relay, SmtpServer
 from gateway.intake.parsing import ProcessParser
 from gateway.intake.worker import Intake
+from gateway.notify.render import ProcessRenderer
 from gateway.notify.worker import DEFAULT_RETRY, Outbox, RetryPolicy
 from gateway.sdnotify import Notifier
 from gateway.store.db import Database, Sole
@@ -130,6 +131,7 @@ class Daemon:
         db = await Database.open(self.settings.gateway.database)
         sole = db.sole("daemon")
         parser = ProcessParser()
+        renderer = ProcessRenderer()
         try:
             _take(sole, db.path)
             async with db.transaction() as conn:
@@ -141,6 +143,7 @@ class Daemon:
                 secret,
                 clock=self._clock,
                 retry=self._retry,
+                render=renderer,
             )
             intake = Intake(
                 db,
@@ -187,6 +190,7 @@ class Daemon:
                 outbox.stop()
         finally:
             parser.close()
+            renderer.close()
             await db.close()
             sole.release()
         log.info("gateway.stopped")

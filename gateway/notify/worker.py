@@ -15,7 +15,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
@@ -24,14 +24,14 @@ import structlog
 
 from gateway import alertmark, alerts
 from gateway.clock import Clock, stamp, utcnow
-from gateway.config import Agent, Settings
+from gateway.config import Settings
 from gateway.drainloop import POLL_SECONDS, DrainLoop
 from gateway.errors import StoreUnavailable
 from gateway.notify.keywords import KeywordWriter, wanted
 from gateway.notify.render import Alert, AlertInput, render
 from gateway.notify.transports import SmarthostDown, Transport, transport_for
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, Tx
 
 log = structlog.get_logger("gateway.notify")
 T = TypeVar("T")
@@ -42,6 +42,8 @@ KINDS = ("alert", "keywords")
 BATCH = 50
 DEFER_CHUNK = 1000  # alerts deferred in one commit while the smarthost is down
 PRUNE_EVERY = timedelta(minutes=1)
+RENDER_BATCH = 10  # alerts built in one exchange with the builder
+RENDER_BYTES = 8 * 1024 * 1024  # originals held at once for building (a larger one alone)
 # Far past the slowest render seen (0.2 s), well inside the lease: beyond, failed and retried.
 RENDER_SECONDS = 20.0
 KEYWORDS_SECONDS = 10.0  # a job is a FETCH and a few STOREs: milliseconds on a live server
@@ -80,6 +82,7 @@ OWNER = f"{socket.gethostname()}:{os.getpid()}"
 DROPPED = "the row was taken over when its lease ended, or queued again, while this attempt ran"
 
 Said = tuple[str, dict[str, Any]]  # a log line: its event and fields
+Renderer = Callable[[Sequence[AlertInput]], Awaitable[list[Alert | Exception]]]
 
 
 @dataclass(frozen=True)
@@ -145,8 +148,10 @@ class Outbox(DrainLoop):
         clock: Clock = utcnow,
         retry: RetryPolicy = DEFAULT_RETRY,
         lease: timedelta = LEASE,
+        render: Renderer | None = None,
     ) -> None:
         super().__init__()
+        self._render: Renderer = render or ThreadRenderer()
         self._db = db
         self._settings = settings
         self._secret = secret
@@ -384,43 +389,97 @@ class Outbox(DrainLoop):
         return Outcome(row, said=("keywords.set", fields))
 
     async def _alerts(self, rows: list[queries.OutboxRow], deadline: float) -> list[Outcome]:
-        """Send `rows` in order, each built while the one before is on the wire; stopped
-        short by a stop, the deadline or the smarthost found down."""
+        """Send `rows` in order, a few built while those before them are on the wire;
+        stopped short by a stop, the deadline or the smarthost found down."""
         outcomes: list[Outcome] = []
-        building: asyncio.Task[Outcome | Prepared] | None = None
+        chunks = await self._chunks(rows)
+        building: asyncio.Task[list[Outcome | Prepared]] | None = None
         try:
-            for n, row in enumerate(rows):
-                if self.stopping or time.monotonic() > deadline:
-                    break
-                if self._smarthost.down(self._clock()):
-                    break
-                prepared = await (building or self._prepare(row))
+            for n, chunk in enumerate(chunks):
+                prepared = await (building or self._prepare(chunk))
                 building = None
-                if n + 1 < len(rows):
-                    building = asyncio.create_task(self._prepare(rows[n + 1]))
-                outcomes.append(await self._deliver(row, prepared))
+                if n + 1 < len(chunks):
+                    building = asyncio.create_task(self._prepare(chunks[n + 1]))
+                for row, ready in zip(chunk, prepared, strict=True):
+                    if self.stopping or time.monotonic() > deadline:
+                        return outcomes
+                    if self._smarthost.down(self._clock()):
+                        return outcomes
+                    outcomes.append(await self._deliver(row, ready))
         finally:
             if building is not None:  # left to end, not cancelled: it may be in the store
                 await building
         return outcomes
 
-    async def _prepare(self, row: queries.OutboxRow) -> Outcome | Prepared:
-        """The alert built, or how the attempt ended without sending it."""
+    async def _chunks(self, rows: list[queries.OutboxRow]) -> list[list[queries.OutboxRow]]:
+        """`rows` in runs built together: RENDER_BATCH alerts and RENDER_BYTES of originals
+        at most (a larger original alone)."""
+        async with self._db.reading() as conn:
+            sizes = await queries.message_sizes(conn, [int(r.payload["message"]) for r in rows])
+        chunks: list[list[queries.OutboxRow]] = []
+        held = 0
+        for row in rows:
+            size = sizes.get(int(row.payload["message"]), 0)
+            if not chunks or len(chunks[-1]) >= RENDER_BATCH or held + size > RENDER_BYTES:
+                chunks.append([])
+                held = 0
+            chunks[-1].append(row)
+            held += size
+        return chunks
+
+    async def _prepare(self, chunk: list[queries.OutboxRow]) -> list[Outcome | Prepared]:
+        """Each alert built, or how its attempt ended without sending it."""
+        ready: list[Outcome | Prepared | None] = [None] * len(chunk)
+        inputs: list[tuple[int, str, AlertInput]] = []  # (where in the chunk, recipient, input)
+        async with self._db.reading() as conn:
+            for n, row in enumerate(chunk):
+                try:
+                    found = await self._input(conn, row)
+                except Exception as error:
+                    ready[n] = self._failure(row, error)
+                    continue
+                if isinstance(found, Outcome):
+                    ready[n] = found
+                else:
+                    inputs.append((n, *found))
+        built = await self._render([alert for _, _, alert in inputs])
+        for (n, recipient, _), alert in zip(inputs, built, strict=True):
+            if isinstance(alert, Exception):
+                ready[n] = self._failure(chunk[n], alert)
+            else:
+                ready[n] = Prepared(recipient, alert)
+        return [item for item in ready if item is not None]
+
+    async def _input(self, tx: Tx, row: queries.OutboxRow) -> Outcome | tuple[str, AlertInput]:
+        """What building the alert needs (its recipient, its input), or, for an alert that
+        is not to be sent, its outcome."""
         payload = row.payload
         agent = self._settings.agent(payload["agent"])
-        try:
-            if agent is None:
-                raise LookupError(f"agent {payload['agent']!r} is no longer configured")
-            async with self._db.reading() as conn:
-                conversation = await queries.conversation(conn, row.conversation_id)
-                stored = await queries.message(conn, int(payload["message"]))
-            if conversation is None or stored is None:
-                raise LookupError("the conversation or its message is gone")
-            if conversation.assignee != payload["agent"]:
-                return _superseded(row, conversation.assignee)
-            return Prepared(agent.email, await self._render(row, conversation, stored, agent))
-        except Exception as error:
-            return self._failure(row, error)
+        if agent is None:
+            raise LookupError(f"agent {payload['agent']!r} is no longer configured")
+        conversation = await queries.conversation(tx, row.conversation_id)
+        stored = await queries.message(tx, int(payload["message"]))
+        if conversation is None or stored is None:
+            raise LookupError("the conversation or its message is gone")
+        if conversation.assignee != payload["agent"]:
+            return _superseded(row, conversation.assignee)
+        return agent.email, AlertInput(
+            event_id=int(row.event_id),
+            reason=payload["reason"],
+            how=payload["how"],
+            conversation_id=conversation.id,
+            subject=conversation.subject,
+            customer=conversation.customer,
+            inbox=conversation.inbox,
+            agent_name=agent.name or agent.id,
+            agent_email=agent.email,
+            sender=self._settings.notify.from_,
+            hostname=self._settings.gateway.hostname,
+            mark=alertmark.mark(self._secret, int(row.event_id)),
+            raw=stored.mail.raw,
+            date=self._clock(),
+            full_size=stored.mail.full_size,
+        )
 
     async def _deliver(self, row: queries.OutboxRow, prepared: Outcome | Prepared) -> Outcome:
         if isinstance(prepared, Outcome):
@@ -447,43 +506,6 @@ class Outbox(DrainLoop):
         said = ("alert.sent", {**_about(row), "reason": reason, "to": prepared.recipient})
         return Outcome(row, event=("notified", row.payload["agent"], detail), said=said)
 
-    async def _render(
-        self,
-        row: queries.OutboxRow,
-        conversation: queries.Conversation,
-        stored: queries.StoredMail,
-        agent: Agent,
-    ) -> Alert:
-        payload = row.payload
-        # Off the loop: its preview parses up to 32 KB of the original, 0.2 s when that is
-        # nothing but nested parts, and it copies the original whole, megabytes maybe.
-        built = functools.partial(
-            render,
-            AlertInput(
-                event_id=int(row.event_id),
-                reason=payload["reason"],
-                how=payload["how"],
-                conversation_id=conversation.id,
-                subject=conversation.subject,
-                customer=conversation.customer,
-                inbox=conversation.inbox,
-                agent_name=agent.name or agent.id,
-                agent_email=agent.email,
-                sender=self._settings.notify.from_,
-                hostname=self._settings.gateway.hostname,
-                mark=alertmark.mark(self._secret, int(row.event_id)),
-                raw=stored.mail.raw,
-                date=self._clock(),
-                full_size=stored.mail.full_size,
-            ),
-        )
-        try:
-            return await _bounded(built, RENDER_SECONDS)
-        except TimeoutError:
-            raise TimeoutError(
-                f"building the alert took longer than {RENDER_SECONDS:g} s"
-            ) from None
-
 
 def _about(row: queries.OutboxRow) -> dict[str, Any]:
     return {
@@ -502,6 +524,23 @@ def _superseded(row: queries.OutboxRow, assignee: str | None) -> Outcome:
     detail = {"reason": reason, "assignee": assignee}
     said = ("alert.superseded", {**_about(row), "reason": reason, "assignee": assignee})
     return Outcome(row, event=("notify_superseded", row.payload["agent"], detail), said=said)
+
+
+class ThreadRenderer:
+    """The alert builder of an outbox without a process of its own (tests, one-off work):
+    each alert built in a thread, within RENDER_SECONDS."""
+
+    async def __call__(self, inputs: Sequence[AlertInput]) -> list[Alert | Exception]:
+        built: list[Alert | Exception] = []
+        for alert in inputs:
+            try:
+                built.append(await _bounded(functools.partial(render, alert), RENDER_SECONDS))
+            except TimeoutError:
+                seconds = f"{RENDER_SECONDS:g}"
+                built.append(TimeoutError(f"building the alert took longer than {seconds} s"))
+            except Exception as error:
+                built.append(error)
+        return built
 
 
 async def _bounded(work: Callable[[], T], seconds: float) -> T:

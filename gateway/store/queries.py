@@ -135,6 +135,13 @@ async def message(tx: Tx, message_pk: int) -> StoredMail | None:
     return None if row is None else _stored(row)
 
 
+async def message_sizes(tx: Tx, message_pks: Sequence[int]) -> dict[int, int]:
+    """The octets stored of each message (its raw mail's length)."""
+    marks = ", ".join("?" * len(message_pks))
+    rows = await tx.all(f"SELECT id, size FROM messages WHERE id IN ({marks})", message_pks)
+    return {row["id"]: row["size"] for row in rows}
+
+
 @dataclass(frozen=True)
 class Outcome:
     state: str  # pending, routed, dropped, shunted

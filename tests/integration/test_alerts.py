@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -277,37 +276,6 @@ def test_an_alert_for_an_agent_the_conversation_has_left_is_superseded_not_sent(
         "done",
         "done",
     ]
-
-
-def test_an_alert_whose_rendering_hangs_fails_and_the_next_alerts_go_on(
-    make_settings: Callable[..., Settings],
-    start_daemon: Callable[..., RunningDaemon],
-    sink: Sink,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from gateway.notify import render, worker
-
-    release = threading.Event()
-
-    def hangs_on_one(alert: render.AlertInput) -> render.Alert:
-        if alert.subject == "Hangs":
-            release.wait()
-        return render.render(alert)
-
-    monkeypatch.setattr(worker, "render", hangs_on_one)
-    monkeypatch.setattr(worker, "RENDER_SECONDS", 0.5)
-    running = start_daemon(make_settings(notify=smtp_notify(sink.port), rules=RULES))
-    try:
-        running.send(mail("Hangs", sender="wile@acme.com"))
-        failed = wait_until(lambda: running.events(1, "notify_failed"), what="a failed attempt")
-        assert json.loads(failed[0]["detail"])["error"] == (
-            "TimeoutError: building the alert took longer than 0.5 s"
-        )
-        running.send(mail("Fine", sender="road@acme.com"))
-        wait_until(lambda: running.events(2, "notified"), what="the next alert")
-    finally:
-        release.set()
-    wait_until(lambda: running.events(1, "notified"), what="the hung alert, retried")
 
 
 def test_an_alert_goes_out_with_the_null_envelope_sender_so_bounces_reach_no_inbox(

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -25,7 +26,8 @@ from gateway.config import Settings
 from gateway.ingress.accept import Accept
 from gateway.intake.worker import Intake
 from gateway.model import RawMail
-from gateway.notify.worker import BATCH, Outbox, RetryPolicy
+from gateway.notify.render import Alert, AlertInput, ProcessRenderer, render_each
+from gateway.notify.worker import BATCH, Outbox, Renderer, RetryPolicy
 from gateway.store.db import Database
 from tests.conftest import Sink, free_port, mail, smtp_notify
 
@@ -68,8 +70,10 @@ class Desk:
             policy=SMTP
         )
 
-    def outbox(self) -> Outbox:
-        return Outbox(self.db, self.settings, self.secret, clock=self.clock, retry=RETRY)
+    def outbox(self, render: Renderer | None = None) -> Outbox:
+        return Outbox(
+            self.db, self.settings, self.secret, clock=self.clock, retry=RETRY, render=render
+        )
 
     async def rows(self) -> list[dict[str, object]]:
         async with self.db.reading() as tx:
@@ -270,3 +274,33 @@ async def test_an_alert_the_smarthost_refuses_holds_back_no_other(desk: Desk) ->
     [failed] = await desk.events("notify_failed")
     assert failed["agent"] == "alice"
     assert json.loads(str(failed["detail"]))["retry_at"] == stamp(START + RETRY.first)
+
+
+def hangs_on_one(inputs: Sequence[AlertInput]) -> list[Alert | Exception]:
+    if any(alert.subject == "Hangs" for alert in inputs):
+        time.sleep(3600)  # as a build caught in a loop would
+    return render_each(inputs)
+
+
+class HangingRenderer(ProcessRenderer):
+    work = staticmethod(hangs_on_one)
+    timeout = 2.0
+
+
+async def test_an_alert_whose_building_hangs_fails_alone_and_the_others_go_out(
+    desk: Desk,
+) -> None:
+    await desk.routed(["Hangs", "Fine"])
+    renderer = HangingRenderer()
+    sink = Sink(desk.port)
+    sink.start()
+    try:
+        assert await desk.outbox(renderer).drain() == 2
+    finally:
+        sink.stop()
+        renderer.close()
+    assert subjects_of(sink) == ["[#2] Assigned: Fine"]
+    [failed] = await desk.events("notify_failed")
+    assert failed["conversation_id"] == 1
+    error = json.loads(str(failed["detail"]))["error"]
+    assert error == "BuilderLost: building the alert took longer than 2 s"
