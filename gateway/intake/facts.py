@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import re
 from email import policy
-from email.headerregistry import Address, AddressHeader, BaseHeader, HeaderRegistry
+from email.headerregistry import Address, AddressHeader, BaseHeader
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import getaddresses
 
+from gateway import mailpolicy
 from gateway.addresses import normalize_domain
 from gateway.model import MailFacts
 
@@ -82,7 +83,7 @@ def _raw_values(msg: Message, name: str) -> list[str]:
     return [clean_text(str(value)) for key, value in msg.raw_items() if key.lower() == wanted]
 
 
-_REGISTRY = HeaderRegistry()  # policy.default's
+_REGISTRY = mailpolicy.REGISTRY  # policy.default's, its header classes kept
 _LINE_BREAK = re.compile(r"[\r\n]")  # unfolding, as policy.default does before parsing
 
 

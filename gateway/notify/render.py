@@ -27,13 +27,13 @@ import secrets
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from email import policy
 from email.errors import HeaderParseError
 from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 from email.utils import format_datetime, parseaddr
 
+from gateway import mailpolicy
 from gateway.intake.facts import clean_text, header_text, parse_headers
 from gateway.offload import WorkerLost, WorkerProcess
 
@@ -80,7 +80,7 @@ def message_id(event_id: int, hostname: str) -> str:
 
 def _preview(raw: bytes) -> list[str]:
     try:
-        original = BytesParser(policy=policy.default).parsebytes(raw[:PREFIX_BYTES])
+        original = BytesParser(policy=mailpolicy.DEFAULT).parsebytes(raw[:PREFIX_BYTES])
         body = original.get_body(preferencelist=("plain",))
         text = clean_text(str(body.get_content())) if body is not None else ""
     except Exception:  # broken MIME, an odd charset, nesting deeper than the stack
@@ -127,7 +127,7 @@ def _with_original(alert: EmailMessage, boundary: str, raw: bytes) -> bytes:
     """The alert flattened, `raw` put in its last part, which is empty: the generator
     ends the alert with that part's header, then the close delimiter."""
     close = f"\r\n--{boundary}--\r\n".encode()
-    flat = alert.as_bytes(policy=policy.SMTP)
+    flat = alert.as_bytes(policy=mailpolicy.SMTP)
     if not flat.endswith(close):
         raise ValueError("the alert does not end with its close delimiter")
     return b"".join([flat.removesuffix(close), *_crlf(raw), close])
@@ -152,7 +152,7 @@ def _too_large(full_size: int | None) -> list[str]:
 def render(alert: AlertInput, boundaries: Callable[[], str] = new_boundary) -> Alert:
     headers = parse_headers(alert.raw[:PREFIX_BYTES])
     subject = _one_line(alert.subject)
-    msg = EmailMessage()
+    msg = EmailMessage(policy=mailpolicy.DEFAULT)
     msg["Subject"] = f"[#{alert.conversation_id}] {TITLES[alert.reason]}: {subject}"
     msg["From"] = alert.sender
     msg["To"] = Address(_one_line(alert.agent_name), addr_spec=alert.agent_email)
