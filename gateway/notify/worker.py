@@ -31,7 +31,7 @@ from gateway.notify.keywords import KeywordWriter, wanted
 from gateway.notify.render import Alert, AlertInput, render
 from gateway.notify.transports import SmarthostDown, Transport, transport_for
 from gateway.store import queries
-from gateway.store.db import Database, Tx
+from gateway.store.db import Database
 
 log = structlog.get_logger("gateway.notify")
 T = TypeVar("T")
@@ -431,17 +431,22 @@ class Outbox(DrainLoop):
         """Each alert built, or how its attempt ended without sending it."""
         ready: list[Outcome | Prepared | None] = [None] * len(chunk)
         inputs: list[tuple[int, str, AlertInput]] = []  # (where in the chunk, recipient, input)
-        async with self._db.reading() as conn:
-            for n, row in enumerate(chunk):
-                try:
-                    found = await self._input(conn, row)
-                except Exception as error:
-                    ready[n] = self._failure(row, error)
-                    continue
-                if isinstance(found, Outcome):
-                    ready[n] = found
-                else:
-                    inputs.append((n, *found))
+        try:
+            async with self._db.reading() as conn:
+                found = await queries.conversations(conn, [row.conversation_id for row in chunk])
+                stored = await queries.messages(conn, [int(r.payload["message"]) for r in chunk])
+        except StoreUnavailable as error:
+            return [self._failure(row, error) for row in chunk]
+        for n, row in enumerate(chunk):
+            try:
+                made = self._input(row, found, stored)
+            except Exception as error:
+                ready[n] = self._failure(row, error)
+                continue
+            if isinstance(made, Outcome):
+                ready[n] = made
+            else:
+                inputs.append((n, *made))
         built = await self._render([alert for _, _, alert in inputs])
         for (n, recipient, _), alert in zip(inputs, built, strict=True):
             if isinstance(alert, Exception):
@@ -450,15 +455,20 @@ class Outbox(DrainLoop):
                 ready[n] = Prepared(recipient, alert)
         return [item for item in ready if item is not None]
 
-    async def _input(self, tx: Tx, row: queries.OutboxRow) -> Outcome | tuple[str, AlertInput]:
+    def _input(
+        self,
+        row: queries.OutboxRow,
+        conversations: dict[int, queries.Conversation],
+        messages: dict[int, queries.StoredMail],
+    ) -> Outcome | tuple[str, AlertInput]:
         """What building the alert needs (its recipient, its input), or, for an alert that
         is not to be sent, its outcome."""
         payload = row.payload
         agent = self._settings.agent(payload["agent"])
         if agent is None:
             raise LookupError(f"agent {payload['agent']!r} is no longer configured")
-        conversation = await queries.conversation(tx, row.conversation_id)
-        stored = await queries.message(tx, int(payload["message"]))
+        conversation = conversations.get(row.conversation_id)
+        stored = messages.get(int(payload["message"]))
         if conversation is None or stored is None:
             raise LookupError("the conversation or its message is gone")
         if conversation.assignee != payload["agent"]:

@@ -135,6 +135,13 @@ async def message(tx: Tx, message_pk: int) -> StoredMail | None:
     return None if row is None else _stored(row)
 
 
+async def messages(tx: Tx, message_pks: Sequence[int]) -> dict[int, StoredMail]:
+    """The messages of these ids that are stored, by id."""
+    marks = ", ".join("?" * len(message_pks))
+    rows = await tx.all(f"{_WITH_RAW} WHERE m.id IN ({marks})", message_pks)
+    return {row["id"]: _stored(row) for row in rows}
+
+
 async def message_sizes(tx: Tx, message_pks: Sequence[int]) -> dict[int, int]:
     """The octets stored of each message (its raw mail's length)."""
     marks = ", ".join("?" * len(message_pks))
@@ -284,6 +291,13 @@ async def conversation(tx: Tx, conversation_id: int, *, lock: bool = False) -> C
         f"{_CONVERSATION} WHERE id = ?{tx.for_update if lock else ''}", (conversation_id,)
     )
     return None if row is None else Conversation(*row)
+
+
+async def conversations(tx: Tx, conversation_ids: Sequence[int]) -> dict[int, Conversation]:
+    """The conversations of these ids that exist, by id."""
+    marks = ", ".join("?" * len(conversation_ids))
+    rows = await tx.all(f"{_CONVERSATION} WHERE id IN ({marks})", conversation_ids)
+    return {row["id"]: Conversation(*row) for row in rows}
 
 
 async def conversation_by_subject(
