@@ -13,9 +13,10 @@ client is not the ceiling: the bare server's rate with the client in two
 processes, or with one more connection, does not rise. Then one long burst at
 32 connections: the bare server's rate, the gateway's, how long routing lags
 after it and the routed rate from first message to last. Then routing cost
-(bench.routing), alert delivery (bench.alerts), IMAP (bench.imap) and the
-queue views (bench.views). `--write` puts the tables into BENCHMARKS.md
-between its figure markers.
+(bench.routing), alert delivery (bench.alerts), IMAP (bench.imap), the queue
+views (bench.views) and where the gateway's time goes per message
+(bench.profile). `--write` puts the tables into BENCHMARKS.md between its
+figure markers.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from bench import alerts, imap, pipeline, postfix, routing, views
+from bench import alerts, imap, pipeline, postfix, profile, routing, views
 from bench.pipeline import message
 from bench.processes import ROOT, free_port, gateway_config, wait_port
 
@@ -296,7 +297,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     parser.add_argument("--burst", type=float, default=30.0, help="length of the long burst")
-    parser.add_argument("--smtp-only", action="store_true", help="skip routing, IMAP, views")
+    parser.add_argument("--smtp-only", action="store_true", help="only the SMTP sections")
     parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md")
     args = parser.parse_args()
     results, backlog = run(args.seconds, args.rounds)
@@ -307,7 +308,13 @@ def main() -> None:
     sections["burst"] = burst(args.burst, "asyncio")
     print(sections["burst"], flush=True)
     if not args.smtp_only:
-        parts = (("routing", routing), ("alerts", alerts), ("imap", imap), ("views", views))
+        parts = (
+            ("routing", routing),
+            ("alerts", alerts),
+            ("imap", imap),
+            ("views", views),
+            ("profile", profile),
+        )
         for name, module in parts:
             print(f"{name}...", flush=True)
             sections[name] = module.measure()
@@ -342,6 +349,7 @@ TITLES = {
     "alerts": "Alerts: a backlog through the outbox",
     "imap": "IMAP",
     "views": "Queue views",
+    "profile": "Where the gateway's time goes, per message",
 }
 
 
