@@ -3,15 +3,20 @@
     .venv/bin/python -m bench [--seconds 3] [--rounds 2] [--burst 30] [--smtp-only] [--write]
 
 SMTP: the gateway against a bare aiosmtpd server (and the gateway on uvloop
-where uvloop is installed), same aiosmtplib client, N connections, each server
-in its own process, rounds alternating so the shared machine's noise falls on
-all; the ratio is the figure. After each gateway run, the time until intake
-has routed every accepted message. Then one long burst at 32 connections: the
-bare server's rate, the gateway's, how long routing lags after it and the
-routed rate from first message to last. Then routing cost (bench.routing),
-alert delivery (bench.alerts), IMAP (bench.imap) and the queue views
-(bench.views). `--write` puts the
-tables into BENCHMARKS.md between its figure markers.
+where uvloop is installed), the same client for both, N connections, each
+server in its own process, rounds alternating so the shared machine's noise
+falls on all; the ratio is the figure. The client is bench.pipeline's, which
+pipelines MAIL, RCPT and DATA (RFC 2920) from a process of its own; aiosmtplib's,
+a round trip per command, is the second row (one round). After each gateway
+run, the time until intake has routed every accepted message. Then that the
+client is not the ceiling: the bare server's rate with the client in two
+processes, or with one more connection, does not rise. Then one long burst at
+32 connections: the bare server's rate, the gateway's, how long routing lags
+after it and the routed rate from first message to last. Then routing cost
+(bench.routing), alert delivery (bench.alerts), IMAP (bench.imap), the queue
+views (bench.views) and where the gateway's time goes per message
+(bench.profile). `--write` puts the tables into BENCHMARKS.md between its
+figure markers.
 """
 
 from __future__ import annotations
@@ -26,30 +31,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
 from importlib.metadata import version
 from importlib.util import find_spec
 from pathlib import Path
 
 import aiosmtplib
 
-from bench import alerts, imap, postfix, routing, soak, views
+from bench import alerts, imap, pipeline, postfix, profile, routing, soak, views
+from bench.pipeline import message
 from bench.processes import ROOT, free_port, gateway_config, wait_port
 
 CONNECTIONS = (1, 8, 32)
-
-
-def message(n: int) -> bytes:
-    msg = EmailMessage()
-    msg["From"] = f"Customer {n} <c{n}@example.org>"
-    msg["To"] = "support@example.com"
-    msg["Subject"] = f"Question number {n} about my order"
-    msg["Message-ID"] = f"<bench-{os.getpid()}-{time.monotonic_ns()}-{n}@example.org>"
-    msg.set_content(("The order has not arrived yet and I would like to know why. " * 30)[:1800])
-    return msg.as_bytes(policy=SMTP_POLICY)
+CLIENTS = ("pipelining", "aiosmtplib")
 
 
 @dataclass
@@ -59,14 +55,16 @@ class Result:
     sent: int
     seconds: float
     latencies: list[float]
+    client: str = "aiosmtplib"
+    failures: Counter[str] = field(default_factory=Counter)  # replies other than expected
+    cpu: float = 0.0  # the pipelining client's CPU seconds
 
     @property
     def rate(self) -> float:
         return self.sent / self.seconds
 
     def percentile(self, p: float) -> float:
-        ordered = sorted(self.latencies)
-        return ordered[min(int(len(ordered) * p), len(ordered) - 1)] * 1000
+        return pipeline.percentile(self.latencies, p)
 
 
 async def load(port: int, connections: int, seconds: float, target: str) -> Result:
@@ -110,7 +108,7 @@ def start_gateway(port: int, folder: Path, loop: str = "asyncio") -> subprocess.
     )
 
 
-def routed_after(database: Path, timeout: float = 120) -> float:
+def routed_after(database: Path, timeout: float = 300) -> float:
     """Seconds until no accepted message is pending intake."""
     started = time.monotonic()
     with sqlite3.connect(database, timeout=30) as conn:
@@ -131,7 +129,13 @@ TARGETS = (
 )
 
 
-def measure(target: str, connections: int, seconds: float) -> tuple[Result, float | None]:
+def measure(
+    target: str,
+    connections: int,
+    seconds: float,
+    client: str = "pipelining",
+    processes: int = 1,
+) -> tuple[Result, float | None]:
     """One run against a fresh server: the client's result, and for the gateway how
     long intake still needed after the client stopped."""
     port = free_port()
@@ -145,7 +149,20 @@ def measure(target: str, connections: int, seconds: float) -> tuple[Result, floa
             process = start_gateway(port, Path(tmp), loop)
         try:
             wait_port(port, process)
-            result = asyncio.run(load(port, connections, seconds, target))
+            if client == "aiosmtplib":
+                result = asyncio.run(load(port, connections, seconds, target))
+            else:
+                run = pipeline.run(port, connections, seconds, processes)
+                result = Result(
+                    target,
+                    connections,
+                    run.sent,
+                    run.seconds,
+                    run.latencies,
+                    client,
+                    run.failures,
+                    run.cpu,
+                )
             gateway = target.startswith("gateway")
             after = routed_after(Path(tmp) / "gateway.db") if gateway else None
         finally:
@@ -156,76 +173,119 @@ def measure(target: str, connections: int, seconds: float) -> tuple[Result, floa
     return result, after
 
 
-Backlog = list[tuple[str, int, float]]  # (target, connections, seconds to route after)
+Backlog = list[tuple[str, int, str, float]]  # (target, connections, client, s to route after)
+
+
+def _line(result: Result) -> str:
+    return pipeline.describe(result.rate, result.latencies, result.failures)
 
 
 def run(seconds: float, rounds: int) -> tuple[list[Result], Backlog]:
     results: list[Result] = []
     backlog: Backlog = []
     for round_ in range(rounds):
-        for connections in CONNECTIONS:
-            for target in TARGETS:
-                result, after = measure(target, connections, seconds)
-                if after is not None:
-                    backlog.append((target, connections, after))
-                results.append(result)
-                print(
-                    f"round {round_ + 1}/{rounds} {target:8} {connections:2} conn: "
-                    f"{result.rate:7.0f} msg/s  p50 {result.percentile(0.5):6.2f} ms  "
-                    f"p99 {result.percentile(0.99):6.2f} ms",
-                    flush=True,
-                )
+        # aiosmtplib's row is there to compare with earlier runs: one round of it will do.
+        for client in CLIENTS if round_ == 0 else CLIENTS[:1]:
+            for connections in CONNECTIONS:
+                for target in TARGETS:
+                    result, after = measure(target, connections, seconds, client)
+                    if after is not None:
+                        backlog.append((target, connections, client, after))
+                    results.append(result)
+                    print(
+                        f"round {round_ + 1}/{rounds} {client:10} {target:8} "
+                        f"{connections:2} conn: {_line(result)}",
+                        flush=True,
+                    )
     return results, backlog
 
 
-def _median_rate(results: list[Result], target: str, connections: int) -> float:
-    return statistics.median(
-        r.rate for r in results if r.target == target and r.connections == connections
-    )
-
-
-def _latency(results: list[Result], target: str, connections: int) -> str:
-    pooled = [
-        x
+def _of(results: list[Result], target: str, connections: int, client: str) -> list[Result]:
+    return [
+        r
         for r in results
-        if r.target == target and r.connections == connections
-        for x in r.latencies
+        if r.target == target and r.connections == connections and r.client == client
     ]
-    joined = Result("", 0, 0, 1, pooled)
-    return f"{joined.percentile(0.5):.2f} / {joined.percentile(0.99):.2f}"
 
 
 def report(results: list[Result], backlog: Backlog) -> str:
     lines = [
-        "| connections | server | msg/s | x bare | p50 / p99 ms | routed after the run |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| connections | client | server | msg/s | x bare | p50 / p99 ms | not accepted "
+        "| routed after the run |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for connections in CONNECTIONS:
-        bare = _median_rate(results, "bare", connections)
-        for target in TARGETS:
-            rate = _median_rate(results, target, connections)
-            afters = [a for t, c, a in backlog if t == target and c == connections]
-            after = f"{max(afters):.2f} s" if afters else ""
-            lines.append(
-                f"| {connections} | {target} | {rate:.0f} | {rate / bare:.2f} "
-                f"| {_latency(results, target, connections)} | {after} |"
+        for client in CLIENTS:
+            bare = statistics.median(r.rate for r in _of(results, "bare", connections, client))
+            for target in TARGETS:
+                runs = _of(results, target, connections, client)
+                rate = statistics.median(r.rate for r in runs)
+                pooled = Result("", 0, 0, 1, [x for r in runs for x in r.latencies], client)
+                refused = sum(sum(r.failures.values()) for r in runs)
+                afters = [a for t, c, k, a in backlog if (t, c, k) == (target, connections, client)]
+                after = f"{max(afters):.2f} s" if afters else ""
+                lines.append(
+                    f"| {connections} | {client} | {target} | {rate:.0f} | {rate / bare:.2f} "
+                    f"| {pooled.percentile(0.5):.2f} / {pooled.percentile(0.99):.2f} "
+                    f"| {refused} | {after} |"
+                )
+    lines.append(
+        "\nLatency: from the end of the message's data to its 250 (pipelining), from DATA to"
+        " the 250 (aiosmtplib). Not accepted: replies other than 250/250/354/250, counted."
+    )
+    return "\n".join(lines)
+
+
+# (connections, client processes) against the bare server: the first is the rows' setting.
+CEILING = ((32, 1), (32, 2), (33, 1))
+
+
+def ceiling(seconds: float, rounds: int) -> str:
+    """The bare server's rate with more client: if the client were the ceiling, a second
+    process (a core of its own) or one more connection would raise it."""
+    rates: dict[tuple[int, int], list[float]] = {setting: [] for setting in CEILING}
+    busy: dict[tuple[int, int], list[float]] = {setting: [] for setting in CEILING}
+    for round_ in range(rounds):
+        for connections, processes in CEILING:
+            result, _ = measure("bare", connections, seconds, "pipelining", processes)
+            rates[connections, processes].append(result.rate)
+            busy[connections, processes].append(result.cpu / result.seconds / processes)
+            print(
+                f"round {round_ + 1}/{rounds} client check, bare {connections} conn "
+                f"in {processes} process(es): {_line(result)}",
+                flush=True,
             )
+    first = statistics.median(rates[CEILING[0]])
+    lines = [
+        "| pipelining client | bare msg/s | x the first row | client CPU, of a core per process |",
+        "| --- | --- | --- | --- |",
+    ]
+    for connections, processes in CEILING:
+        rate = statistics.median(rates[connections, processes])
+        lines.append(
+            f"| {connections} connections in {processes} process{'es' if processes > 1 else ''} "
+            f"| {rate:.0f} | {rate / first:.2f} "
+            f"| {statistics.median(busy[connections, processes]):.0%} |"
+        )
     return "\n".join(lines)
 
 
 def burst(seconds: float, loop: str) -> str:
-    """A long burst at 32 connections: bare, then the gateway; how long routing lags."""
+    """A long burst at 32 connections (the pipelining client): bare, then the gateway;
+    how long routing lags."""
     target = "gateway" if loop == "asyncio" else "gateway+uvloop"
     print(f"burst: {seconds:g} s at 32 connections, bare then {target}", flush=True)
     bare, _ = measure("bare", 32, seconds)
     gateway, after = measure(target, 32, seconds)
     assert after is not None
+    print(f"burst bare: {_line(bare)}\nburst {target}: {_line(gateway)}", flush=True)
     routed_rate = gateway.sent / (gateway.seconds + after)
     return (
         "| load | bare accept msg/s | gateway accept msg/s | x bare | gateway p50 / p99 ms "
         "| routed after the burst | routed msg/s, first to last | x bare |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- |\n"
-        f"| {seconds:g} s at 32 connections ({target}) | {bare.rate:.0f} | {gateway.rate:.0f} "
+        f"| {seconds:g} s at 32 pipelining connections ({target}) "
+        f"| {bare.rate:.0f} | {gateway.rate:.0f} "
         f"| {gateway.rate / bare.rate:.2f} "
         f"| {gateway.percentile(0.5):.2f} / {gateway.percentile(0.99):.2f} "
         f"| {after:.2f} s | {routed_rate:.0f} | {routed_rate / bare.rate:.2f} |"
@@ -237,12 +297,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds")
     parser.add_argument("--burst", type=float, default=30.0, help="length of the long burst")
-    parser.add_argument("--smtp-only", action="store_true", help="skip routing, IMAP, views")
+    parser.add_argument("--smtp-only", action="store_true", help="only the SMTP sections")
     parser.add_argument("--write", action="store_true", help="write BENCHMARKS.md")
     args = parser.parse_args()
     results, backlog = run(args.seconds, args.rounds)
     sections = {"smtp": report(results, backlog)}
     print(sections["smtp"], flush=True)
+    sections["ceiling"] = ceiling(args.seconds, args.rounds)
+    print(sections["ceiling"], flush=True)
     sections["burst"] = burst(args.burst, "asyncio")
     print(sections["burst"], flush=True)
     if not args.smtp_only:
@@ -252,6 +314,7 @@ def main() -> None:
             ("soak", soak),
             ("imap", imap),
             ("views", views),
+            ("profile", profile),
         )
         for name, module in parts:
             print(f"{name}...", flush=True)
@@ -281,12 +344,14 @@ def main() -> None:
 START, END = "<!-- figures -->", "<!-- /figures -->"
 TITLES = {
     "smtp": "SMTP accept, 1 / 8 / 32 connections",
+    "ceiling": "The pipelining client is not the ceiling",
     "burst": "A long burst: accept, then routing",
     "routing": "Routing cost",
     "alerts": "Alerts: a backlog through the outbox",
     "soak": "Alerts under a steady load, behind a backlog, in an outage",
     "imap": "IMAP",
     "views": "Queue views",
+    "profile": "Where the gateway's time goes, per message",
 }
 
 

@@ -1,4 +1,5 @@
-"""The baseline: aiosmtpd on its own loop, whose handle_DATA only answers 250."""
+"""The baseline: aiosmtpd on its own loop, whose handle_DATA only answers 250. It
+advertises PIPELINING through the same EHLO hook as the gateway, so both are measured alike."""
 
 from __future__ import annotations
 
@@ -7,8 +8,20 @@ import sys
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from gateway.ingress.smtp import advertise_pipelining
+
 
 class Answer:
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        return advertise_pipelining(session, hostname, responses)
+
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         return "250 OK"
 

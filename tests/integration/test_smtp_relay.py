@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import re
 import smtplib
+import socket
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from email.policy import SMTP
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from structlog.testing import capture_logs
@@ -267,3 +270,67 @@ def test_a_bug_in_a_hook_answers_451_with_a_reference_the_log_carries_and_no_exc
     [logged] = [line for line in logs if line["event"] == "smtp.internal_error"]
     assert logged["ref"] == found[1].decode()
     assert running.query("SELECT count(*) FROM messages")[0][0] == 0
+
+
+def _reply(replies: BinaryIO) -> tuple[int, list[bytes]]:
+    """One reply and its lines' texts ("250-" continues it, "250 " ends it)."""
+    texts = []
+    while True:
+        line = replies.readline()
+        texts.append(line[4:].rstrip(b"\r\n"))
+        if line[3:4] != b"-":
+            return int(line[:3]), texts
+
+
+@contextmanager
+def _raw_session(port: int) -> Iterator[tuple[socket.socket, BinaryIO]]:
+    """A connection past its greeting, written to as bytes: smtplib never pipelines."""
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=30) as sock,
+        sock.makefile("rb") as replies,
+    ):
+        assert _reply(replies)[0] == 220
+        yield sock, replies
+
+
+GROUP = b"MAIL FROM:<customer@example.org>\r\nRCPT TO:<%s>\r\nDATA\r\n"
+
+
+def test_ehlo_advertises_pipelining(daemon: RunningDaemon) -> None:
+    with _raw_session(daemon.port) as (sock, replies):
+        sock.sendall(b"EHLO client.test\r\n")
+        code, texts = _reply(replies)
+    assert code == 250
+    assert b"PIPELINING" in texts
+
+
+def test_mail_rcpt_and_data_in_one_write_are_answered_in_order_and_the_mail_routed(
+    daemon: RunningDaemon,
+) -> None:
+    raw = mail("Pipelined").as_bytes(policy=SMTP)
+    with _raw_session(daemon.port) as (sock, replies):
+        sock.sendall(b"EHLO client.test\r\n")
+        _reply(replies)
+        sock.sendall(GROUP % b"support@example.com")
+        assert [_reply(replies)[0] for _ in range(3)] == [250, 250, 354]
+        sock.sendall(raw + b".\r\n")
+        assert _reply(replies)[0] == 250
+    daemon.drain()
+    [row] = daemon.query("SELECT raw, state FROM messages JOIN raw_mail ON message = id")
+    assert (bytes(row["raw"]), row["state"]) == (raw, "routed")
+    assert len(daemon.conversations()) == 1
+
+
+def test_a_pipelined_group_whose_rcpt_is_refused_has_its_data_refused_and_nothing_stored(
+    daemon: RunningDaemon,
+) -> None:
+    with _raw_session(daemon.port) as (sock, replies):
+        sock.sendall(b"EHLO client.test\r\n")
+        _reply(replies)
+        sock.sendall(GROUP % b"nobody@example.com")
+        # RFC 2920: a DATA after no accepted recipient fails (aiosmtpd says 503), so the
+        # client never sends the message, and the session stays in step.
+        assert [_reply(replies)[0] for _ in range(3)] == [250, 550, 503]
+        sock.sendall(b"QUIT\r\n")
+        assert _reply(replies)[0] == 221
+    assert daemon.query("SELECT count(*) FROM messages")[0][0] == 0
