@@ -126,8 +126,10 @@ def _clock_ticks(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-PROCESS, LOOP, PARSER = "the daemon's process", "the loop's thread", "the parser process"
-GONE = "threads ended meanwhile (the outbox's render threads)"
+PROCESS, LOOP = "the daemon's process", "the loop's thread"
+# The daemon's worker processes (gateway/offload.py), by their names.
+WORKERS = {"gateway-parser": "the parser process", "gateway-alerts": "the alert builder process"}
+GONE = "threads ended meanwhile"
 
 
 def _thread_kind(thread: threading.Thread) -> str:
@@ -141,18 +143,19 @@ def _thread_kind(thread: threading.Thread) -> str:
 
 
 def _cpu() -> dict[str, float]:
-    """CPU seconds so far: the process's, by kind of thread, and the parser process's."""
+    """CPU seconds so far: the process's, by kind of thread, and its worker processes'."""
     found = {PROCESS: time.process_time()}
     for thread in threading.enumerate():
         if thread.ident is not None:
             clock = time.pthread_getcpuclockid(thread.ident)
             kind = _thread_kind(thread)
             found[kind] = found.get(kind, 0.0) + time.clock_gettime(clock)
-    found[PARSER] = sum(
-        _clock_ticks(child.pid)
-        for child in multiprocessing.active_children()
-        if child.pid is not None and child.name == "gateway-parser"
-    )
+    for name, kind in WORKERS.items():
+        found[kind] = sum(
+            _clock_ticks(child.pid)
+            for child in multiprocessing.active_children()
+            if child.pid is not None and child.name == name
+        )
     return found
 
 
@@ -265,8 +268,9 @@ def _cpu_table(plain: Sample, profiled: Sample, parse: float) -> list[str]:
         "| CPU per message, by the kernel's clocks | plain µs | under cProfile µs |",
         "| --- | --- | --- |",
     ]
-    for sample in (plain, profiled):  # a render thread lives for one alert: gone by now
-        threads = sum(v for k, v in sample.cpu.items() if k not in (PROCESS, PARSER))
+    for sample in (plain, profiled):  # a thread that ended meanwhile: counted by its process
+        own = [v for k, v in sample.cpu.items() if k != PROCESS and k not in WORKERS.values()]
+        threads = sum(own)
         sample.cpu[GONE] = sample.cpu[PROCESS] - threads
     for kind in plain.cpu:
         lines.append(
