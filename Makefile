@@ -34,5 +34,5 @@ lint: $(VENV)/.test  ## ruff and mypy --strict
 	$(VENV)/bin/ruff format --check gateway tests bench
 	$(VENV)/bin/mypy gateway
 
-bench: $(VENV)/.test dovecot  ## every benchmark against its baseline (about 4 min); writes BENCHMARKS.md
+bench: $(VENV)/.test dovecot  ## every benchmark against its baseline (about 20 min); writes BENCHMARKS.md
 	$(VENV)/bin/python -m bench --write
