@@ -8,20 +8,10 @@ import sys
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from gateway.ingress.smtp import advertise_pipelining
+from gateway.ingress.smtp import Pipelining
 
 
-class Answer:
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        return advertise_pipelining(session, hostname, responses)
-
+class Answer(Pipelining):
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         return "250 OK"
 

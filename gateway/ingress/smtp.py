@@ -43,7 +43,24 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 COMMAND_LIMITS = {"*": 50, "MAIL": 10**9, "RCPT": 10**9, "DATA": 10**9, "RSET": 10**9, "AUTH": 5}
 
 
-class Relay:
+class Pipelining:
+    """An aiosmtpd handler's EHLO that offers PIPELINING (RFC 2920): aiosmtpd reads one
+    command line at a time and answers it before reading the next, so a client's group of
+    MAIL, RCPT and DATA is answered in order; a DATA after no accepted RCPT gets 503."""
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # the 5-argument hook's contract: aiosmtpd leaves it to us
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+
+class Relay(Pipelining):
     """aiosmtpd handler: hooks are looked up by exact name (handle_MAIL, handle_RCPT...)."""
 
     def __init__(self, settings: Settings, accept: Accept) -> None:
@@ -107,16 +124,6 @@ class Relay:
     def closed(self, client: str) -> None:
         """A connection from `client` counted in has ended."""
         self.limits.disconnect(client)
-
-    async def handle_EHLO(
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        hostname: str,
-        responses: list[str],
-    ) -> list[str]:
-        return advertise_pipelining(session, hostname, responses)
 
     async def handle_AUTH(
         self, server: SMTP, session: Session, envelope: Envelope, args: list[str]
@@ -214,14 +221,6 @@ def internal_error(error: BaseException, **fields: str) -> str:
     ref = secrets.token_hex(6)
     log.error("smtp.internal_error", ref=ref, exc_info=error, **fields)
     return f"451 4.3.0 Internal error, reference {ref}; please try again later"
-
-
-def advertise_pipelining(session: Session, hostname: str, responses: list[str]) -> list[str]:
-    """aiosmtpd's EHLO reply with PIPELINING (RFC 2920) before its last line. aiosmtpd reads
-    one command line at a time and answers it before reading the next, so a client's group
-    of MAIL, RCPT and DATA is answered in order; a DATA after no accepted RCPT gets 503."""
-    session.host_name = hostname  # the 5-argument hook's contract: aiosmtpd leaves it to us
-    return [*responses[:-1], "250-PIPELINING", responses[-1]]
 
 
 def client_of(peer: object) -> str:
