@@ -43,6 +43,7 @@ BATCH = 50
 DEFER_CHUNK = 1000  # alerts deferred in one commit while the smarthost is down
 PRUNE_EVERY = timedelta(minutes=1)
 RENDER_BATCH = 10  # alerts built in one exchange with the builder
+SESSIONS = 4  # smarthost sessions at once for a full run of alerts
 RENDER_BYTES = 8 * 1024 * 1024  # originals held at once for building (a larger one alone)
 # Far past the slowest render seen (0.2 s), well inside the lease: beyond, failed and retried.
 RENDER_SECONDS = 20.0
@@ -158,7 +159,7 @@ class Outbox(DrainLoop):
         self._clock = clock
         self._retry = retry
         self._lease = lease
-        self._transport: Transport = transport_for(settings.notify)
+        self._transports = _transports(settings)
         self._transport_notify = settings.notify
         self._smarthost = Smarthost()
         self._sent_at = 0.0  # when the transport's session last carried an alert
@@ -187,7 +188,7 @@ class Outbox(DrainLoop):
             await super().run()
         finally:
             presence.leave()
-            await self._transport.close()
+            await self._close_sessions()
             await self._keyword_writer.close()
 
     async def _release_leases(self) -> None:
@@ -215,8 +216,8 @@ class Outbox(DrainLoop):
         """Attempt every row that is due now; the count attempted."""
         await self._prune()
         if self._settings.notify != self._transport_notify:
-            await self._transport.close()
-            self._transport = transport_for(self._settings.notify)
+            await self._close_sessions()
+            self._transports = _transports(self._settings)
             self._transport_notify = self._settings.notify
             self._smarthost = Smarthost()  # another smarthost, or the same one set right
         try:
@@ -224,8 +225,12 @@ class Outbox(DrainLoop):
         finally:
             idle = time.monotonic() - self._sent_at > KEEP_SESSION_SECONDS
             if not self._keep_session or idle:
-                await self._transport.close()
+                await self._close_sessions()
         return attempted
+
+    async def _close_sessions(self) -> None:
+        for transport in self._transports:
+            await transport.close()
 
     async def _prune(self) -> None:
         """Forget senders' alert counts whose hour is over, once a minute at most."""
@@ -400,16 +405,40 @@ class Outbox(DrainLoop):
                 building = None
                 if n + 1 < len(chunks):
                     building = asyncio.create_task(self._prepare(chunks[n + 1]))
-                for row, ready in zip(chunk, prepared, strict=True):
-                    if self.stopping or time.monotonic() > deadline:
-                        return outcomes
-                    if self._smarthost.down(self._clock()):
-                        return outcomes
-                    outcomes.append(await self._deliver(row, ready))
+                pairs = list(zip(chunk, prepared, strict=True))
+                # The first alone: a smarthost found down costs one session, not one a lane.
+                # The others over several sessions when the run is full (a backlog, a load),
+                # so that round trips to the smarthost overlap, as Postfix's do.
+                lanes = SESSIONS if len(pairs) >= RENDER_BATCH else 1
+                await self._send(pairs[:1], 1, deadline, outcomes)
+                await self._send(pairs[1:], lanes, deadline, outcomes)
+                if len(outcomes) < sum(map(len, chunks[: n + 1])):
+                    return outcomes  # stopped short
         finally:
             if building is not None:  # left to end, not cancelled: it may be in the store
                 await building
         return outcomes
+
+    async def _send(
+        self,
+        pairs: list[tuple[queries.OutboxRow, Outcome | Prepared]],
+        lanes: int,
+        deadline: float,
+        outcomes: list[Outcome],
+    ) -> None:
+        """Deliver `pairs` over `lanes` sessions at once, each outcome added to `outcomes`;
+        none begun after a stop, the deadline, or the smarthost found down."""
+        queue = iter(pairs)
+
+        async def lane(transport: Transport) -> None:
+            for row, ready in queue:  # shared: each pair is taken by one lane
+                if self.stopping or time.monotonic() > deadline:
+                    return
+                if self._smarthost.down(self._clock()):
+                    return
+                outcomes.append(await self._deliver(row, ready, transport))
+
+        await asyncio.gather(*(lane(transport) for transport in self._transports[:lanes]))
 
     async def _chunks(self, rows: list[queries.OutboxRow]) -> list[list[queries.OutboxRow]]:
         """`rows` in runs built together: RENDER_BATCH alerts and RENDER_BYTES of originals
@@ -491,13 +520,13 @@ class Outbox(DrainLoop):
             full_size=stored.mail.full_size,
         )
 
-    async def _deliver(self, row: queries.OutboxRow, prepared: Outcome | Prepared) -> Outcome:
+    async def _deliver(
+        self, row: queries.OutboxRow, prepared: Outcome | Prepared, transport: Transport
+    ) -> Outcome:
         if isinstance(prepared, Outcome):
             return prepared
         try:
-            await self._transport.send(
-                prepared.alert.data, prepared.recipient, f"alert-{row.event_id}"
-            )
+            await transport.send(prepared.alert.data, prepared.recipient, f"alert-{row.event_id}")
         except SmarthostDown as down:
             now = self._clock()
             self._smarthost.failed(str(down), now, self._retry)
@@ -515,6 +544,10 @@ class Outbox(DrainLoop):
         detail = {"reason": reason, "message_id": prepared.alert.message_id}
         said = ("alert.sent", {**_about(row), "reason": reason, "to": prepared.recipient})
         return Outcome(row, event=("notified", row.payload["agent"], detail), said=said)
+
+
+def _transports(settings: Settings) -> list[Transport]:
+    return [transport_for(settings.notify) for _ in range(SESSIONS)]
 
 
 def _about(row: queries.OutboxRow) -> dict[str, Any]:

@@ -7,6 +7,7 @@ smarthost is real (aiosmtpd), or a listener that hangs up on every connection.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -27,7 +28,7 @@ from gateway.ingress.accept import Accept
 from gateway.intake.worker import Intake
 from gateway.model import RawMail
 from gateway.notify.render import Alert, AlertInput, ProcessRenderer, render_each
-from gateway.notify.worker import BATCH, Outbox, Renderer, RetryPolicy
+from gateway.notify.worker import BATCH, SESSIONS, Outbox, Renderer, RetryPolicy
 from gateway.store.db import Database
 from tests.conftest import Sink, free_port, mail, smtp_notify
 
@@ -248,6 +249,37 @@ async def test_an_alert_past_the_deadline_while_the_smarthost_is_down_is_given_u
         json.loads(str(e["detail"]))["retry_at"] for e in await desk.events("notify_failed")
     ]
     assert given_up == [None, stamp(START + RETRY.first)]
+
+
+class Overlapping(Sink):
+    """A smarthost slow to take each alert, that notes how many it was given at once."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.now = 0
+        self.most = 0
+        self.sessions: set[int] = set()
+
+    async def handle_DATA(self, server: object, session: object, envelope: Envelope) -> str:
+        self.sessions.add(id(session))
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(0.02)
+        self.now -= 1
+        return await super().handle_DATA(server, session, envelope)
+
+
+async def test_a_backlog_goes_out_over_several_sessions_at_once(desk: Desk) -> None:
+    await desk.routed([f"question {n}" for n in range(30)])
+    sink = Overlapping(desk.port)
+    sink.start()
+    try:
+        assert await desk.outbox().drain() == 30
+    finally:
+        sink.stop()
+    assert len(sink.received) == 30
+    assert len(sink.sessions) == SESSIONS
+    assert sink.most == SESSIONS
 
 
 class Refusing(Sink):
