@@ -30,6 +30,7 @@ I = TypeVar("I")  # noqa: E741  # an item of work
 O = TypeVar("O")  # noqa: E741  # its result
 
 STARTUP = 60.0  # a fresh worker's imports are not work time
+STOPS = {signal.SIGTERM, signal.SIGINT}
 
 
 class WorkerLost(RuntimeError):
@@ -53,6 +54,7 @@ def _serve(conn: Connection, parent: int, work: Callable[[Any], Any]) -> None:
     # stop (KillMode=control-group) and a terminal's Ctrl-C signal this process too.
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOPS)  # blocked since the spawn: now ignored
     _exit_with(parent)
     try:
         conn.send(None)  # ready
@@ -70,7 +72,14 @@ class _Worker:
         self.process = context.Process(
             target=_serve, args=(theirs, os.getpid(), pool.work), name=pool.title, daemon=True
         )
-        self.process.start()
+        # A stop signalled to the daemon's whole group (systemd's) as the worker starts
+        # would end it before it ignores such signals: the spawned process inherits
+        # them blocked, and ignores them before it unblocks them.
+        unblocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, unblocked)
         theirs.close()
         self.ready = False
         self._pool = pool

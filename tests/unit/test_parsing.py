@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -83,3 +85,16 @@ def test_a_parser_left_open_lets_the_interpreter_exit() -> None:
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=60)
     assert done.returncode == 0, done.stderr
+
+
+async def test_a_parser_signalled_to_stop_as_it_starts_lives_on() -> None:
+    parser = ProcessParser()
+    try:
+        # systemd's stop reaches the whole group, the worker still importing included.
+        [worker] = [c for c in multiprocessing.active_children() if c.name == "gateway-parser"]
+        assert worker.pid is not None
+        os.kill(worker.pid, signal.SIGTERM)
+        assert await parser(MAIL) == [extract(raw, sender) for raw, sender in MAIL]
+        assert worker.is_alive()
+    finally:
+        parser.close()
