@@ -9,7 +9,8 @@ made due. Then a real aiosmtpd smarthost starts and
 the gateway with it; the figure is alerts per second from the first `notified`
 to the last. The baseline, in the same run and alternating with it: a bare
 aiosmtplib client sending the same number of messages of the same size to the
-same smarthost over one session (delivery alone: no render, no store).
+same smarthost (delivery alone: no render, no store), over one session and over
+as many at once as the outbox uses for a backlog.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import Envelope
 
 from bench.processes import ROOT, free_port, gateway_config, wait_port
+from gateway.notify.worker import SESSIONS
 
 BACKLOG_CONNECTIONS = 8  # the backlog is taken as fast as these sessions give it
 LONG_AGO = "2000-01-01T00:00:00.000000+00:00"  # the store's timestamps, so due at once
@@ -163,42 +165,52 @@ def gateway_backlog(alerts: int, folder: Path) -> tuple[float, int]:
     return (alerts - 1) / seconds, smarthost.size
 
 
-def bare(alerts: int, size: int) -> float:
-    """A bare aiosmtplib client: `alerts` messages of `size` octets over one session."""
+def bare(alerts: int, size: int, sessions: int) -> float:
+    """A bare aiosmtplib client: `alerts` messages of `size` octets over `sessions` at once."""
     body = b"x" * 76 + b"\r\n"
     body *= max(size - 200, 0) // len(body)
     message = b"From: gateway@bench.test\r\nTo: a@agents.test\r\nSubject: alert\r\n\r\n" + body
 
-    async def send(port: int) -> float:
+    async def session(port: int, count: int) -> None:
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port) as client:
-            started = time.perf_counter()
-            for _ in range(alerts - 1):
+            for _ in range(count):
                 await client.sendmail("gateway@bench.test", ["a@agents.test"], message)
-            return (alerts - 1) / (time.perf_counter() - started)
+
+    async def send(port: int) -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(session(port, alerts // sessions) for _ in range(sessions)))
+        return alerts // sessions * sessions / (time.perf_counter() - started)
 
     with Smarthost() as smarthost:
         return asyncio.run(send(smarthost.port))
 
 
 def measure(alerts: int = 400, rounds: int = 2) -> str:
-    gateway_rates, bare_rates = [], []
+    """The outbox sends a backlog over up to SESSIONS sessions at once: the bare client is
+    measured over one session and over as many as the outbox uses."""
+    gateway_rates: list[float] = []
+    bare_rates: dict[int, list[float]] = {1: [], SESSIONS: []}
     size = 0
     for round_ in range(rounds):
         with tempfile.TemporaryDirectory(prefix="bench-alerts-") as folder:
             rate, size = gateway_backlog(alerts, Path(folder))
         gateway_rates.append(rate)
-        bare_rates.append(bare(alerts, size))
+        for sessions, rates in bare_rates.items():
+            rates.append(bare(alerts, size, sessions))
         print(
-            f"round {round_ + 1}/{rounds}: gateway {rate:.0f} alerts/s,"
-            f" bare {bare_rates[-1]:.0f} msg/s",
+            f"round {round_ + 1}/{rounds}: gateway {rate:.0f} alerts/s, bare "
+            + ", ".join(f"{r[-1]:.0f} msg/s over {n}" for n, r in bare_rates.items()),
             flush=True,
         )
-    gateway_rate, bare_rate = statistics.median(gateway_rates), statistics.median(bare_rates)
+    gateway_rate = statistics.median(gateway_rates)
+    one, several = (statistics.median(rates) for rates in bare_rates.values())
     return (
-        "| backlog | bare aiosmtplib, one session | gateway outbox | x bare |\n"
-        "| --- | --- | --- | --- |\n"
+        f"| backlog | bare aiosmtplib, one session | bare, {SESSIONS} sessions "
+        f"| gateway outbox (up to {SESSIONS} sessions) | x bare, one | x bare, {SESSIONS} |\n"
+        "| --- | --- | --- | --- | --- | --- |\n"
         f"| {alerts} alerts of {size / 1000:.1f} KB to a local aiosmtpd smarthost "
-        f"| {bare_rate:.0f} msg/s | {gateway_rate:.0f} alerts/s | {gateway_rate / bare_rate:.2f} |"
+        f"| {one:.0f} msg/s | {several:.0f} msg/s | {gateway_rate:.0f} alerts/s "
+        f"| {gateway_rate / one:.2f} | {gateway_rate / several:.2f} |"
     )
 
 
