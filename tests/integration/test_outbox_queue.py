@@ -278,8 +278,7 @@ async def test_a_backlog_goes_out_over_several_sessions_at_once(desk: Desk) -> N
     finally:
         sink.stop()
     assert len(sink.received) == 30
-    assert len(sink.sessions) == SESSIONS
-    assert sink.most == SESSIONS
+    assert 1 < sink.most <= len(sink.sessions) <= SESSIONS
 
 
 class Refusing(Sink):
