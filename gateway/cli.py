@@ -329,7 +329,7 @@ def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
             printable(a["name"]) or "-",
             a["email"],
             a["status"],
-            str(a["open"]),
+            str(a["open"]) if a["max_open"] is None else f"{a['open']}/{a['max_open']}",
             "yes" if a["notify"] else "no",
         ]
         for a in found

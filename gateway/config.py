@@ -200,6 +200,14 @@ class Agent(BaseModel):
     name: str = ""
     email: str = Field(pattern=_ADDRESS)
     notify: bool = True
+    # Open conversations the rotation and team picks give the agent at most (DESIGN §14);
+    # absent or 0: no limit. A rule naming the agent, or a person, assigns whatever the load.
+    max_open: int | None = Field(None, ge=0)
+
+    @field_validator("max_open")
+    @classmethod
+    def _no_limit(cls, value: int | None) -> int | None:
+        return value or None
 
 
 class Team(BaseModel):

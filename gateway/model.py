@@ -58,6 +58,8 @@ class RoutingState:
 
     statuses: dict[str, Status] = field(default_factory=dict)  # absent means available
     last_served: dict[str, str] = field(default_factory=dict)  # rotation key → agent
+    # Open conversations of the agents with a limit (absent: none open).
+    open: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

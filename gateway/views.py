@@ -120,6 +120,7 @@ async def agents(db: Database, settings: Settings) -> list[dict[str, Any]]:
             "status": state.statuses.get(agent.id, "available"),
             "notify": agent.notify,
             "open": counts.get(agent.id, 0),
+            "max_open": agent.max_open,
         }
         for agent in settings.agents
     ]
@@ -137,6 +138,7 @@ async def explain_route(
     facts = extract(raw, envelope_from)
     inbox = _inbox_of(settings, facts.recipients, to)
     state, joins, joined, ours, stored = RoutingState(), None, None, False, False
+    policy = Policy.from_settings(settings)
     if db is not None:
         async with db.reading() as conn:
             stored = await queries.is_stored(conn, inbox, dedup_key(raw))
@@ -148,9 +150,9 @@ async def explain_route(
             )
             if joins is not None:
                 joined = await queries.conversation(conn, joins)
-            state = await queries.routing_state(conn)
+            state = await queries.routing_state(conn, counted=tuple(policy.limits))
     delivery = Delivery(facts, inbox, (to,) if to else ())
-    decision = route(delivery, Policy.from_settings(settings), state)
+    decision = route(delivery, policy, state)
     view: dict[str, Any] = {
         "inbox": inbox,
         "subject": facts.subject,

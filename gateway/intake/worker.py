@@ -172,7 +172,7 @@ class Intake(DrainLoop):
     async def _open(
         self, conn: Tx, stored: StoredMail, facts: MailFacts, at: str
     ) -> tuple[int, Decision]:
-        state = await queries.routing_state(conn, lock=True)
+        state = await queries.routing_state(conn, lock=True, counted=tuple(self._policy.limits))
         delivery = Delivery(facts, stored.mail.inbox, stored.mail.envelope_to)
         decision = route(delivery, self._policy, state)
         conversation_id = await queries.create_conversation(

@@ -18,6 +18,7 @@ class Policy:
     rules: tuple[CompiledRule, ...]
     teams: dict[str, tuple[str, ...]]
     round_robin: tuple[str, ...] | None  # None when round-robin is off
+    limits: dict[str, int] = field(default_factory=dict)  # agent → max_open, where set
     index: RuleIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -30,11 +31,34 @@ class Policy:
             rules=compile_rules(settings.rules),
             teams={team.id: tuple(team.agents) for team in settings.teams},
             round_robin=tuple(rotation.agents) if rotation.enabled else None,
+            limits={a.id: a.max_open for a in settings.agents if a.max_open is not None},
         )
 
 
-def _available(state: RoutingState, agents: tuple[str, ...]) -> set[str]:
-    return {a for a in agents if state.statuses.get(a, "available") == "available"}
+def _unable(policy: Policy, state: RoutingState, agents: tuple[str, ...]) -> dict[str, str]:
+    """Why each of `agents` who cannot take a conversation now cannot: away, dnd, full."""
+    why: dict[str, str] = {}
+    for agent in agents:
+        status = state.statuses.get(agent, "available")
+        limit = policy.limits.get(agent)
+        if status != "available":
+            why[agent] = status
+        elif limit is not None and state.open.get(agent, 0) >= limit:
+            why[agent] = f"full at {state.open.get(agent, 0)}/{limit}"
+    return why
+
+
+def _pick(
+    order: tuple[str, ...], last: str | None, policy: Policy, state: RoutingState
+) -> tuple[str | None, str]:
+    """The rotation's pick, and who it passed over on the way and why (", skipping ...")."""
+    unable = _unable(policy, state, order)
+    pick = next_agent(order, last, [a for a in order if a not in unable])
+    start = order.index(last) + 1 if last in order else 0
+    turn = [order[(start + step) % len(order)] for step in range(len(order))]
+    passed = turn[: turn.index(pick)] if pick is not None else turn
+    skipped = [f"{agent} {unable[agent]}" for agent in passed if agent in unable]
+    return pick, f", skipping {', '.join(skipped)}" if skipped else ""
 
 
 def _unowned(facts: MailFacts) -> str | None:
@@ -77,11 +101,15 @@ def route(
             return replace(hit, reason=reason, assignee=target, via="rule")
         members = policy.teams[target]
         key = team_key(target)
-        pick = next_agent(members, state.last_served.get(key), _available(state, members))
+        pick, skipped = _pick(members, state.last_served.get(key), policy, state)
         if pick is None:
-            reason = f"rule '{rule.name}' gives it to team {target}, but no member is available"
+            reason = (
+                f"rule '{rule.name}' gives it to team {target}, but no member can take it{skipped}"
+            )
             return replace(hit, reason=reason, team=target)
-        reason = f"rule '{rule.name}' gives it to team {target}, whose rotation picks {pick}"
+        reason = (
+            f"rule '{rule.name}' gives it to team {target}, whose rotation picks {pick}{skipped}"
+        )
         return replace(
             hit, reason=reason, assignee=pick, team=target, via="team", rotation=(key, pick)
         )
@@ -90,12 +118,12 @@ def route(
     order = policy.round_robin
     if order is None:
         return Decision(reason="no rule assigns it and round-robin is off", tags=tuple(tags))
-    pick = next_agent(order, state.last_served.get(GLOBAL), _available(state, order))
+    pick, skipped = _pick(order, state.last_served.get(GLOBAL), policy, state)
     if pick is None:
-        reason = "no rule assigns it and no agent of the rotation is available"
+        reason = f"no rule assigns it and no agent of the rotation can take it{skipped}"
         return Decision(reason=reason, tags=tuple(tags))
     return Decision(
-        reason=f"no rule assigns it; the rotation picks {pick}",
+        reason=f"no rule assigns it; the rotation picks {pick}{skipped}",
         assignee=pick,
         tags=tuple(tags),
         via="round_robin",

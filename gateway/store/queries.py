@@ -493,9 +493,10 @@ async def events_of(tx: Tx, conversation_id: int) -> list[Event]:
 # --- agents and rotations -----------------------------------------------------
 
 
-async def routing_state(tx: Tx, *, lock: bool = False) -> RoutingState:
-    """Agents' availability and each rotation's last agent; `lock` when a turn may be taken
-    (the pointer moves in the same transaction: two messages never take one turn)."""
+async def routing_state(tx: Tx, *, lock: bool = False, counted: Sequence[str] = ()) -> RoutingState:
+    """Agents' availability, each rotation's last agent and the open conversations of the
+    `counted` agents (those with a limit); `lock` when a turn may be taken (the pointer
+    moves in the same transaction: two messages never take one turn)."""
     statuses: dict[str, Status] = {}
     for row in await tx.all("SELECT agent, status FROM agent_status"):
         if row["status"] in STATUSES:
@@ -504,7 +505,9 @@ async def routing_state(tx: Tx, *, lock: bool = False) -> RoutingState:
         f"SELECT key, last_agent FROM rotations{tx.for_update if lock else ''}"
     )
     return RoutingState(
-        statuses=statuses, last_served={row["key"]: row["last_agent"] for row in rotations}
+        statuses=statuses,
+        last_served={row["key"]: row["last_agent"] for row in rotations},
+        open=await open_counts(tx, counted),
     )
 
 

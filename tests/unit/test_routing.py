@@ -224,3 +224,75 @@ def test_team_rotation_is_separate_from_the_global_one() -> None:
         "billing",
         ("team:billing", "a5"),
     )
+
+
+LIMITS = st.dictionaries(st.sampled_from(AGENTS), st.integers(1, 3))
+OPEN = st.dictionaries(st.sampled_from(AGENTS), st.integers(0, 4))
+LAST = st.one_of(st.none(), st.sampled_from(AGENTS))
+
+
+def able(agent: str, statuses: dict[str, str], limits: dict[str, int], open_: dict[str, int]):
+    limit = limits.get(agent)
+    return statuses.get(agent, "available") == "available" and (
+        limit is None or open_.get(agent, 0) < limit
+    )
+
+
+def capacity_state(statuses: dict[str, str], open_: dict[str, int], last: str | None):
+    return RoutingState(
+        statuses=dict(statuses),  # type: ignore[arg-type]
+        last_served={GLOBAL: last} if last else {},
+        open=dict(open_),
+    )
+
+
+@given(
+    statuses=st.dictionaries(st.sampled_from(AGENTS), STATUS), limits=LIMITS, open_=OPEN, last=LAST
+)
+def test_the_rotation_never_gives_a_conversation_to_the_away_the_dnd_or_the_full(
+    statuses: dict[str, str], limits: dict[str, int], open_: dict[str, int], last: str | None
+) -> None:
+    rules = policy(rotation=AGENTS)
+    limited = Policy(rules.rules, rules.teams, rules.round_robin, limits)
+    decision = route(delivery(), limited, capacity_state(statuses, open_, last))
+    takers = [a for a in AGENTS if able(a, statuses, limits, open_)]
+    assert decision.assignee == next_agent(AGENTS, last, takers)
+    if decision.assignee is not None:
+        assert able(decision.assignee, statuses, limits, open_)
+
+
+@given(
+    statuses=st.dictionaries(st.sampled_from(AGENTS), STATUS), limits=LIMITS, open_=OPEN, last=LAST
+)
+def test_a_team_never_gives_a_conversation_to_the_away_the_dnd_or_the_full(
+    statuses: dict[str, str], limits: dict[str, int], open_: dict[str, int], last: str | None
+) -> None:
+    rule = Rule(name="Billing", subject_keywords=["invoice"], assign_to="team:billing")
+    teams = {"billing": tuple(AGENTS)}
+    base = policy(rules=[rule], teams=teams)
+    limited = Policy(base.rules, base.teams, base.round_robin, limits)
+    state = capacity_state(statuses, open_, None)
+    state.last_served.update({"team:billing": last} if last else {})
+    decision = route(delivery(subject="invoice"), limited, state)
+    takers = [a for a in AGENTS if able(a, statuses, limits, open_)]
+    assert decision.assignee == next_agent(AGENTS, last, takers)
+    assert decision.team == "billing"
+
+
+def test_the_rotation_says_whom_it_skipped_and_why() -> None:
+    base = policy(rotation=["a1", "a2", "a3", "a4"])
+    limited = Policy(base.rules, base.teams, base.round_robin, {"a2": 2})
+    state = capacity_state({"a1": "away", "a3": "dnd"}, {"a2": 2}, None)
+    decision = route(delivery(), limited, state)
+    assert decision.assignee == "a4"
+    assert decision.reason == (
+        "no rule assigns it; the rotation picks a4, skipping a1 away, a2 full at 2/2, a3 dnd"
+    )
+
+
+def test_a_rule_naming_a_full_agent_assigns_it_all_the_same() -> None:
+    rule = Rule(name="VIP", sender_domain=["example.org"], assign_to="agent:a1")
+    base = policy(rules=[rule], rotation=AGENTS)
+    limited = Policy(base.rules, base.teams, base.round_robin, {"a1": 1})
+    decision = route(delivery(), limited, capacity_state({}, {"a1": 5}, None))
+    assert (decision.assignee, decision.via) == ("a1", "rule")
