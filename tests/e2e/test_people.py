@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Settings
-from tests.conftest import RunningDaemon, Sink, mail, smtp_notify, wait_until
+from tests.conftest import BASE, RunningDaemon, Sink, mail, smtp_notify, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -222,3 +222,23 @@ def test_unknown_conversation_agent_and_status_are_refused_in_a_sentence(
         assert (done.returncode, done.stderr.strip()) == (1, sentence)
     misuse = gateway(desk, "status", "alice", "asleep")
     assert misuse.returncode == 2 and "usage:" in misuse.stderr
+
+
+def test_agents_at_their_limit_are_skipped_and_the_rest_wait_unassigned(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    agents = [{**agent, "max_open": 2} for agent in BASE["agents"]]
+    running = start_daemon(make_settings(agents=agents))
+    for n in range(9):
+        running.send(mail(f"question {n}"))
+    running.drain()
+    assignees = [c["assignee"] for c in running.conversations()]
+    assert assignees == ["alice", "bob", "carol"] * 2 + [None] * 3
+    [waiting] = running.events(7, "received")
+    assert json.loads(waiting["detail"])["route"] == (
+        "no rule assigns it and no agent of the rotation can take it, skipping"
+        " alice full at 2/2, bob full at 2/2, carol full at 2/2"
+    )
+    agents = json.loads(ok(running, "agents", "--json"))
+    assert [(a["open"], a["max_open"]) for a in agents] == [(2, 2)] * 3
+    assert "2/2" in ok(running, "agents")

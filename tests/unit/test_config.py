@@ -395,3 +395,12 @@ def test_a_subject_fallback_beyond_a_century_is_an_error(tmp_path: Path) -> None
     # timedelta cannot hold 10**12 days: every message's intake would fail on it
     message = error_of(tmp_path, VALID + "[threading]\nsubject_fallback_days = 1000000000000\n")
     assert "threading.subject_fallback_days = 1000000000000: must be 36500 or less" in message
+
+
+def test_max_open_of_zero_is_no_limit_and_a_negative_one_is_refused(tmp_path: Path) -> None:
+    limited = VALID.replace(
+        'email = "alice@example.com"', 'email = "alice@example.com"\nmax_open = 0'
+    )
+    assert load(write(tmp_path, limited)).agents[0].max_open is None
+    negative = limited.replace("max_open = 0", "max_open = -1")
+    assert "agents[0].max_open = -1" in error_of(tmp_path, negative)
