@@ -13,7 +13,7 @@ import getpass
 import os
 
 from gateway import alertmark
-from gateway.assignment import Alert, Change, record
+from gateway.assignment import Alert, Change, hand_out, handed, record
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.errors import Refused
@@ -78,9 +78,11 @@ async def assign(
             alert=alert,
         )
         await record(conn, settings, change)
+        given = await hand_out(conn, settings, previous, at) if previous else []
     was = f" (it was {previous}'s)" if previous else ""
     away = f"; note that {agent} is {status}" if status != "available" else ""
-    return f"Conversation {conversation_id} {kind} to {agent}{was}{away}."
+    freed = handed(previous, given) if previous else ""
+    return f"Conversation {conversation_id} {kind} to {agent}{was}{away}.{freed}"
 
 
 async def claim(
@@ -120,7 +122,11 @@ async def unassign(
             conversation_id, "unassigned", by, at, None, previous=previous, detail={"via": VIA}
         )
         await record(conn, settings, change)
-    return f"Conversation {conversation_id} is back in the unassigned queue (it was {previous}'s)."
+        given = await hand_out(conn, settings, previous, at)
+    return (
+        f"Conversation {conversation_id} is back in the unassigned queue (it was {previous}'s)."
+        f"{handed(previous, given)}"
+    )
 
 
 async def set_open(
@@ -143,19 +149,27 @@ async def set_open(
         await queries.add_event(
             conn, conversation_id, at, kind, by, agent=row.assignee, detail={"via": VIA}
         )
-    return f"Conversation {conversation_id} {kind}."
+        given = []
+        if not is_open:
+            await queries.unqueue(conn, conversation_id)  # closed, it waits for nobody
+            if row.assignee is not None:
+                given = await hand_out(conn, settings, row.assignee, at)
+    freed = handed(row.assignee, given) if row.assignee else ""
+    return f"Conversation {conversation_id} {kind}.{freed}"
 
 
 async def set_status(
     db: Database, settings: Settings, agent: str, status: str, clock: Clock = utcnow
 ) -> str:
-    """Set an agent's availability; returns the agent's configured id."""
+    """Set an agent's availability; one available again takes from the queue."""
     agent = settings.agent_named(agent).id
     if status not in STATUSES:
         raise Refused(f"{status!r} is not a status; use one of {', '.join(STATUSES)}.")
     async with db.transaction() as conn:
-        await queries.set_agent_status(conn, agent, status, stamp(clock()))
-    return agent
+        at = stamp(clock())
+        await queries.set_agent_status(conn, agent, status, at)
+        given = await hand_out(conn, settings, agent, at) if status == "available" else []
+    return f"{agent} is now {status}.{handed(agent, given)}"
 
 
 async def retry(

@@ -13,8 +13,12 @@ from typing import Any
 
 from gateway.alerts import queue_alert, queue_keywords
 from gateway.config import Settings
+from gateway.routing.rotation import GLOBAL, team_key
+from gateway.routing.router import unable
 from gateway.store import queries
 from gateway.store.db import Tx
+
+ACTOR = "gateway"
 
 
 @dataclass(frozen=True)
@@ -73,3 +77,46 @@ async def record(tx: Tx, settings: Settings, change: Change) -> int:
             sender=change.alert.sender,
         )
     return event_id
+
+
+async def hand_out(tx: Tx, settings: Settings, agent: str, at: str) -> list[int]:
+    """Give `agent`, who may have room now (back, or one conversation less), what has
+    waited longest in the queues they serve, while they can take more; the conversations
+    given, in the caller's transaction, so two frees never give one conversation twice."""
+    config = settings.agent(agent)
+    rotation = settings.round_robin
+    queues = [GLOBAL] if rotation.enabled and agent in rotation.agents else []
+    queues += [team_key(team.id) for team in settings.teams if agent in team.agents]
+    given: list[int] = []
+    while config is not None and queues:
+        counted = (agent,) if config.max_open is not None else ()
+        state = await queries.routing_state(tx, counted=counted)
+        if unable(agent, config.max_open, state) is not None:
+            break
+        oldest = await queries.oldest_waiting(tx, queues)
+        if oldest is None:
+            break
+        conversation_id, since = oldest
+        latest = await queries.latest_message(tx, conversation_id)
+        how = f"from the queue, where it waited since {since}"
+        change = Change(
+            conversation_id,
+            "assigned",
+            ACTOR,
+            at,
+            agent,
+            detail={"via": "queue", "waiting_since": since},
+            alert=Alert(reason="assigned", how=how, message_pk=latest),
+        )
+        await record(tx, settings, change)
+        given.append(conversation_id)
+    return given
+
+
+def handed(agent: str, given: list[int]) -> str:
+    """The sentence an action adds when it freed a place the queue filled, or nothing."""
+    if not given:
+        return ""
+    ids = ", ".join(str(conversation_id) for conversation_id in given)
+    noun = "conversation" if len(given) == 1 else "conversations"
+    return f" {agent} takes {noun} {ids} from the queue."

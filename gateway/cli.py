@@ -423,8 +423,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    agent = _with_db(settings, lambda db: admin.set_status(db, settings, args.agent, args.status))
-    print(f"{agent} is now {args.status}.")
+    print(_with_db(settings, lambda db: admin.set_status(db, settings, args.agent, args.status)))
     return 0
 
 

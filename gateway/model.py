@@ -71,4 +71,6 @@ class Decision:
     via: Via | None = None
     rule: str | None = None
     rotation: tuple[str, str] | None = None  # (rotation key, agent served) to persist
+    # The rotation key whose queue it waits in: its rotation or team found nobody to take it.
+    waits_for: str | None = None
     matched: tuple[tuple[str, str], ...] = ()  # (condition, value) of the assigning rule

@@ -184,6 +184,7 @@ class Intake(DrainLoop):
             team=decision.team,
             # The customer has waited since the message arrived, not since intake ran.
             at=stored.received_at,
+            queued_for=decision.waits_for,
         )
         # Of the conversation first: its IMAP copies are found by it for the keywords job.
         await queries.finish_message(conn, stored.id, "routed", facts, conversation_id)

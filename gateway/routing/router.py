@@ -35,17 +35,20 @@ class Policy:
         )
 
 
+def unable(agent: str, limit: int | None, state: RoutingState) -> str | None:
+    """Why `agent` cannot take a conversation now (away, dnd, full at its `limit`), or None."""
+    status = state.statuses.get(agent, "available")
+    if status != "available":
+        return status
+    if limit is not None and state.open.get(agent, 0) >= limit:
+        return f"full at {state.open.get(agent, 0)}/{limit}"
+    return None
+
+
 def _unable(policy: Policy, state: RoutingState, agents: tuple[str, ...]) -> dict[str, str]:
-    """Why each of `agents` who cannot take a conversation now cannot: away, dnd, full."""
-    why: dict[str, str] = {}
-    for agent in agents:
-        status = state.statuses.get(agent, "available")
-        limit = policy.limits.get(agent)
-        if status != "available":
-            why[agent] = status
-        elif limit is not None and state.open.get(agent, 0) >= limit:
-            why[agent] = f"full at {state.open.get(agent, 0)}/{limit}"
-    return why
+    """Why each of `agents` who cannot take a conversation now cannot."""
+    why = {agent: unable(agent, policy.limits.get(agent), state) for agent in agents}
+    return {agent: reason for agent, reason in why.items() if reason is not None}
 
 
 def _pick(
@@ -106,7 +109,7 @@ def route(
             reason = (
                 f"rule '{rule.name}' gives it to team {target}, but no member can take it{skipped}"
             )
-            return replace(hit, reason=reason, team=target)
+            return replace(hit, reason=reason, team=target, waits_for=key)
         reason = (
             f"rule '{rule.name}' gives it to team {target}, whose rotation picks {pick}{skipped}"
         )
@@ -121,7 +124,7 @@ def route(
     pick, skipped = _pick(order, state.last_served.get(GLOBAL), policy, state)
     if pick is None:
         reason = f"no rule assigns it and no agent of the rotation can take it{skipped}"
-        return Decision(reason=reason, tags=tuple(tags))
+        return Decision(reason=reason, tags=tuple(tags), waits_for=GLOBAL)
     return Decision(
         reason=f"no rule assigns it; the rotation picks {pick}{skipped}",
         assignee=pick,

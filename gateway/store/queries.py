@@ -320,13 +320,15 @@ async def create_conversation(
     thread_subject: str,
     team: str | None,
     at: str,
+    queued_for: str | None = None,
 ) -> int:
-    """A new conversation, unassigned: an assignee comes with `assignment.record`."""
+    """A new conversation, unassigned: an assignee comes with `assignment.record`; queued
+    for a rotation (`queued_for`) when nobody of it could take it."""
     row = await tx.one(
         "INSERT INTO conversations (inbox, customer, subject, thread_subject, team,"
-        " created_at, last_message_at, message_count) VALUES (?, ?, ?, ?, ?, ?, ?, 1)"
-        " RETURNING id",
-        (inbox, customer, subject, thread_subject, team, at, at),
+        " created_at, last_message_at, message_count, queued_for, queued_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 1, ?, ?) RETURNING id",
+        (inbox, customer, subject, thread_subject, team, at, at, queued_for, queued_for and at),
     )
     assert row is not None
     return int(row["id"])
@@ -343,7 +345,39 @@ async def add_message_to(tx: Tx, conversation_id: int, at: str) -> None:
 
 
 async def set_assignee(tx: Tx, conversation_id: int, agent: str | None) -> None:
-    await tx.run("UPDATE conversations SET assignee = ? WHERE id = ?", (agent, conversation_id))
+    """The assignee from now on; a conversation given to somebody waits in no queue."""
+    await tx.run(
+        "UPDATE conversations SET assignee = ?,"
+        " queued_for = CASE WHEN ? IS NULL THEN queued_for END,"
+        " queued_at = CASE WHEN ? IS NULL THEN queued_at END WHERE id = ?",
+        (agent, agent, agent, conversation_id),
+    )
+
+
+async def oldest_waiting(tx: Tx, queues: Sequence[str]) -> tuple[int, str] | None:
+    """The open conversation that has waited longest in any of `queues`, and since when:
+    one index seek a queue, however many wait."""
+    found = []
+    for queue in queues:
+        row = await tx.one(
+            "SELECT id, queued_at FROM conversations WHERE queued_for = ?"
+            " ORDER BY queued_at, id LIMIT 1",
+            (queue,),
+        )
+        if row is not None:
+            found.append((row["queued_at"], row["id"]))
+    if not found:
+        return None
+    queued_at, conversation_id = min(found)
+    return int(conversation_id), str(queued_at)
+
+
+async def unqueue(tx: Tx, conversation_id: int) -> None:
+    """Take a conversation out of its queue (closed, it waits for nobody)."""
+    await tx.run(
+        "UPDATE conversations SET queued_for = NULL, queued_at = NULL WHERE id = ?",
+        (conversation_id,),
+    )
 
 
 async def latest_message(tx: Tx, conversation_id: int) -> int:

@@ -242,3 +242,42 @@ def test_agents_at_their_limit_are_skipped_and_the_rest_wait_unassigned(
     agents = json.loads(ok(running, "agents", "--json"))
     assert [(a["open"], a["max_open"]) for a in agents] == [(2, 2)] * 3
     assert "2/2" in ok(running, "agents")
+
+
+def test_the_queue_goes_oldest_first_to_whoever_has_room_again(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    agents = [{**agent, "max_open": 2} for agent in BASE["agents"]]
+    running = start_daemon(make_settings(agents=agents))
+    for n in range(9):
+        running.send(mail(f"question {n}"))
+    running.drain()  # alice 1, 4; bob 2, 5; carol 3, 6; 7, 8, 9 wait
+
+    assert ok(running, "close", "1").strip() == (
+        "Conversation 1 closed. alice takes conversation 7 from the queue."
+    )
+    [given] = running.events(7, "assigned")
+    assert given["agent"] == "alice" and json.loads(given["detail"])["via"] == "queue"
+    wait_until(lambda: running.events(7, "notified"), what="alice's alert for 7")
+
+    ok(running, "status", "bob", "away")
+    assert ok(running, "close", "2").strip() == "Conversation 2 closed."  # bob is away
+    assert ok(running, "status", "bob", "available").strip() == (
+        "bob is now available. bob takes conversation 8 from the queue."
+    )
+    assignees = {c["id"]: c["assignee"] for c in running.conversations()}
+    assert (assignees[7], assignees[8], assignees[9]) == ("alice", "bob", None)
+
+
+def test_a_conversation_unassigned_by_a_person_waits_for_a_claim(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    agents = [{**agent, "max_open": 1} for agent in BASE["agents"]]
+    running = start_daemon(make_settings(agents=agents))
+    for n in range(3):
+        running.send(mail(f"question {n}"))
+    running.drain()  # alice 1, bob 2, carol 3
+    assert ok(running, "unassign", "1").strip() == (
+        "Conversation 1 is back in the unassigned queue (it was alice's)."
+    )
+    assert running.conversations()[0]["assignee"] is None  # not handed back to alice
