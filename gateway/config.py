@@ -194,6 +194,18 @@ class ThreadingSection(BaseModel):
     subject_fallback_days: int = Field(14, ge=0, le=36500)  # a century; timedelta has bounds
 
 
+class RoutingSection(BaseModel):
+    """What routing does when an agent is away or dnd (DESIGN §14)."""
+
+    model_config = _STRICT
+    # A rule's agent is away or dnd: assign anyway, go on to the next rule and the
+    # rotation, or leave it waiting in the rotation's queue.
+    rule_agent_away: Literal["assign", "next", "unassign"] = "assign"
+    # The customer writes again and the assignee is away or dnd: keep it theirs, route it
+    # again (rules, rotation), or put it back in the queue.
+    reply_when_assignee_away: Literal["keep", "reassign", "unassign"] = "keep"
+
+
 class Agent(BaseModel):
     model_config = _STRICT
     id: str = Field(pattern=_ID)
@@ -289,6 +301,7 @@ class Settings(BaseSettings):
     notify: NotifySection = NotifySection()
     round_robin: RoundRobinSection = RoundRobinSection()
     threading: ThreadingSection = ThreadingSection()
+    routing: RoutingSection = RoutingSection()
     agents: list[Agent] = []
     teams: list[Team] = []
     inboxes: list[Inbox] = []

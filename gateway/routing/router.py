@@ -19,6 +19,7 @@ class Policy:
     teams: dict[str, tuple[str, ...]]
     round_robin: tuple[str, ...] | None  # None when round-robin is off
     limits: dict[str, int] = field(default_factory=dict)  # agent → max_open, where set
+    rule_agent_away: str = "assign"  # or "next", "unassign" (DESIGN §14)
     index: RuleIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -32,6 +33,7 @@ class Policy:
             teams={team.id: tuple(team.agents) for team in settings.teams},
             round_robin=tuple(rotation.agents) if rotation.enabled else None,
             limits={a.id: a.max_open for a in settings.agents if a.max_open is not None},
+            rule_agent_away=settings.routing.rule_agent_away,
         )
 
 
@@ -77,6 +79,11 @@ def _unowned(facts: MailFacts) -> str | None:
     return None
 
 
+def _then(passed: list[str], reason: str) -> str:
+    """`reason`, after the rules gone on from because their agent was away."""
+    return "; ".join([*passed, reason])
+
+
 def route(
     delivery: Delivery, policy: Policy, state: RoutingState, *, naive: bool = False
 ) -> Decision:
@@ -91,6 +98,7 @@ def route(
     if facts.sender is None:
         tags.append(NO_SENDER_TAG)
     hits = check_each(policy.rules, delivery) if naive else policy.index.hits(delivery)
+    passed: list[str] = []  # rules whose agent is away, gone on from ("next")
     for rule, matched in hits:
         tags.extend(t for t in rule.tags if t not in tags)
         if rule.assign_to is None:
@@ -100,8 +108,18 @@ def route(
         kind, target = rule.assign_to
         hit = Decision(reason="", tags=tuple(tags), rule=rule.name, matched=matched)
         if kind == "agent":
-            reason = f"rule '{rule.name}' assigns it to {target}"
-            return replace(hit, reason=reason, assignee=target, via="rule")
+            # An explicit owner: their load does not count, their absence may.
+            absent = unable(target, None, state)
+            named = f"rule '{rule.name}' assigns it to {target}"
+            if absent is None or policy.rule_agent_away == "assign":
+                reason = named if absent is None else f"{named}, who is {absent}"
+                return replace(hit, reason=_then(passed, reason), assignee=target, via="rule")
+            passed.append(f"{named}, who is {absent}")
+            if policy.rule_agent_away == "next":
+                continue
+            waits = GLOBAL if policy.round_robin is not None else None
+            reason = _then(passed[:-1], f"{passed[-1]}: it waits unassigned")
+            return replace(hit, reason=reason, waits_for=waits)
         members = policy.teams[target]
         key = team_key(target)
         pick, skipped = _pick(members, state.last_served.get(key), policy, state)
@@ -109,24 +127,30 @@ def route(
             reason = (
                 f"rule '{rule.name}' gives it to team {target}, but no member can take it{skipped}"
             )
-            return replace(hit, reason=reason, team=target, waits_for=key)
+            return replace(hit, reason=_then(passed, reason), team=target, waits_for=key)
         reason = (
             f"rule '{rule.name}' gives it to team {target}, whose rotation picks {pick}{skipped}"
         )
         return replace(
-            hit, reason=reason, assignee=pick, team=target, via="team", rotation=(key, pick)
+            hit,
+            reason=_then(passed, reason),
+            assignee=pick,
+            team=target,
+            via="team",
+            rotation=(key, pick),
         )
     if unowned is not None:
         return Decision(reason=unowned, tags=tuple(tags))
     order = policy.round_robin
     if order is None:
-        return Decision(reason="no rule assigns it and round-robin is off", tags=tuple(tags))
+        reason = _then(passed, "no rule assigns it and round-robin is off")
+        return Decision(reason=reason, tags=tuple(tags))
     pick, skipped = _pick(order, state.last_served.get(GLOBAL), policy, state)
     if pick is None:
         reason = f"no rule assigns it and no agent of the rotation can take it{skipped}"
-        return Decision(reason=reason, tags=tuple(tags), waits_for=GLOBAL)
+        return Decision(reason=_then(passed, reason), tags=tuple(tags), waits_for=GLOBAL)
     return Decision(
-        reason=f"no rule assigns it; the rotation picks {pick}{skipped}",
+        reason=_then(passed, f"no rule assigns it; the rotation picks {pick}{skipped}"),
         assignee=pick,
         tags=tuple(tags),
         via="round_robin",

@@ -296,3 +296,41 @@ def test_a_rule_naming_a_full_agent_assigns_it_all_the_same() -> None:
     limited = Policy(base.rules, base.teams, base.round_robin, {"a1": 1})
     decision = route(delivery(), limited, capacity_state({}, {"a1": 5}, None))
     assert (decision.assignee, decision.via) == ("a1", "rule")
+
+
+def away_rule_policy(setting: str) -> Policy:
+    rules = [
+        Rule(name="VIP", sender_domain=["example.org"], assign_to="agent:a1"),
+        Rule(name="Second", sender_domain=["example.org"], assign_to="agent:a2"),
+    ]
+    base = policy(rules=rules, rotation=["a3"])
+    return Policy(base.rules, base.teams, base.round_robin, rule_agent_away=setting)
+
+
+def test_a_rule_whose_agent_is_away_assigns_it_anyway_and_says_so() -> None:
+    decision = route(delivery(), away_rule_policy("assign"), RoutingState({"a1": "away"}))
+    assert (decision.assignee, decision.reason) == (
+        "a1",
+        "rule 'VIP' assigns it to a1, who is away",
+    )
+
+
+def test_a_rule_whose_agent_is_away_goes_on_to_the_next_rule() -> None:
+    state = RoutingState({"a1": "dnd"})
+    decision = route(delivery(), away_rule_policy("next"), state)
+    assert (decision.assignee, decision.rule) == ("a2", "Second")
+    assert (
+        decision.reason == "rule 'VIP' assigns it to a1, who is dnd; rule 'Second' assigns it to a2"
+    )
+
+
+def test_a_rule_whose_agents_are_all_away_goes_on_to_the_rotation() -> None:
+    state = RoutingState({"a1": "away", "a2": "away"})
+    decision = route(delivery(), away_rule_policy("next"), state)
+    assert (decision.assignee, decision.via) == ("a3", "round_robin")
+
+
+def test_a_rule_whose_agent_is_away_can_leave_it_waiting_in_the_queue() -> None:
+    decision = route(delivery(), away_rule_policy("unassign"), RoutingState({"a1": "away"}))
+    assert (decision.assignee, decision.waits_for) == (None, GLOBAL)
+    assert decision.reason == "rule 'VIP' assigns it to a1, who is away: it waits unassigned"
