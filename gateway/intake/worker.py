@@ -27,7 +27,8 @@ from gateway.intake.facts import thread_subject
 from gateway.intake.parsing import Parser, ThreadParser
 from gateway.intake.threads import find_conversation
 from gateway.model import Decision, Delivery, MailFacts
-from gateway.routing.router import Policy, route
+from gateway.routing.rotation import GLOBAL, team_key
+from gateway.routing.router import Policy, route, unable
 from gateway.store import queries
 from gateway.store.db import Database, Tx
 from gateway.store.queries import StoredMail
@@ -269,6 +270,8 @@ class Intake(DrainLoop):
                 detail={"reason": "the customer wrote again"},
             )
         assignee = row.assignee
+        if assignee is not None and from_customer:
+            assignee = await self._reply_to_absent(conn, row, stored, facts, at)
         if assignee is not None and self._settings.notify.on_reply and from_customer:
             await queue_alert(
                 conn,
@@ -283,6 +286,62 @@ class Intake(DrainLoop):
                 sender=facts.sender,
             )
         await queue_keywords(conn, conversation_id, at)
+
+    async def _reply_to_absent(
+        self,
+        conn: Tx,
+        row: queries.Conversation,
+        stored: StoredMail,
+        facts: MailFacts,
+        at: str,
+    ) -> str | None:
+        """The customer wrote again to a conversation someone has: who is still to hear
+        of it (None: nobody more). By `reply_when_assignee_away`, when the assignee is away
+        or dnd, they keep it ("keep"), or it is routed again like new mail ("reassign"),
+        or it waits in its rotation's queue ("unassign", or "reassign" with nobody able to
+        take it); a new assignee is alerted of the reassignment."""
+        assert row.assignee is not None
+        setting = self._settings.routing.reply_when_assignee_away
+        if setting == "keep":
+            return row.assignee
+        state = await queries.routing_state(conn, lock=True, counted=tuple(self._policy.limits))
+        absent = unable(row.assignee, None, state)
+        if absent is None:
+            return row.assignee
+        why = f"the customer wrote again and {row.assignee} is {absent}"
+        decision = None
+        if setting == "reassign":
+            delivery = Delivery(facts, stored.mail.inbox, stored.mail.envelope_to)
+            decision = route(delivery, self._policy, state)
+            if decision.assignee == row.assignee:  # a rule names them, whatever their status
+                return row.assignee
+        agent = decision.assignee if decision is not None else None
+        change = Change(
+            row.id,
+            "unassigned" if agent is None else "reassigned",
+            ACTOR,
+            at,
+            agent,
+            previous=row.assignee,
+            rule=decision.rule if decision is not None else None,
+            detail={"reason": why if decision is None else f"{why}; {decision.reason}"},
+            rotation=decision.rotation if decision is not None else None,
+            alert=None if agent is None else Alert("reassigned", f"because {why}", stored.id),
+        )
+        await record(conn, self._settings, change)
+        if agent is None:
+            waits = decision.waits_for if decision is not None else _queue_of(self._policy, row)
+            if waits is not None:
+                await queries.queue(conn, row.id, waits, at)
+        return None  # the new assignee's alert says it all; the absent one hears nothing
+
+
+def _queue_of(policy: Policy, row: queries.Conversation) -> str | None:
+    """The queue a conversation taken from its assignee waits in: its team's, else the
+    rotation's (None when there is neither)."""
+    if row.team is not None and row.team in policy.teams:
+        return team_key(row.team)
+    return GLOBAL if policy.round_robin is not None else None
 
 
 def _log(stored: StoredMail, facts: MailFacts | Exception, outcome: Outcome, ms: float) -> None:

@@ -372,6 +372,14 @@ async def oldest_waiting(tx: Tx, queues: Sequence[str]) -> tuple[int, str] | Non
     return int(conversation_id), str(queued_at)
 
 
+async def queue(tx: Tx, conversation_id: int, queue_key: str, at: str) -> None:
+    """Put an unassigned conversation in a rotation's queue, waiting since `at`."""
+    await tx.run(
+        "UPDATE conversations SET queued_for = ?, queued_at = ? WHERE id = ?",
+        (queue_key, at, conversation_id),
+    )
+
+
 async def unqueue(tx: Tx, conversation_id: int) -> None:
     """Take a conversation out of its queue (closed, it waits for nobody)."""
     await tx.run(

@@ -281,3 +281,32 @@ def test_a_conversation_unassigned_by_a_person_waits_for_a_claim(
         "Conversation 1 is back in the unassigned queue (it was alice's)."
     )
     assert running.conversations()[0]["assignee"] is None  # not handed back to alice
+
+
+@pytest.mark.parametrize(
+    ("setting", "then", "event"),
+    [("keep", "alice", None), ("reassign", "bob", "reassigned"), ("unassign", None, "unassigned")],
+)
+def test_a_reply_to_an_away_owners_conversation_follows_the_setting(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    setting: str,
+    then: str | None,
+    event: str | None,
+) -> None:
+    running = start_daemon(make_settings(routing={"reply_when_assignee_away": setting}))
+    running.send(mail("Broken", sender="wile@acme.com", Message_ID="<a1@acme.com>"))
+    running.drain()
+    ok(running, "status", "alice", "away")
+    running.send(mail("Re: Broken", sender="wile@acme.com", In_Reply_To="<a1@acme.com>"))
+    running.drain()
+    [conversation] = running.conversations()
+    assert conversation["assignee"] == then
+    if event is not None:
+        [changed] = running.events(1, event)
+        reason = json.loads(changed["detail"])["reason"]
+        assert reason.startswith("the customer wrote again and alice is away")
+    if setting == "unassign":  # it waits in the queue: alice back, she takes it
+        assert ok(running, "status", "alice", "available").strip() == (
+            "alice is now available. alice takes conversation 1 from the queue."
+        )
