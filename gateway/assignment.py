@@ -49,6 +49,8 @@ class Change:
 async def record(tx: Tx, settings: Settings, change: Change) -> int:
     """Write the change; its event's id."""
     await queries.set_assignee(tx, change.conversation_id, change.agent)
+    if change.agent is not None:
+        await queries.note_assigned(tx, change.agent, change.at)
     if change.rotation is not None:
         await queries.set_rotation(tx, *change.rotation)
     event_id = await queries.add_event(

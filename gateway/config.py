@@ -183,10 +183,15 @@ class NotifySection(BaseModel):
         return None
 
 
+Mode = Literal["rotation", "balanced"]
+
+
 class RoundRobinSection(BaseModel):
     model_config = _STRICT
     enabled: bool = False
     agents: list[str] = []
+    # rotation: each in turn; balanced: the fewest open, ties by longest since assigned.
+    mode: Mode = "rotation"
 
 
 class ThreadingSection(BaseModel):
@@ -226,6 +231,7 @@ class Team(BaseModel):
     model_config = _STRICT
     id: str = Field(pattern=_ID)
     agents: list[str]
+    mode: Mode | None = None  # None: as [round_robin] mode
 
 
 class ImapSection(BaseModel):

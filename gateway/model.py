@@ -58,8 +58,9 @@ class RoutingState:
 
     statuses: dict[str, Status] = field(default_factory=dict)  # absent means available
     last_served: dict[str, str] = field(default_factory=dict)  # rotation key → agent
-    # Open conversations of the agents with a limit (absent: none open).
+    # Open conversations of the agents with a limit or in a balanced rotation (absent: none).
     open: dict[str, int] = field(default_factory=dict)
+    last_assigned: dict[str, str] = field(default_factory=dict)  # agent → when (absent: never)
 
 
 @dataclass(frozen=True, kw_only=True)

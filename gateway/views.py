@@ -150,7 +150,7 @@ async def explain_route(
             )
             if joins is not None:
                 joined = await queries.conversation(conn, joins)
-            state = await queries.routing_state(conn, counted=tuple(policy.limits))
+            state = await queries.routing_state(conn, counted=policy.counted)
     delivery = Delivery(facts, inbox, (to,) if to else ())
     decision = route(delivery, policy, state)
     view: dict[str, Any] = {

@@ -173,7 +173,7 @@ class Intake(DrainLoop):
     async def _open(
         self, conn: Tx, stored: StoredMail, facts: MailFacts, at: str
     ) -> tuple[int, Decision]:
-        state = await queries.routing_state(conn, lock=True, counted=tuple(self._policy.limits))
+        state = await queries.routing_state(conn, lock=True, counted=self._policy.counted)
         delivery = Delivery(facts, stored.mail.inbox, stored.mail.envelope_to)
         decision = route(delivery, self._policy, state)
         conversation_id = await queries.create_conversation(
@@ -304,7 +304,7 @@ class Intake(DrainLoop):
         setting = self._settings.routing.reply_when_assignee_away
         if setting == "keep":
             return row.assignee
-        state = await queries.routing_state(conn, lock=True, counted=tuple(self._policy.limits))
+        state = await queries.routing_state(conn, lock=True, counted=self._policy.counted)
         absent = unable(row.assignee, None, state)
         if absent is None:
             return row.assignee

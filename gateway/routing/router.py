@@ -20,10 +20,22 @@ class Policy:
     round_robin: tuple[str, ...] | None  # None when round-robin is off
     limits: dict[str, int] = field(default_factory=dict)  # agent → max_open, where set
     rule_agent_away: str = "assign"  # or "next", "unassign" (DESIGN §14)
+    balanced: frozenset[str] = frozenset()  # the rotation keys that pick the least loaded
+    # The agents whose open conversations routing needs: those with a limit, and the
+    # members of a balanced rotation.
+    counted: tuple[str, ...] = field(init=False, repr=False, compare=False)
+
     index: RuleIndex = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", RuleIndex.of(self.rules))
+        members = {GLOBAL: self.round_robin or ()} | {
+            team_key(team): agents for team, agents in self.teams.items()
+        }
+        wanted = set(self.limits)
+        for key in self.balanced:
+            wanted.update(members.get(key, ()))
+        object.__setattr__(self, "counted", tuple(sorted(wanted)))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Policy:
@@ -34,6 +46,14 @@ class Policy:
             round_robin=tuple(rotation.agents) if rotation.enabled else None,
             limits={a.id: a.max_open for a in settings.agents if a.max_open is not None},
             rule_agent_away=settings.routing.rule_agent_away,
+            balanced=frozenset(
+                ([GLOBAL] if rotation.mode == "balanced" else [])
+                + [
+                    team_key(team.id)
+                    for team in settings.teams
+                    if (team.mode or rotation.mode) == "balanced"
+                ]
+            ),
         )
 
 
@@ -54,16 +74,29 @@ def _unable(policy: Policy, state: RoutingState, agents: tuple[str, ...]) -> dic
 
 
 def _pick(
-    order: tuple[str, ...], last: str | None, policy: Policy, state: RoutingState
+    order: tuple[str, ...], key: str, policy: Policy, state: RoutingState
 ) -> tuple[str | None, str]:
-    """The rotation's pick, and who it passed over on the way and why (", skipping ...")."""
+    """The rotation's pick, and how: whom it passed over on the way and why."""
     unable = _unable(policy, state, order)
-    pick = next_agent(order, last, [a for a in order if a not in unable])
-    start = order.index(last) + 1 if last in order else 0
-    turn = [order[(start + step) % len(order)] for step in range(len(order))]
-    passed = turn[: turn.index(pick)] if pick is not None else turn
+    takers = [a for a in order if a not in unable]
+    if key in policy.balanced:
+        # The fewest open; then the longest since last given one (never: first of all);
+        # then the configuration's order.
+        def load(agent: str) -> tuple[int, str, int]:
+            return state.open.get(agent, 0), state.last_assigned.get(agent, ""), order.index(agent)
+
+        pick = min(takers, key=load, default=None)
+        passed = list(order)
+        how = f" ({pick} has the fewest open, {state.open.get(pick, 0)})" if pick else ""
+    else:
+        last = state.last_served.get(key)
+        pick = next_agent(order, last, takers)
+        start = order.index(last) + 1 if last in order else 0
+        turn = [order[(start + step) % len(order)] for step in range(len(order))]
+        passed = turn[: turn.index(pick)] if pick is not None else turn
+        how = ""
     skipped = [f"{agent} {unable[agent]}" for agent in passed if agent in unable]
-    return pick, f", skipping {', '.join(skipped)}" if skipped else ""
+    return pick, how + (f", skipping {', '.join(skipped)}" if skipped else "")
 
 
 def _unowned(facts: MailFacts) -> str | None:
@@ -122,7 +155,7 @@ def route(
             return replace(hit, reason=reason, waits_for=waits)
         members = policy.teams[target]
         key = team_key(target)
-        pick, skipped = _pick(members, state.last_served.get(key), policy, state)
+        pick, skipped = _pick(members, key, policy, state)
         if pick is None:
             reason = (
                 f"rule '{rule.name}' gives it to team {target}, but no member can take it{skipped}"
@@ -145,7 +178,7 @@ def route(
     if order is None:
         reason = _then(passed, "no rule assigns it and round-robin is off")
         return Decision(reason=reason, tags=tuple(tags))
-    pick, skipped = _pick(order, state.last_served.get(GLOBAL), policy, state)
+    pick, skipped = _pick(order, GLOBAL, policy, state)
     if pick is None:
         reason = f"no rule assigns it and no agent of the rotation can take it{skipped}"
         return Decision(reason=_then(passed, reason), tags=tuple(tags), waits_for=GLOBAL)

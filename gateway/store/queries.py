@@ -546,10 +546,21 @@ async def routing_state(tx: Tx, *, lock: bool = False, counted: Sequence[str] = 
     rotations = await tx.all(
         f"SELECT key, last_agent FROM rotations{tx.for_update if lock else ''}"
     )
+    assigned = await tx.all("SELECT agent, last_at FROM agent_assigned")
     return RoutingState(
         statuses=statuses,
         last_served={row["key"]: row["last_agent"] for row in rotations},
         open=await open_counts(tx, counted),
+        last_assigned={row["agent"]: row["last_at"] for row in assigned},
+    )
+
+
+async def note_assigned(tx: Tx, agent: str, at: str) -> None:
+    """`agent` was given a conversation at `at`."""
+    await tx.run(
+        "INSERT INTO agent_assigned (agent, last_at) VALUES (?, ?)"
+        " ON CONFLICT (agent) DO UPDATE SET last_at = excluded.last_at",
+        (agent, at),
     )
 
 

@@ -310,3 +310,20 @@ def test_a_reply_to_an_away_owners_conversation_follows_the_setting(
         assert ok(running, "status", "alice", "available").strip() == (
             "alice is now available. alice takes conversation 1 from the queue."
         )
+
+
+def test_balanced_mode_gives_new_mail_to_the_least_loaded(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    running = start_daemon(make_settings(round_robin={**BASE["round_robin"], "mode": "balanced"}))
+    for n in range(3):
+        running.send(mail(f"question {n}"))
+    running.drain()
+    ok(running, "close", "2")  # bob has none open now
+    ok(running, "assign", "3", "alice")  # alice two, carol none
+    running.send(mail("next"))
+    running.drain()
+    assert [c["assignee"] for c in running.conversations()] == ["alice", "bob", "alice", "bob"]
+    running.send(mail("and the next"))
+    running.drain()
+    assert running.conversations()[-1]["assignee"] == "carol"  # none open, longest since

@@ -334,3 +334,52 @@ def test_a_rule_whose_agent_is_away_can_leave_it_waiting_in_the_queue() -> None:
     decision = route(delivery(), away_rule_policy("unassign"), RoutingState({"a1": "away"}))
     assert (decision.assignee, decision.waits_for) == (None, GLOBAL)
     assert decision.reason == "rule 'VIP' assigns it to a1, who is away: it waits unassigned"
+
+
+def balanced(order: list[str], limits: dict[str, int] | None = None) -> Policy:
+    base = policy(rotation=order)
+    return Policy(
+        base.rules, base.teams, base.round_robin, limits or {}, balanced=frozenset({GLOBAL})
+    )
+
+
+@given(
+    k=st.integers(1, 5),
+    start=st.lists(st.integers(0, 3), min_size=5, max_size=5),
+    n=st.integers(1, 40),
+)
+def test_balanced_mode_brings_and_keeps_open_counts_within_one(
+    k: int, start: list[int], n: int
+) -> None:
+    order = AGENTS[:k]
+    open_ = {agent: start[i] for i, agent in enumerate(order)}
+    deficit = sum(max(open_.values()) - count for count in open_.values())
+    last: dict[str, str] = {}
+    for step in range(n):
+        decision = route(
+            delivery(), balanced(order), RoutingState(open=dict(open_), last_assigned=dict(last))
+        )
+        assert decision.assignee is not None
+        assert open_[decision.assignee] == min(open_.values())  # the least loaded
+        open_[decision.assignee] += 1
+        last[decision.assignee] = f"{step:06d}"
+    if n >= deficit:  # enough arrivals to even out where it started
+        assert max(open_.values()) - min(open_.values()) <= 1
+
+
+def test_balanced_ties_go_to_the_never_assigned_then_the_longest_since() -> None:
+    state = RoutingState(last_assigned={"a1": "2026-11-30T10:00", "a3": "2026-11-30T09:00"})
+    decision = route(delivery(), balanced(["a1", "a2", "a3"]), state)
+    assert decision.assignee == "a2"  # never assigned
+    state.last_assigned["a2"] = "2026-11-30T11:00"
+    assert route(delivery(), balanced(["a1", "a2", "a3"]), state).assignee == "a3"
+
+
+def test_balanced_mode_skips_the_away_and_the_full() -> None:
+    state = RoutingState(statuses={"a1": "away"}, open={"a2": 2, "a3": 3})
+    decision = route(delivery(), balanced(["a1", "a2", "a3"], {"a2": 2}), state)
+    assert decision.assignee == "a3"
+    assert decision.reason == (
+        "no rule assigns it; the rotation picks a3 (a3 has the fewest open, 3),"
+        " skipping a1 away, a2 full at 2/2"
+    )
