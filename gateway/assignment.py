@@ -87,6 +87,8 @@ async def hand_out(tx: Tx, settings: Settings, agent: str, at: str) -> list[int]
     given, in the caller's transaction, so two frees never give one conversation twice."""
     config = settings.agent(agent)
     rotation = settings.round_robin
+    if not rotation.hand_out_queue:
+        return []
     queues = [GLOBAL] if rotation.enabled and agent in rotation.agents else []
     queues += [team_key(team.id) for team in settings.teams if agent in team.agents]
     given: list[int] = []

@@ -192,6 +192,8 @@ class RoundRobinSection(BaseModel):
     agents: list[str] = []
     # rotation: each in turn; balanced: the fewest open, ties by longest since assigned.
     mode: Mode = "rotation"
+    # Conversations nobody could take are handed out as soon as somebody can.
+    hand_out_queue: bool = True
 
 
 class ThreadingSection(BaseModel):

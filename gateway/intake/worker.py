@@ -18,7 +18,7 @@ import structlog
 from gateway import alertmark
 from gateway.addresses import normalize_address
 from gateway.alerts import queue_alert, queue_keywords
-from gateway.assignment import Alert, Change, record
+from gateway.assignment import Alert, Change, hand_out, record
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Settings
 from gateway.drainloop import DrainLoop
@@ -85,9 +85,14 @@ class Intake(DrainLoop):
         self._settings = settings
         self._policy = policy
         self._agent_addresses = {normalize_address(a.email) for a in settings.agents}
+        # Limits may have risen, agents joined or left a rotation: the queues are handed
+        # out again, at the next drain (and at start, for what waited while it was down).
+        self._hand_out_all = True
 
     async def drain(self) -> int:
         """Handle every pending message; the count handled."""
+        if self._hand_out_all:
+            await self._hand_out_everyone()
         handled = 0
         while not self.stopping:
             # During a burst: small batches, so accept's commits wait little for the store.
@@ -102,6 +107,18 @@ class Intake(DrainLoop):
             handled += len(batch)
             await self.accept_first(started)
         return handled
+
+    async def _hand_out_everyone(self) -> None:
+        """Each agent with room takes from the queues they serve, in configuration order."""
+        async with self._db.transaction() as conn:
+            at = stamp(self._clock())
+            given = {
+                a.id: await hand_out(conn, self._settings, a.id, at) for a in self._settings.agents
+            }
+        self._hand_out_all = False
+        for agent, conversations in given.items():
+            if conversations:
+                log.info("queue.handed_out", agent=agent, conversations=conversations, why="load")
 
     async def process(self, stored: StoredMail) -> Outcome:
         return (await self.process_batch([stored]))[0]

@@ -327,3 +327,36 @@ def test_balanced_mode_gives_new_mail_to_the_least_loaded(
     running.send(mail("and the next"))
     running.drain()
     assert running.conversations()[-1]["assignee"] == "carol"  # none open, longest since
+
+
+def test_a_limit_raised_by_a_reload_hands_out_the_queue(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    tmp_path: Path,
+) -> None:
+    agents = [{**agent, "max_open": 1} for agent in BASE["agents"]]
+    config = tmp_path / "gateway.toml"
+    running = start_daemon(make_settings(agents=agents), config_path=config)
+    for n in range(5):
+        running.send(mail(f"question {n}"))
+    running.drain()  # alice 1, bob 2, carol 3; 4 and 5 wait
+    assert [c["assignee"] for c in running.conversations()][3:] == [None, None]
+    raised = [{**agent, "max_open": 2 if agent["id"] == "bob" else 1} for agent in agents]
+    make_settings(agents=raised)
+    running.daemon.request_reload()
+    wait_until(lambda: running.conversations()[3]["assignee"] == "bob", what="bob to take 4")
+    running.drain()
+    assert [c["assignee"] for c in running.conversations()][3:] == ["bob", None]
+
+
+def test_with_hand_out_off_the_queue_waits_for_a_claim(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    agents = [{**agent, "max_open": 1} for agent in BASE["agents"]]
+    rotation = {**BASE["round_robin"], "hand_out_queue": False}
+    running = start_daemon(make_settings(agents=agents, round_robin=rotation))
+    for n in range(4):
+        running.send(mail(f"question {n}"))
+    running.drain()
+    assert ok(running, "close", "1").strip() == "Conversation 1 closed."
+    assert running.conversations()[3]["assignee"] is None
