@@ -110,6 +110,11 @@ class Intake(DrainLoop):
 
     async def _hand_out_everyone(self) -> None:
         """Each agent with room takes from the queues they serve, in configuration order."""
+        async with self._db.reading() as conn:
+            waiting = await queries.any_waiting(conn)
+        if not waiting:  # the usual case: no write transaction for nothing
+            self._hand_out_all = False
+            return
         async with self._db.transaction() as conn:
             at = stamp(self._clock())
             given = {

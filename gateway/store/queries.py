@@ -372,6 +372,13 @@ async def oldest_waiting(tx: Tx, queues: Sequence[str]) -> tuple[int, str] | Non
     return int(conversation_id), str(queued_at)
 
 
+async def any_waiting(tx: Tx) -> bool:
+    """Whether any conversation waits in a queue."""
+    return (
+        await tx.one("SELECT 1 FROM conversations WHERE queued_for IS NOT NULL LIMIT 1") is not None
+    )
+
+
 async def queue(tx: Tx, conversation_id: int, queue_key: str, at: str) -> None:
     """Put an unassigned conversation in a rotation's queue, waiting since `at`."""
     await tx.run(
