@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from gateway.config import Rule
 from gateway.model import Decision, Delivery, MailFacts, RoutingState
+from gateway.routing.rotation import GLOBAL
 from gateway.routing.router import Policy, route
 from gateway.routing.rules import compile_rules
 
@@ -91,6 +92,29 @@ def per_message(one: Callable[[Delivery], Decision], mail: list[Delivery]) -> fl
                 return elapsed / done * 1e6
 
 
+CROWD = 1_000  # agents in the rotation, each with a limit
+
+
+def crowded(size: int, balanced: bool) -> tuple[Policy, RoutingState]:
+    """`size` rules and a rotation of CROWD agents with a limit of 20: every other one
+    full, every tenth away, so that a pick skips some on its way."""
+    agents = tuple(f"agent{n}" for n in range(CROWD))
+    policy = Policy(
+        compile_rules([rule(i) for i in range(size)]),
+        {"ops": AGENTS},
+        round_robin=agents,
+        limits=dict.fromkeys(agents, 20),
+        balanced=frozenset({GLOBAL}) if balanced else frozenset(),
+    )
+    state = RoutingState(
+        statuses={agent: "away" for agent in agents[::10]},
+        last_served={GLOBAL: agents[CROWD // 2]},
+        open={agent: 20 if n % 2 else n % 20 for n, agent in enumerate(agents)},
+        last_assigned={agent: f"2026-11-30T{n % 24:02d}:00" for n, agent in enumerate(agents)},
+    )
+    return policy, state
+
+
 def measure() -> str:
     state = RoutingState()
     workloads = {size: workload(size) for size in SIZES}
@@ -114,6 +138,19 @@ def measure() -> str:
         indexed, naive = median[size, False], median[size, True]
         ratio = indexed / median[SIZES[0], False]
         lines.append(f"| {size:,} | {indexed:.1f} | {naive:,.1f} | {ratio:.2f} |")
+    mail = workloads[SIZES[-1]][1]
+    for mode in ("rotation", "balanced"):
+        policy, crowd = crowded(SIZES[-1], mode == "balanced")
+
+        def pick(d: Delivery, p: Policy = policy, s: RoutingState = crowd) -> Decision:
+            return route(d, p, s)
+
+        cost = statistics.median(per_message(pick, mail) for _ in range(ROUNDS))
+        ratio = cost / median[SIZES[0], False]
+        lines.append(
+            f"| {SIZES[-1]:,} and {CROWD:,} agents with limits, half full, a tenth away"
+            f" ({mode}) | {cost:.1f} | | {ratio:.2f} |"
+        )
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from gateway.config import Settings
 from gateway.model import AUTO_TAG, NO_SENDER_TAG, Decision, Delivery, MailFacts, RoutingState
 from gateway.routing.index import RuleIndex
-from gateway.routing.rotation import GLOBAL, next_agent, team_key
+from gateway.routing.rotation import GLOBAL, team_key, turn
 from gateway.routing.rules import CompiledRule, check_each, compile_rules
 
 
@@ -67,36 +67,45 @@ def unable(agent: str, limit: int | None, state: RoutingState) -> str | None:
     return None
 
 
-def _unable(policy: Policy, state: RoutingState, agents: tuple[str, ...]) -> dict[str, str]:
-    """Why each of `agents` who cannot take a conversation now cannot."""
-    why = {agent: unable(agent, policy.limits.get(agent), state) for agent in agents}
-    return {agent: reason for agent, reason in why.items() if reason is not None}
+SKIPS_SAID = 5  # agents a decision names as skipped; the rest are counted
 
 
 def _pick(
     order: tuple[str, ...], key: str, policy: Policy, state: RoutingState
 ) -> tuple[str | None, str]:
-    """The rotation's pick, and how: whom it passed over on the way and why."""
-    unable = _unable(policy, state, order)
-    takers = [a for a in order if a not in unable]
+    """The rotation's pick, and how: whom it passed over on the way and why.
+
+    A rotation looks at agents in turn only until one can take it, so a long
+    rotation costs what it skips, not its length; balanced mode weighs them all.
+    """
+    skipped: list[str] = []
+    how, pick = "", None
     if key in policy.balanced:
         # The fewest open; then the longest since last given one (never: first of all);
         # then the configuration's order.
-        def load(agent: str) -> tuple[int, str, int]:
-            return state.open.get(agent, 0), state.last_assigned.get(agent, ""), order.index(agent)
-
-        pick = min(takers, key=load, default=None)
-        passed = list(order)
-        how = f" ({pick} has the fewest open, {state.open.get(pick, 0)})" if pick else ""
+        best: tuple[int, str, int] | None = None
+        for place, agent in enumerate(order):
+            why = unable(agent, policy.limits.get(agent), state)
+            if why is not None:
+                skipped.append(f"{agent} {why}")
+                continue
+            load = (state.open.get(agent, 0), state.last_assigned.get(agent, ""), place)
+            if best is None or load < best:
+                best, pick = load, agent
+        if pick is not None:
+            how = f" ({pick} has the fewest open, {state.open.get(pick, 0)})"
     else:
-        last = state.last_served.get(key)
-        pick = next_agent(order, last, takers)
-        start = order.index(last) + 1 if last in order else 0
-        turn = [order[(start + step) % len(order)] for step in range(len(order))]
-        passed = turn[: turn.index(pick)] if pick is not None else turn
-        how = ""
-    skipped = [f"{agent} {unable[agent]}" for agent in passed if agent in unable]
-    return pick, how + (f", skipping {', '.join(skipped)}" if skipped else "")
+        for agent in turn(order, state.last_served.get(key)):
+            why = unable(agent, policy.limits.get(agent), state)
+            if why is None:
+                pick = agent
+                break
+            skipped.append(f"{agent} {why}")
+    if skipped:
+        more = len(skipped) - SKIPS_SAID
+        said = ", ".join(skipped[:SKIPS_SAID]) + (f" and {more} more" if more > 0 else "")
+        how += f", skipping {said}"
+    return pick, how
 
 
 def _unowned(facts: MailFacts) -> str | None:
