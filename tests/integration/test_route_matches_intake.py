@@ -58,6 +58,17 @@ MESSAGES = st.lists(
 STATUSES = st.dictionaries(
     st.sampled_from(["alice", "bob", "carol"]), st.sampled_from(["available", "away", "dnd"])
 )
+# Capacity (DESIGN §14): each agent's max_open, the rotation's mode, what a rule naming an
+# absent agent does.
+CAPACITY = st.fixed_dictionaries(
+    {
+        "limits": st.fixed_dictionaries(
+            {agent: st.sampled_from([0, 1, 2]) for agent in ("alice", "bob", "carol")}
+        ),
+        "mode": st.sampled_from(["rotation", "balanced"]),
+        "rule_agent_away": st.sampled_from(["assign", "next", "unassign"]),
+    }
+)
 
 
 def rule_table(rules: list[tuple[dict[str, list[str]], str | None, bool]]) -> list[dict[str, Any]]:
@@ -78,11 +89,20 @@ async def compare(
     messages: list[Any],
     statuses: dict[str, str],
     rotation: bool,
+    capacity: dict[str, Any],
 ) -> None:
     data = {
         **BASE,
         "rules": rules,
-        "round_robin": {"enabled": rotation, "agents": ["alice", "bob", "carol"]},
+        "round_robin": {
+            "enabled": rotation,
+            "agents": ["alice", "bob", "carol"],
+            "mode": capacity["mode"],
+        },
+        "agents": [
+            {**agent, "max_open": capacity["limits"][agent["id"]]} for agent in BASE["agents"]
+        ],
+        "routing": {"rule_agent_away": capacity["rule_agent_away"]},
     }
     (folder / "gateway.toml").write_text(tomli_w.dumps(data))
     gateway = config.load(folder / "gateway.toml")
@@ -111,9 +131,8 @@ async def compare(
                 rows = await queries.list_conversations(conn, status=None)
                 done = max(rows, key=lambda r: r.last_message_at)
                 tags = (await queries.tags_of(conn, [done.id]))[done.id]
-                assigned = [
-                    e for e in await queries.events_of(conn, done.id) if e.kind == "assigned"
-                ]
+                events = await queries.events_of(conn, done.id)
+                assigned = [e for e in events if e.kind == "assigned"]
             if said["joins"] is not None:
                 assert done.id == said["joins"] and done.message_count > 1
                 continue
@@ -121,17 +140,27 @@ async def compare(
             assert (done.assignee, done.team) == (said["assignee"], said["team"])
             assert sorted(tags) == sorted(said["tags"])
             assert [e.rule for e in assigned] == ([said["rule"]] if said["assignee"] else [])
+            [received] = [e for e in events if e.kind == "received"]
+            assert received.detail["route"] == said["reason"]
     finally:
         await db.close()
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rules=RULES, messages=MESSAGES, statuses=STATUSES, rotation=st.booleans())
+@given(
+    rules=RULES,
+    messages=MESSAGES,
+    statuses=STATUSES,
+    rotation=st.booleans(),
+    capacity=CAPACITY,
+)
 def test_route_gives_the_decision_intake_then_takes(
     rules: list[tuple[dict[str, list[str]], str | None, bool]],
     messages: list[Any],
     statuses: dict[str, str],
     rotation: bool,
+    capacity: dict[str, Any],
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
-        asyncio.run(compare(Path(folder), rule_table(rules), messages, statuses, rotation))
+        table = rule_table(rules)
+        asyncio.run(compare(Path(folder), table, messages, statuses, rotation, capacity))
