@@ -59,11 +59,11 @@ class Policy:
 
 def unable(agent: str, limit: int | None, state: RoutingState) -> str | None:
     """Why `agent` cannot take a conversation now (away, dnd, full at its `limit`), or None."""
-    status = state.statuses.get(agent, "available")
-    if status != "available":
+    status = state.statuses.get(agent)
+    if status is not None and status != "available":
         return status
-    if limit is not None and state.open.get(agent, 0) >= limit:
-        return f"full at {state.open.get(agent, 0)}/{limit}"
+    if limit is not None and (load := state.open.get(agent, 0)) >= limit:
+        return f"full at {load}/{limit}"
     return None
 
 
@@ -78,20 +78,26 @@ def _pick(
     A rotation looks at agents in turn only until one can take it, so a long
     rotation costs what it skips, not its length; balanced mode weighs them all.
     """
-    skipped: list[str] = []
-    how, pick = "", None
+    skipped: list[str] = []  # the first SKIPS_SAID, said with why
+    passed = 0
+    pick: str | None = None
+    how = ""
     if key in policy.balanced:
         # The fewest open; then the longest since last given one (never: first of all);
         # then the configuration's order.
         best: tuple[int, str, int] | None = None
+        statuses, loads, limits = state.statuses, state.open, policy.limits
         for place, agent in enumerate(order):
-            why = unable(agent, policy.limits.get(agent), state)
-            if why is not None:
-                skipped.append(f"{agent} {why}")
+            # unable()'s test, inline: this loop is the whole of balanced mode's cost.
+            status, limit, load = statuses.get(agent), limits.get(agent), loads.get(agent, 0)
+            if (status is None or status == "available") and (limit is None or load < limit):
+                weight = (load, state.last_assigned.get(agent, ""), place)
+                if best is None or weight < best:
+                    best, pick = weight, agent
                 continue
-            load = (state.open.get(agent, 0), state.last_assigned.get(agent, ""), place)
-            if best is None or load < best:
-                best, pick = load, agent
+            passed += 1
+            if passed <= SKIPS_SAID:
+                skipped.append(f"{agent} {unable(agent, limit, state)}")
         if pick is not None:
             how = f" ({pick} has the fewest open, {state.open.get(pick, 0)})"
     else:
@@ -100,11 +106,12 @@ def _pick(
             if why is None:
                 pick = agent
                 break
-            skipped.append(f"{agent} {why}")
+            passed += 1
+            if passed <= SKIPS_SAID:
+                skipped.append(f"{agent} {why}")
     if skipped:
-        more = len(skipped) - SKIPS_SAID
-        said = ", ".join(skipped[:SKIPS_SAID]) + (f" and {more} more" if more > 0 else "")
-        how += f", skipping {said}"
+        more = f" and {passed - SKIPS_SAID} more" if passed > SKIPS_SAID else ""
+        how += f", skipping {', '.join(skipped)}{more}"
     return pick, how
 
 
