@@ -83,16 +83,17 @@ class Desk:
             found = await tx.all("SELECT agent, status FROM agent_status")
         return {row["agent"]: row["status"] for row in found}
 
-    async def given_by_gateway(self, after: int) -> list[tuple[int, str]]:
-        """(conversation, agent) of every assignment by the rotation or the queue since
-        event `after`."""
+    async def given_by_gateway(self, after: int) -> list[tuple[int, str, str]]:
+        """(conversation, agent, via) of every assignment by the rotation or the queue
+        since event `after`."""
         async with self.db.reading() as tx:
             found = await tx.all(
-                "SELECT conversation_id, agent FROM events WHERE id > ? AND kind = 'assigned'"
+                "SELECT conversation_id, agent, json_extract(detail, '$.via') FROM events"
+                " WHERE id > ? AND kind = 'assigned'"
                 " AND json_extract(detail, '$.via') IN ('round_robin', 'queue') ORDER BY id",
                 (after,),
             )
-        return [(row[0], row[1]) for row in found]
+        return [(row[0], row[1], row[2]) for row in found]
 
     async def last_event(self) -> int:
         async with self.db.reading() as tx:
@@ -114,7 +115,8 @@ async def check(desk: Desk, since: int) -> None:
         available = statuses.get(agent, "available") == "available"
         return available and (limit is None or open_[agent] < limit)
 
-    for conversation, agent in await desk.given_by_gateway(since):
+    given = await desk.given_by_gateway(since)
+    for conversation, agent, _ in given:
         # Taken while able: available now as then (a step changes one thing), and within
         # the limit once it had what it was given.
         assert statuses.get(agent, "available") == "available", (conversation, agent)
@@ -126,8 +128,11 @@ async def check(desk: Desk, since: int) -> None:
             desk.ever_queued.append(conversation)
     if waiting:
         assert not any(has_room(agent) for agent in AGENTS), (waiting, open_, statuses)
-        # Oldest first: what still waits is the newest of all that ever waited.
-        assert waiting == desk.ever_queued[len(desk.ever_queued) - len(waiting) :]
+    # Oldest first: each handed out had waited longer than any still waiting.
+    order = desk.ever_queued.index
+    for conversation, _, via in given:
+        if via == "queue":
+            assert all(order(conversation) < order(still) for still in waiting)
 
 
 async def run(limits: dict[str, int | None], start: dict[str, str], steps: list[tuple]) -> None:
