@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import tomli_w
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway import admin, alertmark, config
@@ -32,9 +32,10 @@ from tests.conftest import BASE, mail
 pytestmark = pytest.mark.integration
 
 AGENTS = ("alice", "bob", "carol")
-LIMIT = st.one_of(st.none(), st.integers(1, 3))
+LIMIT = st.one_of(st.none(), st.integers(1, 2))
 STATUS = st.sampled_from(["available", "away", "dnd"])
 STEP = st.one_of(
+    st.tuples(st.just("arrive")),  # twice as likely as each other step: queues form
     st.tuples(st.just("arrive")),
     st.tuples(st.just("close"), st.integers(0, 30)),
     st.tuples(st.just("status"), st.sampled_from(AGENTS), STATUS),
@@ -169,6 +170,9 @@ async def run(limits: dict[str, int | None], start: dict[str, str], steps: list[
 
 
 @settings(max_examples=100, deadline=None)
+@example(  # a queue of two, then room for one: the older goes
+    limits=dict.fromkeys(AGENTS, 1), start={}, steps=[("arrive",)] * 5 + [("close", 0)]
+)
 @given(
     limits=st.fixed_dictionaries({agent: LIMIT for agent in AGENTS}),
     start=st.dictionaries(st.sampled_from(AGENTS), STATUS),
