@@ -26,7 +26,7 @@ from gateway.errors import StoreUnavailable
 from gateway.intake.facts import thread_subject
 from gateway.intake.parsing import Parser, ThreadParser
 from gateway.intake.threads import find_conversation
-from gateway.model import Decision, Delivery, MailFacts
+from gateway.model import Decision, Delivery, MailFacts, RoutingState
 from gateway.routing.rotation import GLOBAL, team_key
 from gateway.routing.router import Policy, route, unable
 from gateway.store import queries
@@ -244,6 +244,8 @@ class Intake(DrainLoop):
                 "via": decision.via,
                 "team": decision.team,
                 "status": state.statuses.get(decision.assignee, "available"),
+                # Their load then, against their limit (a rule assigns whatever it is).
+                "load": _load(self._policy, state, decision.assignee),
                 "reason": decision.reason,
                 "matched": [list(pair) for pair in decision.matched],
             },
@@ -356,6 +358,12 @@ class Intake(DrainLoop):
             if waits is not None:
                 await queries.queue(conn, row.id, waits, at)
         return None  # the new assignee's alert says it all; the absent one hears nothing
+
+
+def _load(policy: Policy, state: RoutingState, agent: str) -> str | None:
+    """`agent`'s open conversations against their limit ("19/20"); None without a limit."""
+    limit = policy.limits.get(agent)
+    return None if limit is None else f"{state.open.get(agent, 0)}/{limit}"
 
 
 def _queue_of(policy: Policy, row: queries.Conversation) -> str | None:

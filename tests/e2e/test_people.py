@@ -258,6 +258,8 @@ def test_the_queue_goes_oldest_first_to_whoever_has_room_again(
     )
     [given] = running.events(7, "assigned")
     assert given["agent"] == "alice" and json.loads(given["detail"])["via"] == "queue"
+    [first] = running.events(4, "assigned")  # alice's second, by the rotation: her load then
+    assert json.loads(first["detail"])["load"] == "1/2"
     wait_until(lambda: running.events(7, "notified"), what="alice's alert for 7")
 
     ok(running, "status", "bob", "away")
