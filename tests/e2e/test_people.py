@@ -224,14 +224,23 @@ def test_unknown_conversation_agent_and_status_are_refused_in_a_sentence(
     assert misuse.returncode == 2 and "usage:" in misuse.stderr
 
 
+def limited(limit: int, **sections: Any) -> dict[str, Any]:
+    """The desk's sections with every agent's max_open at `limit`."""
+    return {"agents": [{**agent, "max_open": limit} for agent in BASE["agents"]], **sections}
+
+
+def questions(running: RunningDaemon, count: int) -> None:
+    """`count` new conversations, routed."""
+    for n in range(count):
+        running.send(mail(f"question {n}"))
+    running.drain()
+
+
 def test_agents_at_their_limit_are_skipped_and_the_rest_wait_unassigned(
     make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
 ) -> None:
-    agents = [{**agent, "max_open": 2} for agent in BASE["agents"]]
-    running = start_daemon(make_settings(agents=agents))
-    for n in range(9):
-        running.send(mail(f"question {n}"))
-    running.drain()
+    running = start_daemon(make_settings(**limited(2)))
+    questions(running, 9)
     assignees = [c["assignee"] for c in running.conversations()]
     assert assignees == ["alice", "bob", "carol"] * 2 + [None] * 3
     [waiting] = running.events(7, "received")
@@ -247,11 +256,8 @@ def test_agents_at_their_limit_are_skipped_and_the_rest_wait_unassigned(
 def test_the_queue_goes_oldest_first_to_whoever_has_room_again(
     make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
 ) -> None:
-    agents = [{**agent, "max_open": 2} for agent in BASE["agents"]]
-    running = start_daemon(make_settings(agents=agents))
-    for n in range(9):
-        running.send(mail(f"question {n}"))
-    running.drain()  # alice 1, 4; bob 2, 5; carol 3, 6; 7, 8, 9 wait
+    running = start_daemon(make_settings(**limited(2)))
+    questions(running, 9)  # alice 1, 4; bob 2, 5; carol 3, 6; 7, 8, 9 wait
 
     assert ok(running, "close", "1").strip() == (
         "Conversation 1 closed. alice takes conversation 7 from the queue."
@@ -274,11 +280,8 @@ def test_the_queue_goes_oldest_first_to_whoever_has_room_again(
 def test_a_conversation_unassigned_by_a_person_waits_for_a_claim(
     make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
 ) -> None:
-    agents = [{**agent, "max_open": 1} for agent in BASE["agents"]]
-    running = start_daemon(make_settings(agents=agents))
-    for n in range(3):
-        running.send(mail(f"question {n}"))
-    running.drain()  # alice 1, bob 2, carol 3
+    running = start_daemon(make_settings(**limited(1)))
+    questions(running, 3)  # alice 1, bob 2, carol 3
     assert ok(running, "unassign", "1").strip() == (
         "Conversation 1 is back in the unassigned queue (it was alice's)."
     )
@@ -336,14 +339,11 @@ def test_a_limit_raised_by_a_reload_hands_out_the_queue(
     start_daemon: Callable[..., RunningDaemon],
     tmp_path: Path,
 ) -> None:
-    agents = [{**agent, "max_open": 1} for agent in BASE["agents"]]
     config = tmp_path / "gateway.toml"
-    running = start_daemon(make_settings(agents=agents), config_path=config)
-    for n in range(5):
-        running.send(mail(f"question {n}"))
-    running.drain()  # alice 1, bob 2, carol 3; 4 and 5 wait
+    running = start_daemon(make_settings(**limited(1)), config_path=config)
+    questions(running, 5)  # alice 1, bob 2, carol 3; 4 and 5 wait
     assert [c["assignee"] for c in running.conversations()][3:] == [None, None]
-    raised = [{**agent, "max_open": 2 if agent["id"] == "bob" else 1} for agent in agents]
+    raised = [{**agent, "max_open": 2 if agent["id"] == "bob" else 1} for agent in BASE["agents"]]
     make_settings(agents=raised)
     running.daemon.request_reload()
     wait_until(lambda: running.conversations()[3]["assignee"] == "bob", what="bob to take 4")
@@ -354,11 +354,8 @@ def test_a_limit_raised_by_a_reload_hands_out_the_queue(
 def test_with_hand_out_off_the_queue_waits_for_a_claim(
     make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
 ) -> None:
-    agents = [{**agent, "max_open": 1} for agent in BASE["agents"]]
     rotation = {**BASE["round_robin"], "hand_out_queue": False}
-    running = start_daemon(make_settings(agents=agents, round_robin=rotation))
-    for n in range(4):
-        running.send(mail(f"question {n}"))
-    running.drain()
+    running = start_daemon(make_settings(**limited(1, round_robin=rotation)))
+    questions(running, 4)
     assert ok(running, "close", "1").strip() == "Conversation 1 closed."
     assert running.conversations()[3]["assignee"] is None
