@@ -348,7 +348,11 @@ class Intake(DrainLoop):
             agent,
             previous=row.assignee,
             rule=decision.rule if decision is not None else None,
-            detail={"reason": why if decision is None else f"{why}; {decision.reason}"},
+            detail=(
+                {"reason": why}
+                if decision is None
+                else {"reason": f"{why}; {decision.reason}", "via": decision.via}
+            ),
             rotation=decision.rotation if decision is not None else None,
             alert=None if agent is None else Alert("reassigned", f"because {why}", stored.id),
         )
