@@ -146,11 +146,21 @@ class Dovecot:
     def append(
         self, user: str, raw: bytes, folder: str = "INBOX", date: datetime | None = None
     ) -> None:
-        """APPEND as another client would; `date` is its INTERNALDATE (default: now)."""
+        """APPEND as another client would; `date` is its INTERNALDATE (default: now).
+
+        Just after `recreate`, the gateway's sessions may still hold the old folder and
+        Dovecot refuse an APPEND a moment (seen once in a CI-like run): try again, as a
+        mail program would, for at most 10 s, then fail with the server's answer."""
         client = self.client(user)
         try:
-            status, _ = client.append(folder, "", date, raw)
-            assert status == "OK"
+            deadline = time.monotonic() + 10
+            while True:
+                status, answer = client.append(folder, "", date, raw)
+                if status == "OK":
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"APPEND to {folder} refused: {status} {answer!r}")
+                time.sleep(0.1)
         finally:
             client.logout()
 
