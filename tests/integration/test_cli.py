@@ -49,6 +49,20 @@ def run(running: RunningDaemon, *args: str) -> int:
     return gateway([*args, "--config", config])
 
 
+def routing_logged(capsys: pytest.CaptureFixture[str]) -> None:
+    """Until the daemon has logged its routing to stdout (no command has sent its logs to
+    stderr yet). It logs from its own thread after the commit `drain` sees: the line must
+    be out before a test reads what a command printed (it came in between once, on a
+    loaded machine)."""
+    printed: list[str] = []
+
+    def logged() -> bool:
+        printed.append(capsys.readouterr().out)
+        return "message.routed" in "".join(printed)
+
+    wait_until(logged, what="the routing's log line")
+
+
 @pytest.fixture
 def populated(
     make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
@@ -60,7 +74,7 @@ def populated(
         assert run(running, "status", agent, "away") == 0
     running.send(mail("nobody there", sender="ben@example.org"))
     running.send(mail("refund me", sender="cy@example.org"))
-    running.drain()
+    running.drain()  # its commands sent the daemon's logs to stderr: stdout is theirs
     return running
 
 
@@ -276,12 +290,15 @@ def test_unknown_agent_status_is_refused(
 
 @pytest.fixture
 def waiting(
-    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    capsys: pytest.CaptureFixture[str],
 ) -> RunningDaemon:
     """One conversation in the unassigned queue."""
     running = start_daemon(make_settings(round_robin={"enabled": False, "agents": []}))
     running.send(mail("anyone there?"))
     running.drain()
+    routing_logged(capsys)
     return running
 
 
