@@ -91,12 +91,16 @@ async def hand_out(tx: Tx, settings: Settings, agent: str, at: str) -> list[int]
         return []
     queues = [GLOBAL] if rotation.enabled and agent in rotation.agents else []
     queues += [team_key(team.id) for team in settings.teams if agent in team.agents]
+    if config is None or not queues:
+        return []
+    # Read once: in this transaction only what is given here changes the agent's load.
+    counted = (agent,) if config.max_open is not None else ()
+    state = await queries.routing_state(tx, counted=counted)
+    if unable(agent, None, state) is not None:  # away or dnd
+        return []
+    room = None if config.max_open is None else config.max_open - state.open.get(agent, 0)
     given: list[int] = []
-    while config is not None and queues:
-        counted = (agent,) if config.max_open is not None else ()
-        state = await queries.routing_state(tx, counted=counted)
-        if unable(agent, config.max_open, state) is not None:
-            break
+    while room is None or len(given) < room:
         oldest = await queries.oldest_waiting(tx, queues)
         if oldest is None:
             break
