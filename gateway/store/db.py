@@ -194,8 +194,8 @@ class Database:
             else:
                 await conn.execute("PRAGMA journal_mode = WAL")
                 await conn.execute("PRAGMA synchronous = FULL")
-                await conn.execute("PRAGMA foreign_keys = ON")
                 await _migrate(conn)
+                await conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as error:
             await conn.close()
             raise StoreUnavailable(f"{path}: cannot prepare the database: {error}") from None
@@ -370,6 +370,10 @@ async def _check_version(conn: aiosqlite.Connection, path: str) -> None:
 
 
 async def _migrate(conn: aiosqlite.Connection) -> None:
+    """Every migration not applied yet, with foreign keys off (SQLite's way to make a
+    table again: its references would otherwise follow the old one away), then checked."""
+    await conn.execute("PRAGMA foreign_keys = OFF")
+    applied = False
     for version, script in _migrations():
         async with conn.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
@@ -379,6 +383,7 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
             await conn.executescript(
                 f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
             )
+            applied = True
         except sqlite3.OperationalError:
             if conn.in_transaction:
                 await conn.execute("ROLLBACK")
@@ -387,3 +392,9 @@ async def _migrate(conn: aiosqlite.Connection) -> None:
                 row = await cursor.fetchone()
             if row is None or row[0] < version:
                 raise
+    if not applied:  # the check reads every table: only after a change
+        return
+    async with conn.execute("PRAGMA foreign_key_check") as cursor:
+        broken = list(map(tuple, await cursor.fetchall()))
+    if broken:
+        raise StoreUnavailable(f"after the migrations, references do not hold: {broken[:5]}")
