@@ -15,17 +15,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from gateway import admin, config, logs, views
+from gateway import actions, config, logs, views
 from gateway.clock import utcnow
 from gateway.config import ImapSection, Settings
 from gateway.errors import ConfigError, GatewayError, Refused
 from gateway.imapsession import MailboxError, open_mailbox
 from gateway.ingress import users
 from gateway.ingress.accept import Accept
+from gateway.intake.worker import rerun
 from gateway.model import STATUSES, RawMail
 from gateway.store.db import Database
 
 T = TypeVar("T")
+VIA: actions.Via = "cli"  # the door these actions come through (DESIGN §8: detail.via)
 _HIDDEN = {"Cc", "Cf", "Zl", "Zp"}  # controls, bidi and other format characters, separators
 
 
@@ -107,6 +109,16 @@ def _short(text: object, columns: int = 50) -> str:
     return shown + "…"
 
 
+def login_name() -> str:
+    """Who runs the command: under sudo the person who ran sudo, not root."""
+    if sudo_user := os.environ.get("SUDO_USER", "").strip():
+        return sudo_user
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry, as in some containers
+        return "unknown"
+
+
 # --- commands -----------------------------------------------------------------
 
 
@@ -131,9 +143,10 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  rules:       {len(s.rules)}")
     print(f"  round-robin: {rotation}")
     print(f"  alerts:      {notify}")
+    print(f"  replies:     {s.replies.address or 'off (alerts are answered to the customer)'}")
     if not args.connect:
         return 0
-    mailboxes = [(inbox.address, inbox.imap) for inbox in s.inboxes if inbox.imap is not None]
+    mailboxes = [(inbox.address, inbox.imap) for inbox in s.mailboxes() if inbox.imap is not None]
     if not mailboxes:
         print("no connected mailbox to try")
         return 0
@@ -293,29 +306,44 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_assign(settings: Settings, args: argparse.Namespace) -> int:
-    print(_with_db(settings, lambda db: admin.assign(db, settings, args.id, args.agent, args.by)))
+def _act(settings: Settings, actor: actions.Actor, action: actions.Action) -> int:
+    """Perform `action`, print what came of it; refused: the reason on stderr, exit 1."""
+    result = _with_db(settings, lambda db: actions.perform(db, settings, actor, action))
+    if result.state == "refused":
+        raise Refused(result.text)
+    print(result.text)
     return 0
+
+
+def _actor(settings: Settings, args: argparse.Namespace) -> actions.Actor:
+    return actions.Actor(settings.actor(args.by), VIA)
+
+
+def cmd_assign(settings: Settings, args: argparse.Namespace) -> int:
+    return _act(settings, _actor(settings, args), actions.Assign(args.id, args.agent))
 
 
 def cmd_claim(settings: Settings, args: argparse.Namespace) -> int:
-    print(_with_db(settings, lambda db: admin.claim(db, settings, args.id, args.agent, args.by)))
-    return 0
+    return _act(settings, _actor(settings, args), actions.Claim(args.id, args.agent))
 
 
 def cmd_unassign(settings: Settings, args: argparse.Namespace) -> int:
-    print(_with_db(settings, lambda db: admin.unassign(db, settings, args.id, args.by)))
-    return 0
+    return _act(settings, _actor(settings, args), actions.Unassign(args.id))
 
 
 def cmd_close(settings: Settings, args: argparse.Namespace) -> int:
-    print(_with_db(settings, lambda db: admin.set_open(db, settings, args.id, False, args.by)))
-    return 0
+    return _act(settings, _actor(settings, args), actions.Close(args.id))
 
 
 def cmd_reopen(settings: Settings, args: argparse.Namespace) -> int:
-    print(_with_db(settings, lambda db: admin.set_open(db, settings, args.id, True, args.by)))
-    return 0
+    return _act(settings, _actor(settings, args), actions.Reopen(args.id))
+
+
+def cmd_reply(settings: Settings, args: argparse.Namespace) -> int:
+    """The answer from standard input, sent as an agent's reply to the alert is."""
+    agent = settings.agent_named(args.by).id  # the answer goes out in an agent's name
+    text = sys.stdin.buffer.read().decode("utf-8", errors="replace")
+    return _act(settings, actions.Actor(agent, VIA), actions.Reply(args.id, text))
 
 
 def cmd_agents(settings: Settings, args: argparse.Namespace) -> int:
@@ -423,8 +451,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
-    print(_with_db(settings, lambda db: admin.set_status(db, settings, args.agent, args.status)))
-    return 0
+    actor = actions.Actor(login_name(), VIA)
+    return _act(settings, actor, actions.SetStatus(args.agent, args.status))
 
 
 def cmd_shunted(settings: Settings, args: argparse.Namespace) -> int:
@@ -453,7 +481,13 @@ def cmd_shunted(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
-    outcome = _with_db(settings, lambda db: admin.retry(db, settings, args.id))
+    actor = actions.Actor(login_name(), VIA)
+    put_back = _with_db(
+        settings, lambda db: actions.perform(db, settings, actor, actions.Retry(args.id))
+    )
+    if put_back.state == "refused":
+        raise Refused(put_back.text)
+    outcome = _with_db(settings, lambda db: rerun(db, settings, args.id))
     if outcome.state == "shunted":
         print(f"Message {args.id} failed again and stays shunted: {outcome.error}", file=sys.stderr)
         return 1
@@ -526,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     def by(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--by",
-            default=admin.login_name(),
+            default=login_name(),
             metavar="NAME",
             help="who acts (default: your login name)",
         )
@@ -583,6 +617,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", type=record_id, metavar="ID")
     p.add_argument("agent", metavar="AGENT")
     by(p)
+    p = command(
+        "reply",
+        cmd_reply,
+        "answer the customer with the text on standard input, as an agent",
+    )
+    p.add_argument("id", type=record_id, metavar="ID")
+    p.add_argument("--by", required=True, metavar="AGENT", help="the agent who answers")
     for name, run, text in [
         ("unassign", cmd_unassign, "put a conversation back in the unassigned queue"),
         ("close", cmd_close, "close a conversation"),

@@ -274,6 +274,28 @@ class Inbox(BaseModel):
     imap: ImapSection | None = None
 
 
+class RepliesSection(BaseModel):
+    """Agents answer customers and act by replying to their alerts (DESIGN §12)."""
+
+    model_config = _STRICT
+    # The address alerts' Reply-To is made from (replies+TOKEN@...); none: alerts are
+    # answered to the customer directly, as before.
+    address: str | None = Field(None, pattern=_ADDRESS)
+    # Answering an unassigned conversation takes it, through whichever door.
+    claim_on_reply: bool = True
+    # An alert can be answered this long after it was sent; later mail is refused.
+    token_days: int = Field(30, ge=1, le=3650)
+    imap: ImapSection | None = None  # when the address is a mailbox to poll instead
+
+    @model_validator(mode="after")
+    def _address(self) -> RepliesSection:
+        if self.imap is not None and self.address is None:
+            raise ValueError("imap needs address (the address that mailbox receives)")
+        if self.address is not None and "+" in self.address.partition("@")[0]:
+            raise ValueError("address must have no +tag: the gateway adds one to every alert")
+        return self
+
+
 class Rule(BaseModel):
     model_config = _STRICT
     name: str
@@ -310,6 +332,7 @@ class Settings(BaseSettings):
     round_robin: RoundRobinSection = RoundRobinSection()
     threading: ThreadingSection = ThreadingSection()
     routing: RoutingSection = RoutingSection()
+    replies: RepliesSection = RepliesSection()
     agents: list[Agent] = []
     teams: list[Team] = []
     inboxes: list[Inbox] = []
@@ -356,6 +379,11 @@ class Settings(BaseSettings):
             normalize_address(a) for inbox in self.inboxes for a in (inbox.address, *inbox.aliases)
         ]
         _unique("inboxes (addresses and aliases, without +tag)", addresses)
+        if self.replies.address and normalize_address(self.replies.address) in addresses:
+            # An agent's mail there must never become a customer's conversation.
+            raise ValueError(
+                f"replies.address: {self.replies.address!r} is an inbox's address or alias"
+            )
         return self
 
     def agent(self, agent_id: str) -> Agent | None:
@@ -392,12 +420,27 @@ class Settings(BaseSettings):
         raise Refused(f"There is no team {name!r}; {_which('team', self.teams)}.")
 
     def inbox_map(self) -> dict[str, str]:
-        """Normalised address or alias → the inbox address it means."""
-        return {
+        """Normalised address or alias → the inbox address it means; the replies address
+        (and so its +TOKEN forms) is taken in as an inbox of its own, handled by intake."""
+        found = {
             normalize_address(address): inbox.address
             for inbox in self.inboxes
             for address in (inbox.address, *inbox.aliases)
         }
+        if self.replies.address is not None:
+            found[normalize_address(self.replies.address)] = self.replies.address
+        return found
+
+    def mailboxes(self) -> list[Inbox]:
+        """The connected mailboxes to poll: the inboxes', and the replies address's."""
+        found = [inbox for inbox in self.inboxes if inbox.imap is not None]
+        if self.replies.address is not None and self.replies.imap is not None:
+            found.append(Inbox(address=self.replies.address, imap=self.replies.imap))
+        return found
+
+    def is_replies(self, inbox: str) -> bool:
+        """Whether mail stored for `inbox` came to the replies address."""
+        return self.replies.address is not None and inbox == self.replies.address
 
     def inbox_for(self, address: str) -> str | None:
         return self.inbox_map().get(normalize_address(address))
@@ -520,17 +563,10 @@ def _anchor(settings: Settings, folder: Path) -> Settings:
     if not Path(file_dir).is_absolute():
         file_dir = str(folder / file_dir)
     inboxes = [
-        inbox.model_copy(
-            update={
-                "imap": inbox.imap.model_copy(
-                    update={"password_file": str(folder / inbox.imap.password_file)}
-                )
-            }
-        )
-        if inbox.imap is not None
-        else inbox
+        inbox.model_copy(update={"imap": _anchored(inbox.imap, folder)})
         for inbox in settings.inboxes
     ]
+    replies = settings.replies.model_copy(update={"imap": _anchored(settings.replies.imap, folder)})
     smtp = settings.smtp.model_copy(
         update={
             key: str(folder / value)
@@ -544,8 +580,15 @@ def _anchor(settings: Settings, folder: Path) -> Settings:
             "smtp": smtp,
             "notify": settings.notify.model_copy(update={"file_dir": file_dir}),
             "inboxes": inboxes,
+            "replies": replies,
         }
     )
+
+
+def _anchored(imap: ImapSection | None, folder: Path) -> ImapSection | None:
+    if imap is None:
+        return None
+    return imap.model_copy(update={"password_file": str(folder / imap.password_file)})
 
 
 def describe(error: ValidationError) -> list[str]:

@@ -160,8 +160,7 @@ class Daemon:
             size = self.settings.smtp.max_message_size  # IMAP mail over it: its header only
             pollers = [
                 MailboxPoller(db, inbox, accept, max_size=size, clock=self._clock)
-                for inbox in self.settings.inboxes
-                if inbox.imap is not None
+                for inbox in self.settings.mailboxes()
             ]
             self._reloadable = [intake, outbox, relay]
             self.bound = await smtp.start()
@@ -223,4 +222,4 @@ def needs_restart(old: Settings, new: Settings) -> list[str]:
 
 
 def _mailboxes(settings: Settings) -> list[tuple[str, object]]:
-    return [(i.address, i.imap) for i in settings.inboxes if i.imap is not None]
+    return [(i.address, i.imap) for i in settings.mailboxes()]

@@ -364,6 +364,23 @@ class Intake(DrainLoop):
         return None  # the new assignee's alert says it all; the absent one hears nothing
 
 
+async def rerun(
+    db: Database, settings: Settings, message_pk: int, clock: Clock = utcnow
+) -> Outcome:
+    """Run intake on one pending message now, in this process (after `gateway retry` put
+    it back); what became of it, also when the running daemon took it first."""
+    async with db.transaction() as conn:
+        secret = await alertmark.load_secret(conn)
+        stored = await queries.message(conn, message_pk)
+    assert stored is not None
+    outcome = await Intake(db, settings, secret, clock=clock).process(stored)
+    if outcome.state != "skipped":
+        return outcome
+    async with db.reading() as conn:
+        row = await queries.message_outcome(conn, message_pk)
+    return Outcome(row.state, row.conversation_id, error=row.error)
+
+
 def _load(policy: Policy, state: RoutingState, agent: str) -> str | None:
     """`agent`'s open conversations against their limit ("19/20"); None without a limit."""
     limit = policy.limits.get(agent)

@@ -21,7 +21,9 @@ class SmarthostDown(Exception):
 
 
 class Transport(Protocol):
-    async def send(self, data: bytes, recipient: str, name: str) -> None: ...
+    async def send(
+        self, data: bytes, recipient: str, name: str, sender: str | None = None
+    ) -> None: ...
 
     async def close(self) -> None:
         """Let go of what `send` kept open between alerts."""
@@ -36,10 +38,15 @@ class SmtpTransport:
         self._notify = notify
         self._client: aiosmtplib.SMTP | None = None
 
-    async def send(self, data: bytes, recipient: str, name: str) -> None:
-        # Not From: an alert's bounce (a typo in an agent's address, a full mailbox) must
-        # not land in that inbox, which may be one the gateway reads, nor answer back.
-        sender = self._notify.bounce_address or ""
+    async def send(
+        self, data: bytes, recipient: str, name: str, sender: str | None = None
+    ) -> None:
+        # An alert's envelope sender is not its From: its bounce (a typo in an agent's
+        # address, a full mailbox) must not land in that inbox, which may be one the
+        # gateway reads, nor answer back. An answer's is its inbox (`sender`): a customer's
+        # bounce is mail of the conversation.
+        if sender is None:
+            sender = self._notify.bounce_address or ""
         if self._client is not None and self._client.is_connected:
             try:
                 await self._sendmail(self._client, sender, recipient, data)
@@ -116,7 +123,9 @@ class FileTransport:
     async def close(self) -> None:
         pass
 
-    async def send(self, data: bytes, recipient: str, name: str) -> None:
+    async def send(
+        self, data: bytes, recipient: str, name: str, sender: str | None = None
+    ) -> None:
         # Written off the loop: the original attached may be megabytes, and fsync waits.
         await asyncio.to_thread(self._write, data, name)
 

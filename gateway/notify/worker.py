@@ -24,12 +24,13 @@ import structlog
 
 from gateway import alertmark, alerts
 from gateway.clock import Clock, stamp, utcnow
-from gateway.config import Settings
+from gateway.config import Agent, Settings
 from gateway.drainloop import POLL_SECONDS, DrainLoop
 from gateway.errors import StoreUnavailable
 from gateway.notify.keywords import KeywordWriter, wanted
 from gateway.notify.render import Alert, AlertInput, render
 from gateway.notify.transports import SmarthostDown, Transport, transport_for
+from gateway.replies import compose, token
 from gateway.store import queries
 from gateway.store.db import Database
 
@@ -99,10 +100,11 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Prepared:
-    """An alert built and ready to go."""
+    """A mail built and ready to go: an alert, an answer, a notice."""
 
     recipient: str
     alert: Alert
+    sender: str | None = None  # the envelope's; None: the alerts' own (bounce_address)
 
 
 @dataclass
@@ -278,8 +280,8 @@ class Outbox(DrainLoop):
                 break
             outcomes.append(await self._keywords(row))
         if len(outcomes) == len(jobs):
-            alerts_ = [row for row in rows if row.kind == "alert"]
-            outcomes += await self._alerts(alerts_, deadline)
+            mail = [row for row in rows if row.kind != "keywords"]
+            outcomes += await self._alerts(mail, deadline)
         attempted = {outcome.row.id for outcome in outcomes}
         await self._record(outcomes, holder, [row.id for row in rows if row.id not in attempted])
         return len(outcomes)
@@ -297,7 +299,7 @@ class Outbox(DrainLoop):
                     kept = await queries.outbox_failed(
                         conn, row.id, holder, outcome.error, outcome.retry_at
                     )
-                if kept and outcome.event is not None:
+                if kept and outcome.event is not None and row.conversation_id is not None:
                     kind, agent, detail = outcome.event
                     await queries.add_event(
                         conn, row.conversation_id, at, kind, ACTOR, agent=agent, detail=detail
@@ -324,6 +326,7 @@ class Outbox(DrainLoop):
                     conn, stamp(now), probe, dead_before, smarthost.why(), DEFER_CHUNK
                 )
                 for row in owed:
+                    assert row.conversation_id is not None  # deferred rows are alerts
                     given_up = row.created_at < dead_before
                     detail = {
                         "reason": row.payload["reason"],
@@ -363,7 +366,14 @@ class Outbox(DrainLoop):
             said = ("keywords.failed", {"conversation": row.conversation_id, "error": text})
             return Outcome(row, text, retry, said=said)
         payload = row.payload
-        detail = {"reason": payload["reason"], "error": text, "attempts": attempts}
+        detail: dict[str, Any] = {"error": text, "attempts": attempts}
+        said = (f"{row.kind}.failed", {**_about(row), **detail, "gave_up": retry is None})
+        if row.kind == "notice":  # the agent's mail was refused: the timeline says so already
+            return Outcome(row, text, retry, said=said)
+        if row.kind == "answer":
+            event = ("answer_failed", payload["agent"], {**detail, "retry_at": retry})
+            return Outcome(row, text, retry, event=event, said=said)
+        detail = {"reason": payload["reason"], **detail}
         return Outcome(
             row,
             text,
@@ -378,6 +388,7 @@ class Outbox(DrainLoop):
             self._keyword_writer = KeywordWriter(self._settings)
             self._keywords_for = self._settings
         conversation_id = row.conversation_id
+        assert conversation_id is not None  # a keywords job is always a conversation's
         async with self._db.reading() as conn:
             found = await queries.conversation(conn, conversation_id)
             tags = (await queries.tags_of(conn, [conversation_id]))[conversation_id]
@@ -462,7 +473,8 @@ class Outbox(DrainLoop):
         inputs: list[tuple[int, str, AlertInput]] = []  # (where in the chunk, recipient, input)
         try:
             async with self._db.reading() as conn:
-                found = await queries.conversations(conn, [row.conversation_id for row in chunk])
+                ids = [row.conversation_id for row in chunk if row.conversation_id is not None]
+                found = await queries.conversations(conn, ids)
                 stored = await queries.messages(conn, [int(r.payload["message"]) for r in chunk])
         except StoreUnavailable as error:
             return [self._failure(row, error) for row in chunk]
@@ -472,7 +484,7 @@ class Outbox(DrainLoop):
             except Exception as error:
                 ready[n] = self._failure(row, error)
                 continue
-            if isinstance(made, Outcome):
+            if isinstance(made, Outcome | Prepared):
                 ready[n] = made
             else:
                 inputs.append((n, *made))
@@ -489,19 +501,28 @@ class Outbox(DrainLoop):
         row: queries.OutboxRow,
         conversations: dict[int, queries.Conversation],
         messages: dict[int, queries.StoredMail],
-    ) -> Outcome | tuple[str, AlertInput]:
+    ) -> Outcome | Prepared | tuple[str, AlertInput]:
         """What building the alert needs (its recipient, its input), or, for an alert that
-        is not to be sent, its outcome."""
+        is not to be sent, its outcome; an answer or a notice ready to go."""
         payload = row.payload
         agent = self._settings.agent(payload["agent"])
+        stored = messages.get(int(payload["message"]))
+        if row.kind == "answer":  # sent exactly as stored, whoever answered
+            if stored is None:
+                raise LookupError("the answer is gone from the store")
+            own_id = f"<{payload['message_id']}>"
+            return Prepared(payload["to"], Alert(own_id, stored.mail.raw), payload["from"])
         if agent is None:
             raise LookupError(f"agent {payload['agent']!r} is no longer configured")
-        conversation = conversations.get(row.conversation_id)
-        stored = messages.get(int(payload["message"]))
+        if row.kind == "notice":
+            return self._notice(row, agent)
+        conversation = conversations.get(row.conversation_id or 0)
         if conversation is None or stored is None:
             raise LookupError("the conversation or its message is gone")
         if conversation.assignee != payload["agent"]:
             return _superseded(row, conversation.assignee)
+        assert row.event_id is not None  # an alert is an event's
+        replies = self._settings.replies.address
         return agent.email, AlertInput(
             event_id=int(row.event_id),
             reason=payload["reason"],
@@ -518,15 +539,38 @@ class Outbox(DrainLoop):
             raw=stored.mail.raw,
             date=self._clock(),
             full_size=stored.mail.full_size,
+            reply_to=(
+                None
+                if replies is None
+                else token.reply_address(replies, token.make(self._secret, row.event_id, agent.id))
+            ),
         )
+
+    def _notice(self, row: queries.OutboxRow, agent: Agent) -> Prepared:
+        """Why an agent's mail to the replies address was refused, for that agent."""
+        payload = row.payload
+        own_id = compose.notice_id(int(payload["message"]), self._settings.gateway.hostname)
+        notice = compose.Notice(
+            sender=self._settings.notify.from_,
+            agent_name=agent.name or agent.id,
+            agent_email=agent.email,
+            subject=payload["subject"],
+            reason=payload["reason"],
+            conversation_id=row.conversation_id,
+            message_id=own_id,
+            mark=None if row.event_id is None else alertmark.mark(self._secret, row.event_id),
+            date=self._clock(),
+        )
+        return Prepared(agent.email, Alert(own_id, compose.build_notice(notice)))
 
     async def _deliver(
         self, row: queries.OutboxRow, prepared: Outcome | Prepared, transport: Transport
     ) -> Outcome:
         if isinstance(prepared, Outcome):
             return prepared
+        name = f"{row.kind}-{row.event_id if row.event_id is not None else f'm{row.id}'}"
         try:
-            await transport.send(prepared.alert.data, prepared.recipient, f"alert-{row.event_id}")
+            await transport.send(prepared.alert.data, prepared.recipient, name, prepared.sender)
         except SmarthostDown as down:
             now = self._clock()
             self._smarthost.failed(str(down), now, self._retry)
@@ -540,8 +584,14 @@ class Outbox(DrainLoop):
         if self._smarthost.since is not None:
             log.info("smarthost.up", down_since=stamp(self._smarthost.since))
             self._smarthost = Smarthost()
+        sent = {"message_id": prepared.alert.message_id}
+        if row.kind == "notice":
+            return Outcome(row, said=("notice.sent", {**_about(row), **sent}))
+        if row.kind == "answer":
+            said = ("answer.sent", {**_about(row), **sent, "to": prepared.recipient})
+            return Outcome(row, event=("answer_sent", row.payload["agent"], sent), said=said)
         reason = row.payload["reason"]
-        detail = {"reason": reason, "message_id": prepared.alert.message_id}
+        detail = {"reason": reason, **sent}
         said = ("alert.sent", {**_about(row), "reason": reason, "to": prepared.recipient})
         return Outcome(row, event=("notified", row.payload["agent"], detail), said=said)
 

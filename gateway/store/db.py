@@ -72,6 +72,9 @@ class Tx:
 
     def __init__(self, conn: _Connection) -> None:
         self._conn = conn
+        # What this transaction wrote that a person's action reports: ("event", id) and
+        # ("outbox", id), in order (queries.add_event and queries.enqueue note them).
+        self.written: list[tuple[str, int]] = []
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Record | None:
         with _classified():

@@ -250,6 +250,55 @@ async def messages_of(tx: Tx, conversation_id: int) -> list[MessageLine]:
     return [MessageLine(*row) for row in rows]
 
 
+async def store_answer(
+    tx: Tx,
+    *,
+    inbox: str,
+    conversation_id: int,
+    message_id: str,
+    raw: bytes,
+    sender: str,
+    recipient: str,
+    subject: str,
+    at: str,
+) -> int:
+    """An agent's answer, exactly as it is sent, as a message of its conversation: the
+    customer's reply to it threads by its Message-ID."""
+    row = await tx.one(
+        "INSERT INTO messages (inbox, dedup_key, source, envelope_from, envelope_to, size,"
+        " received_at, state, conversation_id, message_id, sender, subject)"
+        " VALUES (?, ?, 'agent', ?, ?, ?, ?, 'routed', ?, ?, ?, ?) RETURNING id",
+        (
+            inbox,
+            message_id,
+            sender,
+            json.dumps([recipient]),
+            len(raw),
+            at,
+            conversation_id,
+            message_id,
+            sender,
+            subject,
+        ),
+    )
+    assert row is not None
+    message_pk = int(row["id"])
+    await tx.run("INSERT INTO raw_mail (message, raw) VALUES (?, ?)", (message_pk, raw))
+    return message_pk
+
+
+async def heads(tx: Tx, message_pks: Sequence[int], size: int) -> dict[int, bytes]:
+    """The first `size` octets of each message's raw mail: enough to show its text."""
+    if not message_pks:
+        return {}
+    marks = ", ".join("?" * len(message_pks))
+    rows = await tx.all(
+        f"SELECT message, substr(raw, 1, ?) AS head FROM raw_mail WHERE message IN ({marks})",
+        (size, *message_pks),
+    )
+    return {int(row["message"]): bytes(row["head"]) for row in rows}
+
+
 async def message_state(tx: Tx, message_pk: int, *, lock: bool = False) -> str | None:
     """pending, routed, dropped or shunted; None when there is no such message."""
     row = await tx.one(
@@ -396,9 +445,10 @@ async def unqueue(tx: Tx, conversation_id: int) -> None:
 
 
 async def latest_message(tx: Tx, conversation_id: int) -> int:
-    """The newest message of a conversation: the one an alert attaches."""
+    """The newest message the customer sent in a conversation (not an agent's answer): the
+    one an alert attaches, the one an answer replies to."""
     row = await tx.one(
-        "SELECT max(id) AS id FROM messages WHERE conversation_id = ?",
+        "SELECT max(id) AS id FROM messages WHERE conversation_id = ? AND source <> 'agent'",
         (conversation_id,),
     )
     assert row is not None and row["id"] is not None, "a conversation has a message"
@@ -501,7 +551,16 @@ async def add_event(
         ),
     )
     assert row is not None
+    tx.written.append(("event", int(row["id"])))
     return int(row["id"])
+
+
+async def set_event_detail(tx: Tx, event_id: int, detail: dict[str, Any]) -> None:
+    """An event's detail once what it names exists (an answer's Message-ID, from its id)."""
+    await tx.run(
+        "UPDATE events SET detail = ? WHERE id = ?",
+        (json.dumps(detail, ensure_ascii=False), event_id),
+    )
 
 
 @dataclass(frozen=True)
@@ -695,6 +754,12 @@ async def conversation_of_key(tx: Tx, inbox: str, key: str) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
+async def event_issued(tx: Tx, event_id: int) -> tuple[int, str] | None:
+    """The conversation an event is of, and when it happened (None: no such event)."""
+    row = await tx.one("SELECT conversation_id, at FROM events WHERE id = ?", (event_id,))
+    return None if row is None else (int(row["conversation_id"]), str(row["at"]))
+
+
 async def latest_event(tx: Tx, conversation_id: int) -> int:
     row = await tx.one("SELECT max(id) FROM events WHERE conversation_id = ?", (conversation_id,))
     assert row is not None and row[0] is not None
@@ -707,8 +772,8 @@ async def latest_event(tx: Tx, conversation_id: int) -> int:
 async def enqueue(
     tx: Tx,
     kind: str,
-    event_id: int,
-    conversation_id: int,
+    event_id: int | None,
+    conversation_id: int | None,
     payload: dict[str, Any],
     at: str,
 ) -> None:
@@ -717,14 +782,16 @@ async def enqueue(
     A keywords job keyed on an event may have run already, or be running, when
     a new copy of the mail appears: pending again, it runs once more.
     """
-    await tx.run(
+    row = await tx.one(
         "INSERT INTO outbox (kind, event_id, conversation_id, payload, created_at, due_at)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (kind, event_id) DO UPDATE SET"
         " state = 'pending', due_at = excluded.due_at, attempts = 0, leased_by = NULL,"
         " lease_until = NULL"
-        " WHERE outbox.kind = 'keywords'",
+        " WHERE outbox.kind = 'keywords' RETURNING id",
         (kind, event_id, conversation_id, json.dumps(payload, ensure_ascii=False), at, at),
     )
+    if row is not None:
+        tx.written.append(("outbox", int(row["id"])))
 
 
 async def count_sender_alert(tx: Tx, sender: str, at: str, since: str) -> int:
@@ -762,9 +829,9 @@ class OutboxRow:
     """A side effect waiting to be carried out: an alert, or a keywords job."""
 
     id: int
-    kind: str  # alert, keywords
-    event_id: int
-    conversation_id: int
+    kind: str  # alert, keywords, answer, notice
+    event_id: int | None  # None: a notice about mail that named no conversation
+    conversation_id: int | None
     payload: dict[str, Any]
     created_at: str
     attempts: int

@@ -21,7 +21,7 @@ import tomli_w
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from gateway import admin, alertmark, config
+from gateway import actions, alertmark, config
 from gateway.config import Settings
 from gateway.ingress.accept import Accept
 from gateway.intake.worker import Intake
@@ -32,6 +32,7 @@ from tests.conftest import BASE, mail
 pytestmark = pytest.mark.integration
 
 AGENTS = ("alice", "bob", "carol")
+DAVE = actions.Actor("dave", "cli")  # a supervisor at the command line
 LIMIT = st.one_of(st.none(), st.integers(1, 2))
 STATUS = st.sampled_from(["available", "away", "dnd"])
 STEP = st.one_of(
@@ -145,21 +146,21 @@ async def run(limits: dict[str, int | None], start: dict[str, str], steps: list[
                 secret = await alertmark.load_secret(tx)
             desk = Desk(db, desk_config, secret)
             for agent, status in start.items():
-                await admin.set_status(db, desk_config, agent, status)
+                await actions.perform(db, desk_config, DAVE, actions.SetStatus(agent, status))
             for step in steps:
                 since = await desk.last_event()
                 rows = await desk.rows()
                 if step[0] == "arrive":
                     await desk.arrive()
                 elif step[0] == "close" and rows:
-                    await admin.set_open(
-                        db, desk.settings, rows[step[1] % len(rows)]["id"], False, "dave"
-                    )
+                    close = actions.Close(rows[step[1] % len(rows)]["id"])
+                    await actions.perform(db, desk.settings, DAVE, close)
                 elif step[0] == "status":
-                    await admin.set_status(db, desk.settings, step[1], step[2])
+                    status_ = actions.SetStatus(step[1], step[2])
+                    await actions.perform(db, desk.settings, DAVE, status_)
                 elif step[0] == "reassign" and rows:
                     target = rows[step[1] % len(rows)]["id"]
-                    await admin.assign(db, desk.settings, target, step[2], "dave")
+                    await actions.perform(db, desk.settings, DAVE, actions.Assign(target, step[2]))
                 elif step[0] == "reload":
                     limits = {**limits, step[1]: step[2]}
                     desk.settings = desk_settings(Path(folder), limits)
