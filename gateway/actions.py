@@ -366,7 +366,13 @@ async def _reply(
         "answer",
         replied,
         row.id,
-        {"agent": agent.id, "message": message_pk, "to": customer, "from": row.inbox},
+        {
+            "agent": agent.id,
+            "message": message_pk,
+            "message_id": stored_id,
+            "to": customer,
+            "from": row.inbox,
+        },
         at,
     )
     return "changed", f"The answer to conversation {row.id} is on its way to {customer}.", []

@@ -262,6 +262,18 @@ def describe(event: dict[str, Any]) -> str:
         return f"alert to {agent} failed: {printable(detail.get('error'))}{then}"
     if kind == "notify_skipped":
         return f"alert to {agent} held back: {printable(detail.get('why'))}"
+    if kind == "replied":
+        return f"{actor} answered the customer ({detail.get('via')})"
+    if kind == "reply_refused":
+        return (
+            f"mail from {printable(detail.get('from'))} refused: {printable(detail.get('reason'))}"
+        )
+    if kind == "answer_sent":
+        return f"answer by {agent} sent to the customer"
+    if kind == "answer_failed":
+        retry = detail.get("retry_at")
+        then = f"; retrying at {retry}" if retry else "; given up"
+        return f"answer by {agent} not sent: {printable(detail.get('error'))}{then}"
     if kind == "notify_superseded":
         return f"alert to {agent} not sent: the conversation had left them"
     if kind in {"reopened", "closed"}:
@@ -285,22 +297,12 @@ def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
         f"assignee: {printable(view['assignee'])}   team: {printable(view['team'])}"
         f"   tags: {printable(', '.join(view['tags']) or '-')}"
     )
-    print("\nMessages")
-    print(
-        table(
-            ["RECEIVED", "SOURCE", "FROM", "SUBJECT"],
-            [
-                [
-                    when(m["received_at"]),
-                    m["source"],
-                    _short(m["from"], 30),
-                    _short(m["subject"]),
-                ]
-                for m in view["messages"]
-            ],
-        )
-    )
-    print("\nTimeline")
+    for m in view["messages"]:
+        who = "answer sent" if m["source"] == "agent" else f"from {printable(m['from'])}"
+        print(f"\n--- {when(m['received_at'])}  {who} ({m['source']})")
+        print(f"Subject: {printable(m['subject'])}\n")
+        print("\n".join(printable(line) for line in m["text"].splitlines()) or "(no text)")
+    print("\n--- Timeline")
     for event in view["events"]:
         print(f"  {when(event['at'])}  {describe(event)}")
     return 0

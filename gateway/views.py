@@ -10,10 +10,14 @@ from gateway.config import Settings
 from gateway.errors import Refused
 from gateway.intake.facts import dedup_key, extract
 from gateway.intake.threads import find_conversation
+from gateway.mailtext import message_text
 from gateway.model import Delivery, RoutingState
 from gateway.routing.router import Policy, route
 from gateway.store import queries
 from gateway.store.db import Database
+
+TEXT_CHARS = 20_000  # of each message's text: a long mail's first pages
+TEXT_PREFIX_BYTES = 256 * 1024  # of each message read for it: its text, not its attachments
 
 
 def _conversation(row: queries.Conversation, tags: list[str]) -> dict[str, Any]:
@@ -67,6 +71,7 @@ async def show(db: Database, conversation_id: int) -> dict[str, Any]:
         tags = await queries.tags_of(conn, [conversation_id])
         messages = await queries.messages_of(conn, conversation_id)
         events = await queries.events_of(conn, conversation_id)
+        heads = await queries.heads(conn, [m.id for m in messages], TEXT_PREFIX_BYTES)
     view = _conversation(row, tags[conversation_id])
     view["messages"] = [
         {
@@ -75,6 +80,7 @@ async def show(db: Database, conversation_id: int) -> dict[str, Any]:
             "subject": m.subject,
             "received_at": m.received_at,
             "source": m.source,
+            "text": _text(heads.get(m.id, b"")),
         }
         for m in messages
     ]
@@ -91,6 +97,15 @@ async def show(db: Database, conversation_id: int) -> dict[str, Any]:
         for e in events
     ]
     return view
+
+
+def _text(head: bytes) -> str:
+    """What a person reads of a message: its text, or HTML as text, up to TEXT_CHARS."""
+    text, cut = message_text(head, TEXT_CHARS)
+    text = text.strip("\n")
+    if cut or len(head) == TEXT_PREFIX_BYTES:
+        text += "\n[… the rest is in the stored message]"
+    return text
 
 
 async def shunted(db: Database) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ the message's fault: the message stays pending and intake tries again later.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import traceback
@@ -27,6 +28,7 @@ from gateway.intake.facts import thread_subject
 from gateway.intake.parsing import Parser, ThreadParser
 from gateway.intake.threads import find_conversation
 from gateway.model import Decision, Delivery, MailFacts, RoutingState
+from gateway.replies import door
 from gateway.routing.rotation import GLOBAL, team_key
 from gateway.routing.router import Policy, route, unable
 from gateway.store import queries
@@ -36,6 +38,7 @@ from gateway.store.queries import StoredMail
 log = structlog.get_logger("gateway.intake")
 
 ACTOR = "gateway"
+_QUEUEING = {"routed", "applied", "refused"}  # outcomes that may have queued mail to send
 BATCH = 100  # messages per transaction when accept is quiet
 BURST_BATCH = 3  # while accept is busy: short transactions keep its commits waiting little
 BATCH_BYTES = 16 * 1024 * 1024  # raw mail held in memory at once (at least one message)
@@ -133,23 +136,35 @@ class Intake(DrainLoop):
         started = time.perf_counter()
         # Off the loop: decoding a hostile header can take a while.
         parsed = await self._parse([(b.mail.raw, b.mail.envelope_from) for b in batch])
+        # Agents' mail is read whole (text, attachments), off the loop, before the lock.
+        readings = {
+            b.id: await asyncio.to_thread(door.read, b.mail.raw)
+            for b in batch
+            if self._settings.is_replies(b.mail.inbox)
+        }
         outcomes: list[Outcome] = []
         async with self._db.transaction() as conn:
             for stored, facts in zip(batch, parsed, strict=True):
-                outcomes.append(await self._one(conn, stored, facts))
+                outcomes.append(await self._one(conn, stored, facts, readings.get(stored.id)))
         ms = round((time.perf_counter() - started) * 1000, 2)
         for stored, facts, outcome in zip(batch, parsed, outcomes, strict=True):
             _log(stored, facts, outcome, ms)
-        if any(outcome.state == "routed" for outcome in outcomes):
+        if any(outcome.state in _QUEUEING for outcome in outcomes):
             self._on_routed()
         return outcomes
 
-    async def _one(self, tx: Tx, stored: StoredMail, facts: MailFacts | Exception) -> Outcome:
+    async def _one(
+        self,
+        tx: Tx,
+        stored: StoredMail,
+        facts: MailFacts | Exception,
+        reading: door.Reading | None,
+    ) -> Outcome:
         try:
             async with tx.savepoint():
                 if isinstance(facts, Exception):
                     raise facts
-                return await self._handle(tx, stored, facts)
+                return await self._handle(tx, stored, facts, reading)
         except StoreUnavailable:
             raise  # locked, full, failing: the whole batch stays pending
         except Exception as error:  # this message did it (its data, a bug): it alone is parked
@@ -168,10 +183,17 @@ class Intake(DrainLoop):
         )
         return Outcome("shunted", error=reason)
 
-    async def _handle(self, conn: Tx, stored: StoredMail, facts: MailFacts) -> Outcome:
+    async def _handle(
+        self, conn: Tx, stored: StoredMail, facts: MailFacts, reading: door.Reading | None
+    ) -> Outcome:
         at = stamp(self._clock())
         if not await queries.claim_pending(conn, stored.id):
             return Outcome("skipped")
+        if reading is not None:  # to the replies address: an agent's, never a customer's
+            handled = await door.handle(
+                conn, self._settings, self._secret, stored, facts, reading, self._clock()
+            )
+            return Outcome(handled.state, handled.conversation_id, error=handled.why)
         if alertmark.is_ours(self._secret, facts.notification):
             await queries.finish_message(
                 conn, stored.id, "dropped", facts, None, "the gateway's own alert"

@@ -35,13 +35,19 @@ from email.utils import format_datetime, parseaddr
 
 from gateway import mailpolicy
 from gateway.intake.facts import clean_text, header_text, parse_headers
+from gateway.mailtext import message_text
 from gateway.offload import WorkerLost, WorkerProcess
+from gateway.replies.commands import HELP
+from gateway.replies.marker import MARKER
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 _PREVIEW_LINES = 8
 # Enough for the headers and first lines of ordinary mail; parsing it costs up to 0.2 s
 # when it is nothing but nested or tiny parts (the email parser's speed, not ours).
 PREFIX_BYTES = 32 * 1024
+# An answerable alert shows the whole text, as far as this: a long mail's first pages.
+TEXT_CHARS = 20_000
+TEXT_PREFIX_BYTES = 256 * 1024  # of the original parsed for it: at worst 8x the preview's time
 FIELD_CHARS = 200  # a From or To line of the alert's text; the original has them all
 # A call over this much of the original holds the GIL a millisecond or two.
 _PIECE_BYTES = 1 << 20
@@ -71,6 +77,8 @@ class AlertInput:
     raw: bytes  # the message the alert is about
     date: datetime
     full_size: int | None = None  # set when `raw` is only its header: the message's size
+    # replies+TOKEN@... when agents answer by replying (DESIGN §12); None: to the customer
+    reply_to: str | None = None
 
 
 def message_id(event_id: int, hostname: str) -> str:
@@ -88,6 +96,15 @@ def _preview(raw: bytes) -> list[str]:
     lines = [_CONTROL.sub(" ", line).rstrip() for line in text.splitlines()]
     lines = [line for line in lines if line.strip()][:_PREVIEW_LINES]
     return [f"> {line}" for line in lines]
+
+
+def _whole_text(raw: bytes) -> list[str]:
+    """The customer's text, as far as TEXT_CHARS go, saying where it was cut."""
+    text, cut = message_text(raw[:TEXT_PREFIX_BYTES], TEXT_CHARS)
+    lines = [_CONTROL.sub(" ", line).rstrip() for line in text.strip("\n").splitlines()]
+    if cut or len(raw) > TEXT_PREFIX_BYTES:
+        lines += ["", "[The rest of the text is in the message attached.]"]
+    return lines
 
 
 @dataclass(frozen=True)
@@ -157,7 +174,9 @@ def render(alert: AlertInput, boundaries: Callable[[], str] = new_boundary) -> A
     msg["From"] = alert.sender
     msg["To"] = Address(_one_line(alert.agent_name), addr_spec=alert.agent_email)
     customer = alert.customer and parseaddr(alert.customer)[1]
-    if customer and "@" in customer:
+    if alert.reply_to is not None:
+        msg["Reply-To"] = Address(addr_spec=alert.reply_to)
+    elif customer and "@" in customer:
         # Not a usable address: the agent replies from the conversation instead.
         # (The email package's address parser raises HeaderParseError, and recurses into
         # nested comments: a sender made of them came back from a hypothesis run.)
@@ -173,19 +192,34 @@ def render(alert: AlertInput, boundaries: Callable[[], str] = new_boundary) -> A
         opening = f"The customer wrote again in conversation #{alert.conversation_id}, yours."
     else:
         opening = f"Conversation #{alert.conversation_id} was {alert.reason} to you {alert.how}."
-    lines = [
-        opening,
-        "",
+    about = [
         f"From:    {_field(headers, 'From') or alert.customer or '(unknown)'}",
         f"To:      {_field(headers, 'To') or alert.inbox}",
         f"Subject: {subject}",
         f"Date:    {_field(headers, 'Date') or '(not given)'}",
         "",
         *_too_large(alert.full_size),
-        *_preview(alert.raw),
-        "",
-        f"See it with: gateway show {alert.conversation_id}",
     ]
+    if alert.reply_to is None:
+        lines = [
+            opening,
+            "",
+            *about,
+            *_preview(alert.raw),
+            "",
+            f"See it with: gateway show {alert.conversation_id}",
+        ]
+    else:  # something to answer: all the customer wrote, below the line the answer ends at
+        lines = [
+            MARKER,
+            "",
+            opening,
+            "",
+            *about,
+            *_whole_text(alert.raw),
+            "",
+            HELP,
+        ]
     text = "\n".join(lines) + "\n"
     boundary = _boundary(alert.raw, text, boundaries)
     msg.set_content(text)

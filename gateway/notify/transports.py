@@ -38,9 +38,7 @@ class SmtpTransport:
         self._notify = notify
         self._client: aiosmtplib.SMTP | None = None
 
-    async def send(
-        self, data: bytes, recipient: str, name: str, sender: str | None = None
-    ) -> None:
+    async def send(self, data: bytes, recipient: str, name: str, sender: str | None = None) -> None:
         # An alert's envelope sender is not its From: its bounce (a typo in an agent's
         # address, a full mailbox) must not land in that inbox, which may be one the
         # gateway reads, nor answer back. An answer's is its inbox (`sender`): a customer's
@@ -123,9 +121,7 @@ class FileTransport:
     async def close(self) -> None:
         pass
 
-    async def send(
-        self, data: bytes, recipient: str, name: str, sender: str | None = None
-    ) -> None:
+    async def send(self, data: bytes, recipient: str, name: str, sender: str | None = None) -> None:
         # Written off the loop: the original attached may be megabytes, and fsync waits.
         await asyncio.to_thread(self._write, data, name)
 

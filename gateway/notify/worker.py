@@ -38,7 +38,7 @@ log = structlog.get_logger("gateway.notify")
 T = TypeVar("T")
 
 ACTOR = "gateway"
-KINDS = ("alert", "keywords")
+KINDS = ("alert", "keywords", "answer", "notice")
 # Rows claimed in one commit, their outcomes recorded in one more: two fsyncs a batch.
 BATCH = 50
 DEFER_CHUNK = 1000  # alerts deferred in one commit while the smarthost is down

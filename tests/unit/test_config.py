@@ -157,6 +157,23 @@ def test_inbox_addresses_differing_only_by_plus_tag_collide(tmp_path: Path) -> N
     assert "appears twice" in error_of(tmp_path, text)
 
 
+def test_the_replies_address_cannot_be_an_inbox(tmp_path: Path) -> None:
+    text = VALID + '[replies]\naddress = "Support@example.com"\n'
+    assert "replies.address: 'Support@example.com' is an inbox's address or alias" in error_of(
+        tmp_path, text
+    )
+
+
+def test_the_replies_address_takes_no_plus_tag(tmp_path: Path) -> None:
+    text = VALID + '[replies]\naddress = "replies+x@gw.example.com"\n'
+    assert "address must have no +tag" in error_of(tmp_path, text)
+
+
+def test_replies_without_an_address_cannot_poll_a_mailbox(tmp_path: Path) -> None:
+    text = VALID + '[replies.imap]\nhost = "h"\nusername = "u"\npassword_file = "p"\n'
+    assert "imap needs address" in error_of(tmp_path, text)
+
+
 IMAP = '[inboxes.imap]\nhost = "imap.example.com"\nusername = "support"\n'
 
 
