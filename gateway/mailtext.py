@@ -103,7 +103,10 @@ class _Lines:
     def end(self, tag: str) -> None:
         if tag in _HIDDEN:
             self._hidden = max(0, self._hidden - 1)
-        self._block(tag)
+        if tag == "p" and self._outlook_line:
+            self._line_break()  # Outlook's empty one is its blank line
+        else:
+            self._block(tag)
         if tag == "blockquote":
             self._quotes = max(0, self._quotes - 1)
         elif tag == "pre":

@@ -39,6 +39,13 @@ def test_paragraphs_are_apart_but_outlooks_one_line_paragraphs_are_lines() -> No
     assert html_to_text(outlook) == "one\ntwo"
 
 
+def test_outlooks_empty_paragraph_is_a_blank_line() -> None:
+    html = (
+        "<p class=MsoNormal>one</p><p class=MsoNormal><o:p>&nbsp;</o:p></p><p class=MsoNormal>two"
+    )
+    assert html_to_text(html) == "one\n\ntwo"
+
+
 def test_a_blockquote_quotes_each_of_its_lines_and_nested_ones_twice() -> None:
     html = "<div>me</div><blockquote><div>you</div><div>said</div><blockquote>it</blockquote>"
     assert html_to_text(html + "</blockquote>") == "me\n> you\n> said\n> > it"
