@@ -72,6 +72,14 @@ def test_scripts_styles_and_head_are_dropped() -> None:
     assert html_to_text(html) == "Hello"
 
 
+def test_a_head_left_open_ends_where_the_body_starts() -> None:
+    assert html_to_text("<html><head><title>T</title><body>Hello</body>") == "Hello"
+
+
+def test_deep_quoting_is_shown_at_most_20_deep() -> None:
+    assert html_to_text("<blockquote>" * 100 + "deep") == "> " * 20 + "deep"
+
+
 def test_entities_are_decoded_and_links_are_their_text() -> None:
     html = 'Fish &amp; chips &lt;3 &#8364;5 <a href="https://x.example/">the menu</a>'
     assert html_to_text(html) == "Fish & chips <3 €5 the menu"
@@ -164,7 +172,12 @@ def test_deeply_nested_mime_gives_nothing_without_raising() -> None:
     }
 
 
-def test_body_text_of_a_message_with_broken_mime_never_raises() -> None:
+def test_body_text_of_a_message_nested_past_the_recursion_limit_is_empty() -> None:
     msg = EmailMessage()
-    msg["Content-Type"] = "multipart/alternative"  # no boundary, no parts
+    msg.set_content("deep")
+    for _ in range(3000):
+        outer = EmailMessage()
+        outer.make_mixed()
+        outer.attach(msg)
+        msg = outer
     assert body_text(msg) == ""

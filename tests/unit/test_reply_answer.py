@@ -201,6 +201,11 @@ def test_without_the_marker_the_answer_ends_at_an_outlook_header_block() -> None
     assert cut(reply) == ANSWER
 
 
+def test_a_sentence_that_starts_like_an_attribution_but_has_no_date_is_kept() -> None:
+    reply = "On second thought, here is what I wrote:\nThe box ships today.\n"
+    assert cut(reply) == reply.strip()
+
+
 def test_lines_lose_their_trailing_white_space_and_the_text_its_blank_edges() -> None:
     assert cut(f"\n \nHi Ann,  \n\nBye.\t\n\n{MARKER}\n") == "Hi Ann,\n\nBye."
 

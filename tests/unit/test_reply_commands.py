@@ -87,6 +87,13 @@ def test_a_long_line_is_shortened_in_the_error() -> None:
     assert len(error) < 300
 
 
+def test_a_command_line_longer_than_any_address_is_an_error() -> None:
+    assert (
+        parse("#assign " + "b" * 500 + "\n").error
+        == f"'#assign {'b' * 52}…': too long for a command."
+    )
+
+
 def test_more_than_20_commands_is_an_error() -> None:
     assert parse("#claim\n" * 20).error is None
     too_many = parse("#claim\n" * 20 + "#close\n")
