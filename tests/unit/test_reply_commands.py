@@ -41,6 +41,12 @@ def test_assign_to_an_address_outlook_turned_into_a_link_is_the_address() -> Non
     assert found.commands[0].argument == "carol@example.com"
 
 
+def test_assign_to_an_address_with_outlooks_link_after_a_space_is_the_address() -> None:
+    found = parse("#assign carol@example.com <mailto:carol@example.com>\n")
+    assert found.error is None
+    assert found.commands[0].argument == "carol@example.com"
+
+
 def test_command_lines_are_stripped_of_white_space_and_nbsp() -> None:
     found = parse("  #close \u00a0\n")
     assert found.commands == (Command("close", None, "#close"),)
