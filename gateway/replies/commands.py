@@ -37,16 +37,18 @@ def _shown(line: str) -> str:
     return line if len(line) <= SHOWN else line[:SHOWN] + "…"
 
 
-def _agent(word: str) -> str:
-    """The agent as written, without the link Outlook appends to an address in plain text."""
-    return word.partition("<mailto:")[0] or word
+def _words(arguments: list[str]) -> list[str]:
+    """The arguments as written, without the link Outlook's plain text puts after an
+    address ("bob@example.com<mailto:bob@example.com>", or with a space between)."""
+    return [word for word in (a.partition("<mailto:")[0] for a in arguments) if word]
 
 
 def _command(line: str) -> Command | str:
     """The command on `line` (stripped, starting with #), or what is wrong with it."""
     if len(line) > MAX_LINE:
         return f"'{_shown(line)}': too long for a command."
-    head, *arguments = line.split()
+    head, *written = line.split()
+    arguments = _words(written)
     name = head[1:].casefold()
     if name not in NAMES:
         return f"'{_shown(line)}': there is no command {head}; the commands are {', '.join(USAGE)}."
@@ -58,7 +60,7 @@ def _command(line: str) -> Command | str:
         return f"'{_shown(line)}': #assign needs an agent, as in #assign bob."
     if len(arguments) > 1:
         return f"'{_shown(line)}': #assign takes one agent, as in #assign bob."
-    return Command(name, _agent(arguments[0]), line)
+    return Command(name, arguments[0], line)
 
 
 def parse(text: str) -> Commands:

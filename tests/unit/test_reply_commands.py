@@ -41,6 +41,12 @@ def test_assign_to_an_address_outlook_turned_into_a_link_is_the_address() -> Non
     assert found.commands[0].argument == "carol@example.com"
 
 
+def test_assign_to_an_address_with_outlooks_link_after_a_space_is_the_address() -> None:
+    found = parse("#assign carol@example.com <mailto:carol@example.com>\n")
+    assert found.error is None
+    assert found.commands[0].argument == "carol@example.com"
+
+
 def test_command_lines_are_stripped_of_white_space_and_nbsp() -> None:
     found = parse("  #close \u00a0\n")
     assert found.commands == (Command("close", None, "#close"),)
@@ -85,6 +91,13 @@ def test_a_long_line_is_shortened_in_the_error() -> None:
     error = parse("#" + "x" * 10_000 + "\n").error
     assert error is not None
     assert len(error) < 300
+
+
+def test_a_command_line_longer_than_any_address_is_an_error() -> None:
+    assert (
+        parse("#assign " + "b" * 500 + "\n").error
+        == f"'#assign {'b' * 52}…': too long for a command."
+    )
 
 
 def test_more_than_20_commands_is_an_error() -> None:
