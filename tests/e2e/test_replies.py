@@ -19,7 +19,7 @@ import pytest
 from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.replies.marker import MARKER
-from tests.conftest import BASE, RunningDaemon, Sink, mail, smtp_notify, wait_until
+from tests.conftest import RunningDaemon, Sink, mail, smtp_notify, wait_until
 from tests.e2e.test_people import gateway, ok, show
 
 pytestmark = pytest.mark.integration
@@ -251,7 +251,7 @@ def test_a_command_and_an_answer_in_one_mail_both_apply(desk: RunningDaemon, sin
 def test_an_html_only_reply_from_outlook_answers_the_same(desk: RunningDaemon, sink: Sink) -> None:
     send_reply(desk, reply(alert_to(sink, ALICE), "It ships today.\nAlice", html=True))
     [answer] = wait_until(lambda: answers(sink), what="the answer")
-    assert text_of(answer).strip() == "It ships today.\nAlice"
+    assert text_of(answer).strip() == "It ships today.\n\nAlice"  # each line was a <p>
 
 
 def test_a_reply_whose_client_quoted_the_marker_answers_the_same(
