@@ -330,7 +330,8 @@ def test_an_unknown_command_applies_nothing_of_the_mail(desk: RunningDaemon, sin
 
 def test_claiming_what_bob_has_is_refused_with_the_answer(desk: RunningDaemon, sink: Sink) -> None:
     ok(desk, "assign", "1", "bob", "--by", "carol")
-    send_reply(desk, reply(alert_to(sink, ALICE), "#claim\nI will take this one, Ann."))
+    # The #close before it is undone with it: a mail is applied whole or not at all.
+    send_reply(desk, reply(alert_to(sink, ALICE), "#close\n#claim\nI will take this one, Ann."))
     reason, _ = refused(desk, sink)
     assert reason == "'#claim': Conversation 1 is already assigned to bob."
     unchanged(desk, assignee="bob")

@@ -234,7 +234,7 @@ def test_show_json_has_messages_and_the_timeline(
     assert isinstance(view, dict)
     assert set(view) >= CONVERSATION_FIELDS | {"messages", "events"}
     [message] = view["messages"]
-    assert set(message) == {"message_id", "from", "subject", "received_at", "source"}
+    assert set(message) == {"message_id", "from", "subject", "received_at", "source", "text"}
     assert (message["from"], message["source"]) == ("cy@example.org", "smtp")
     kinds = [e["kind"] for e in view["events"]]
     assert kinds == ["received", "tagged"]
