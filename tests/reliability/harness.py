@@ -10,6 +10,7 @@ message, so the store may see it twice and must keep it once.
 from __future__ import annotations
 
 import contextlib
+import functools
 import imaplib
 import os
 import random
@@ -20,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
@@ -38,6 +40,8 @@ LONGEST_LIFE = 1.0
 # whole drain takes (a larger run leaves a longer backlog). Well below the
 # outbox's two-minute lease, so an alert left waiting for one is caught.
 STALL_SECONDS = 30.0
+# A writer told to stop finishes its mail, but does not try for ever (10 s).
+ABANDON_AFTER = 200
 
 
 def write_config(folder: Path, sections: dict[str, Any]) -> Path:
@@ -169,47 +173,86 @@ def message_bytes(message_id: str, customer: str) -> bytes:
     return message.as_bytes(policy=SMTP_POLICY)
 
 
-class Sender(threading.Thread):
-    """One client on its own connection, sending new mail until told to stop.
+class Client:
+    """One SMTP client on its own connection, as a mail server is one: a connection
+    refused or cut, or any answer but 250, leaves the message unacknowledged, to be
+    sent again, the same message, on a new connection."""
 
-    A connection refused or cut, or any answer but 250, leaves the message
-    unacknowledged: the same message goes again on a new connection.
-    """
-
-    def __init__(self, name: str, port: int, stop: threading.Event) -> None:
-        super().__init__(name=name, daemon=True)
+    def __init__(self, port: int) -> None:
         self._port = port
-        self._halt = stop  # not `_stop`: Thread has a method of that name
+        self._smtp: smtplib.SMTP | None = None
         self.attempts = 0  # DATA tried, sent again included
-        self.acknowledged: list[str] = []  # Message-IDs (without <>) answered 250
+
+    def send(self, sender: str, recipients: list[str], raw: bytes) -> bool:
+        """True: answered 250."""
+        try:
+            if self._smtp is None:
+                self._smtp = smtplib.SMTP("127.0.0.1", self._port, timeout=30)
+            self.attempts += 1
+            self._smtp.sendmail(sender, recipients, raw)
+        except (OSError, smtplib.SMTPException):
+            self.close()
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._smtp is not None:
+            with contextlib.suppress(OSError):
+                self._smtp.close()
+            self._smtp = None
+
+
+@dataclass(frozen=True)
+class Mail:
+    key: str  # what the test knows it by
+    sender: str
+    recipients: list[str]
+    raw: bytes
+
+
+class Writer(threading.Thread):
+    """Someone writing `compose(0)`, `compose(1)`, ... one after another until told to
+    stop. Each goes until it is acknowledged, the one under way when told too: every
+    mail tried ends in `acknowledged` (keys, in order), and the store owes each."""
+
+    def __init__(
+        self, name: str, port: int, compose: Callable[[int], Mail], stop: threading.Event
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self._compose = compose
+        self._halt = stop  # not `_stop`: Thread has a method of that name
+        self.client = Client(port)
+        self.acknowledged: list[str] = []
+
+    @property
+    def attempts(self) -> int:
+        return self.client.attempts
 
     def run(self) -> None:
-        client: smtplib.SMTP | None = None
-        number = 0
         while not self._halt.is_set():
-            message_id = f"{self.name}.{number}@crash.test"
-            customer = f"{self.name}.{number}@customers.test"
-            try:
-                if client is None:
-                    client = smtplib.SMTP("127.0.0.1", self._port, timeout=30)
-                self.attempts += 1
-                client.sendmail(
-                    customer, ["support@example.com"], message_bytes(message_id, customer)
-                )
-            except (OSError, smtplib.SMTPException):
-                client = _drop(client)
-                # The daemon is down or starting: try again shortly, as an MTA would.
-                self._halt.wait(0.05)
-                continue
-            self.acknowledged.append(message_id)
-            number += 1
-        _drop(client)
+            mail = self._compose(len(self.acknowledged))
+            tries_after_stop = 0
+            while not self.client.send(mail.sender, mail.recipients, mail.raw):
+                tries_after_stop += self._halt.is_set()
+                if tries_after_stop > ABANDON_AFTER:
+                    return  # nothing answers after the test is done: it has failed already
+                time.sleep(0.05)  # the daemon is down or starting: again shortly, as an MTA
+            self.acknowledged.append(mail.key)
+        self.client.close()
 
 
-def _drop(client: smtplib.SMTP | None) -> None:
-    if client is not None:
-        with contextlib.suppress(OSError):
-            client.close()
+class Sender(Writer):
+    """A client sending new customers' mail, each its own customer; acknowledged are
+    Message-IDs (without <>)."""
+
+    def __init__(self, name: str, port: int, stop: threading.Event) -> None:
+        super().__init__(name, port, functools.partial(_customer_mail, name), stop)
+
+
+def _customer_mail(name: str, number: int) -> Mail:
+    message_id = f"{name}.{number}@crash.test"
+    customer = f"{name}.{number}@customers.test"
+    return Mail(message_id, customer, ["support@example.com"], message_bytes(message_id, customer))
 
 
 class Appender(threading.Thread):

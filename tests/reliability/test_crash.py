@@ -1,10 +1,11 @@
 """Crash safety: the daemon SIGKILLed at random moments loses and duplicates nothing.
 
-Mail keeps coming (SMTP senders, or a mail program appending over IMAP) while
-the daemon, a real `gateway run` process, is killed with SIGKILL at random
-moments and started again. After each kill the store it left is checked; at
-the end it is left to drain, and the store is read with sqlite3: what was
-acknowledged is there once, routed once, and each alert owed went out.
+Mail keeps coming (SMTP senders, a mail program appending over IMAP, or an
+agent answering customers by replying to their alerts) while the daemon, a real
+`gateway run` process, is killed with SIGKILL at random moments and started
+again. After each kill the store it left is checked; at the end it is left to
+drain, and the store is read with sqlite3: what was acknowledged is there once,
+routed (or applied) once, and each alert and answer owed went out.
 
 CRASH_KILLS=100 runs a longer schedule (default 15); the seed is printed, and
 CRASH_SEED=<seed> replays the same kill moments (the mail's timing differs).
@@ -14,11 +15,15 @@ from __future__ import annotations
 
 import itertools
 import random
+import re
 import sqlite3
 import threading
 from collections import Counter
 from collections.abc import Iterator
-from email import message_from_bytes
+from dataclasses import dataclass
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +31,20 @@ import pytest
 
 from tests.conftest import BASE, Sink, free_port, smtp_notify, wait_until
 from tests.dovecot import Dovecot
+from tests.e2e.test_replies import reply, text_of
 from tests.reliability.harness import (
     KILLS,
     SEED,
     Appender,
+    Client,
     DaemonProcess,
+    Mail,
     Sender,
+    Writer,
     count,
     crash_repeatedly,
     drain,
+    message_bytes,
     query,
     write_config,
 )
@@ -299,4 +309,158 @@ def test_imap_mail_appended_through_sigkills_is_stored_once_and_routed_none_skip
         f" fetched again after a kill and kept once {daemon.logged('message.duplicate')},"
         f" killed {KILLS} ({daemon.killed_while_starting} while starting,"
         f" {len(killed_with_mail_waiting)} with mail appended and not yet taken)"
+    )
+
+
+REPLIES = "replies@gw.test"
+CUSTOMERS = 40
+ANSWER_TEXT = re.compile(rb"Answer \d+ from \w+\.")
+
+
+@dataclass(frozen=True)
+class Alerted:
+    customer: str
+    agent: str  # the address the alert went to
+    alert: EmailMessage
+
+
+@dataclass(frozen=True)
+class Owed:
+    customer: str
+    message_id: str  # the agent's mail's, without <>
+
+
+def alerts_to_answer(daemon: DaemonProcess, port: int, sink: Sink) -> list[Alerted]:
+    """CUSTOMERS customers write, each their own address and subject; once each one's
+    alert has reached the sink the daemon stops. The alerts, in the customers' order."""
+    daemon.start()
+    wait_until(daemon.ready, what="the daemon to be ready")
+    client = Client(port)
+    customers = [f"c{n}@customers.test" for n in range(CUSTOMERS)]
+    for n, customer in enumerate(customers):
+        raw = message_bytes(f"c{n}@crash.test", customer)
+        assert client.send(customer, ["support@example.com"], raw), customer
+    client.close()
+    wait_until(lambda: len(sink.received) >= CUSTOMERS, 60, "every customer's alert")
+    assert daemon.stop() == 0
+    found = {}
+    for envelope in sink.received:
+        alert = message_from_bytes(envelope.original_content or b"", policy=policy.default)
+        assert isinstance(alert, EmailMessage)
+        [agent] = envelope.rcpt_tos
+        customer = str(alert["Subject"]).rsplit("Case ", 1)[1]
+        found[customer] = Alerted(customer, agent, alert)
+    return [found[customer] for customer in customers]
+
+
+def answers_delivered(sink: Sink, customers: set[str]) -> dict[str, list[tuple[str, str]]]:
+    """The text of each mail the sink got for a customer → (recipient, Message-ID) of each copy."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for envelope in list(sink.received):
+        [recipient] = envelope.rcpt_tos
+        if recipient not in customers:
+            continue
+        answer = message_from_bytes(envelope.original_content or b"", policy=policy.default)
+        assert isinstance(answer, EmailMessage)
+        text = text_of(answer).strip()
+        found.setdefault(text, []).append((recipient, str(answer["Message-ID"])))
+    return found
+
+
+def test_answers_queued_and_sent_through_sigkills_reach_the_customer_at_least_once_none_lost(
+    tmp_path: Path,
+    sink: Sink,
+    rng: random.Random,
+    daemon: DaemonProcess,
+    stop: threading.Event,
+) -> None:
+    port = free_port()
+    data = settings(port, notify=smtp_notify(sink.port), replies={"address": REPLIES})
+    data["agents"] = BASE["agents"]  # all alerted: every customer has an alert to answer
+    write_config(tmp_path, data)
+    database = tmp_path / "gateway.db"
+    alerts = alerts_to_answer(daemon, port, sink)
+    owed: dict[str, Owed] = {}  # the answer's text → whose it is
+
+    def answer(n: int) -> Mail:
+        """The agent's nth reply: to the alerts in order, round and round."""
+        alerted = alerts[n % len(alerts)]
+        text = f"Answer {n} from {alerted.agent.split('@')[0]}."
+        message = reply(alerted.alert, text, sender=alerted.agent)
+        owed[text] = Owed(alerted.customer, str(message["Message-ID"]).strip("<>"))
+        raw = message.as_bytes(policy=SMTP_POLICY)
+        return Mail(text, alerted.agent, [str(alerted.alert["Reply-To"])], raw)
+
+    agent = Writer("agent", port, answer, stop)
+    agent.start()
+    killed_in_flight: list[int] = []
+
+    def after_kill(kill: int) -> None:
+        stored = stored_keys(database)
+        lost = [t for t in list(agent.acknowledged) if owed[t].message_id not in stored]
+        assert not lost, f"kill {kill}: {len(lost)} answers acknowledged, not stored: {lost[:5]}"
+        in_flight = count(
+            database,
+            "SELECT (SELECT count(*) FROM messages WHERE inbox = ? AND state = 'pending')"
+            " + (SELECT count(*) FROM outbox WHERE kind = 'answer' AND state = 'pending')",
+            (REPLIES,),
+        )
+        if in_flight:
+            killed_in_flight.append(kill)
+
+    crash_repeatedly(daemon, rng, KILLS, after_kill)
+    wait_until(daemon.ready, what="the last start to be ready")
+    stop.set()
+    agent.join(60)
+    assert not agent.is_alive(), "the agent's last answer was never acknowledged"
+    acknowledged = set(agent.acknowledged)
+    assert acknowledged, "no answer got through: the kills came too soon to test anything"
+    drain(
+        database,
+        "SELECT (SELECT count(*) FROM messages WHERE state = 'pending')"
+        " + (SELECT count(*) FROM outbox WHERE state = 'pending')",
+    )
+    assert daemon.stop() == 0
+
+    # Every answer tried was acknowledged (the agent finished its last): each is
+    # stored once and applied, and made one answer, sent.
+    rows = query(database, "SELECT message_id, state FROM messages WHERE inbox = ?", (REPLIES,))
+    stored = Counter(row["message_id"] for row in rows)
+    assert sorted(stored) == sorted(owed[text].message_id for text in acknowledged)
+    assert set(stored.values()) == {1}, "an agent's mail stored twice"
+    assert {row["state"] for row in rows} == {"applied"}, Counter(row["state"] for row in rows)
+    answer_ids = {
+        f"<{row[0]}>"
+        for row in query(database, "SELECT message_id FROM messages WHERE source = 'agent'")
+    }
+    assert len(answer_ids) == len(acknowledged), "an agent's mail made no answer, or two"
+    assert count(database, "SELECT count(*) FROM outbox WHERE state != 'done'") == 0
+
+    customers = {alerted.customer for alerted in alerts}
+    delivered = answers_delivered(sink, customers)
+    missing = acknowledged - set(delivered)
+    assert not missing, f"{len(missing)} answers never reached the customer: {sorted(missing)[:5]}"
+    assert set(delivered) == acknowledged, "the customer got a text no agent wrote"
+    for text, copies in delivered.items():
+        assert {recipient for recipient, _ in copies} == {owed[text].customer}, (text, copies)
+        [message_id] = {message_id for _, message_id in copies}  # a copy is the same answer
+        assert re.fullmatch(r"<reply\.\d+@gw\.test>", message_id), message_id
+    # Each Message-ID is one answer, and the ones the store made are the ones delivered.
+    sent_as = Counter(copies[0][1] for copies in delivered.values())
+    assert set(sent_as.values()) == {1}, "two answers under one Message-ID"
+    assert set(sent_as) == answer_ids
+    # No answer's words reached anyone but its customer; the agents got their alerts alone.
+    for envelope in sink.received:
+        for found in ANSWER_TEXT.findall(envelope.original_content or b""):
+            assert envelope.rcpt_tos == [owed[found.decode()].customer], (found, envelope.rcpt_tos)
+    assert sum(envelope.rcpt_tos[0] not in customers for envelope in sink.received) == CUSTOMERS
+    assert not daemon.log_lines("error"), daemon.log_lines("error")[:5]
+
+    print(
+        f"answers: sent {agent.attempts} (again included), acknowledged {len(acknowledged)},"
+        f" to {CUSTOMERS} customers, sent again after a lost answer and kept once"
+        f" {daemon.logged('message.duplicate')}, delivered {len(delivered)},"
+        f" delivered twice or more {sum(len(copies) > 1 for copies in delivered.values())},"
+        f" killed {KILLS} ({daemon.killed_while_starting} while starting,"
+        f" {len(killed_in_flight)} with answers not yet taken or sent)"
     )
