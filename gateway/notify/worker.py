@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import os
 import secrets
@@ -96,6 +97,7 @@ class Outcome:
     retry_at: str | None = None  # failed: when it is due again (None: given up)
     event: tuple[str, str, dict[str, Any]] | None = None  # kind, agent, detail: the timeline's
     said: Said | None = None  # logged once recorded
+    recorded: bool = False  # already, on its own (an answer sent): not again with its batch
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ class Outbox(DrainLoop):
             outcomes.append(await self._keywords(row))
         if len(outcomes) == len(jobs):
             mail = [row for row in rows if row.kind != "keywords"]
-            outcomes += await self._alerts(mail, deadline)
+            outcomes += await self._alerts(mail, deadline, holder)
         attempted = {outcome.row.id for outcome in outcomes}
         await self._record(outcomes, holder, [row.id for row in rows if row.id not in attempted])
         return len(outcomes)
@@ -289,6 +291,7 @@ class Outbox(DrainLoop):
     async def _record(self, outcomes: list[Outcome], holder: str, untouched: list[int]) -> None:
         """Each outcome, if `holder` still holds its row, with its event; `untouched` let go."""
         at = stamp(self._clock())
+        outcomes = [outcome for outcome in outcomes if not outcome.recorded]
         async with self._db.transaction() as conn:
             held = []
             for outcome in outcomes:
@@ -404,7 +407,9 @@ class Outbox(DrainLoop):
         fields = {"conversation": conversation_id, "keywords": sorted(want), "copies": len(copies)}
         return Outcome(row, said=("keywords.set", fields))
 
-    async def _alerts(self, rows: list[queries.OutboxRow], deadline: float) -> list[Outcome]:
+    async def _alerts(
+        self, rows: list[queries.OutboxRow], deadline: float, holder: str
+    ) -> list[Outcome]:
         """Send `rows` in order, a few built while those before them are on the wire;
         stopped short by a stop, the deadline or the smarthost found down."""
         outcomes: list[Outcome] = []
@@ -421,8 +426,8 @@ class Outbox(DrainLoop):
                 # The others over several sessions when the run is full (a backlog, a load),
                 # so that round trips to the smarthost overlap, as Postfix's do.
                 lanes = SESSIONS if len(pairs) >= RENDER_BATCH else 1
-                await self._send(pairs[:1], 1, deadline, outcomes)
-                await self._send(pairs[1:], lanes, deadline, outcomes)
+                await self._send(pairs[:1], 1, deadline, outcomes, holder)
+                await self._send(pairs[1:], lanes, deadline, outcomes, holder)
                 if len(outcomes) < sum(map(len, chunks[: n + 1])):
                     return outcomes  # stopped short
         finally:
@@ -436,6 +441,7 @@ class Outbox(DrainLoop):
         lanes: int,
         deadline: float,
         outcomes: list[Outcome],
+        holder: str,
     ) -> None:
         """Deliver `pairs` over `lanes` sessions at once, each outcome added to `outcomes`;
         none begun after a stop, the deadline, or the smarthost found down."""
@@ -447,7 +453,13 @@ class Outbox(DrainLoop):
                     return
                 if self._smarthost.down(self._clock()):
                     return
-                outcomes.append(await self._deliver(row, ready, transport))
+                outcome = await self._deliver(row, ready, transport)
+                if row.kind == "answer" and outcome.error is None:
+                    # A customer would see it again, not a desk's alert: recorded at once,
+                    # so that a crash after it sends it again only if it came in between.
+                    await self._record([outcome], holder, [])
+                    outcome = dataclasses.replace(outcome, recorded=True)
+                outcomes.append(outcome)
 
         await asyncio.gather(*(lane(transport) for transport in self._transports[:lanes]))
 
