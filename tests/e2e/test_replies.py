@@ -186,8 +186,8 @@ def test_the_customers_reply_to_the_answer_joins_the_conversation_and_alerts_the
     send_reply(desk, reply(alert_to(sink, ALICE), "It ships today."))
     [answer] = wait_until(lambda: answers(sink), what="the answer")
     desk.send(
-        mail(
-            "Re: Where is my parcel? [#1]",
+        mail(  # neither the subject nor [#ID]: the answer's Message-ID alone threads it
+            "Thanks",
             sender=ANN,
             In_Reply_To=str(answer["Message-ID"]),
             body="Thank you!\n",
@@ -357,6 +357,16 @@ def test_gateway_reply_sends_the_answer_from_standard_input(
     assert text_of(answer).strip() == "Hello Ann,\nit ships today."
     [replied] = [e for e in show(desk)["events"] if e["kind"] == "replied"]
     assert replied["detail"]["via"] == "cli"
+
+
+def test_answering_an_unassigned_conversation_claims_it(desk: RunningDaemon, sink: Sink) -> None:
+    ok(desk, "unassign", "1", "--by", "carol")
+    done = gateway(desk, "reply", "1", "--by", "bob", stdin=b"Bob here: it ships today.\n")
+    assert done.returncode == 0, done.stderr
+    [row] = desk.conversations()
+    assert row["assignee"] == "bob"
+    claimed = [e for e in show(desk)["events"] if e["kind"] == "claimed"]
+    assert [(e["actor"], e["detail"]["via"]) for e in claimed] == [("bob", "cli")]
 
 
 def test_gateway_reply_refuses_an_empty_answer(desk: RunningDaemon) -> None:
