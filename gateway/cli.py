@@ -257,9 +257,7 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "notified":
         return f"{agent} notified ({detail.get('reason')})"
     if kind == "notify_failed":
-        retry = detail.get("retry_at")
-        then = f"; retrying at {retry}" if retry else "; given up"
-        return f"alert to {agent} failed: {printable(detail.get('error'))}{then}"
+        return f"alert to {agent} failed: {_failure(detail)}"
     if kind == "notify_skipped":
         return f"alert to {agent} held back: {printable(detail.get('why'))}"
     if kind == "replied":
@@ -271,9 +269,7 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "answer_sent":
         return f"answer by {agent} sent to the customer"
     if kind == "answer_failed":
-        retry = detail.get("retry_at")
-        then = f"; retrying at {retry}" if retry else "; given up"
-        return f"answer by {agent} not sent: {printable(detail.get('error'))}{then}"
+        return f"answer by {agent} not sent: {_failure(detail)}"
     if kind == "notify_superseded":
         return f"alert to {agent} not sent: the conversation had left them"
     if kind in {"reopened", "closed"}:
@@ -283,6 +279,12 @@ def describe(event: dict[str, Any]) -> str:
     if kind == "unassigned":
         return f"unassigned from {printable(event['previous_agent'])} by {actor}"
     return f"{kind} by {actor}"
+
+
+def _failure(detail: dict[str, Any]) -> str:
+    retry = detail.get("retry_at")
+    then = f"; retrying at {retry}" if retry else "; given up"
+    return f"{printable(detail.get('error'))}{then}"
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:
