@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import make_msgid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,9 @@ from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.replies.marker import MARKER
 from tests.conftest import RunningDaemon, Sink, mail, smtp_notify, wait_until
+from tests.dovecot import Dovecot
 from tests.e2e.test_people import gateway, ok, show
+from tests.integration.test_imap import connected, imap_inbox
 
 pytestmark = pytest.mark.integration
 
@@ -389,6 +392,34 @@ def test_without_replies_the_alert_is_answered_to_the_customer(
     alert = alert_to(sink, ALICE)
     assert str(alert["Reply-To"]) == ANN
     assert MARKER not in text_of(alert)
+
+
+def test_the_replies_address_can_be_a_mailbox_the_gateway_polls(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    sink: Sink,
+    dovecot: Dovecot,
+    tmp_path: Path,
+) -> None:
+    """`[replies.imap]`: the agent's reply is taken from the mailbox (its To holds the
+    token); the answer reaches the customer as it does by SMTP."""
+    mailbox = imap_inbox(dovecot, tmp_path, user="sales", address=REPLIES)
+    running = start_daemon(
+        make_settings(
+            round_robin={"enabled": True, "agents": ["alice"]},
+            notify=smtp_notify(sink.port),
+            replies={"address": REPLIES, "imap": mailbox["imap"]},
+        )
+    )
+    connected(running, REPLIES)
+    running.send(mail("Where is my parcel?", sender=f"Ann <{ANN}>"))
+    running.drain()
+    message = reply(alert_to(sink, ALICE), "It ships today.")
+    dovecot.append("sales", message.as_bytes(policy=policy.SMTP))
+    [answer] = wait_until(lambda: answers(sink), what="the answer")
+    assert text_of(answer).strip() == "It ships today."
+    [state] = running.query("SELECT source, state FROM messages WHERE inbox = ?", (REPLIES,))
+    assert tuple(state) == ("imap", "applied")
 
 
 def test_twenty_agents_mail_racing_ends_in_one_serial_order_with_every_event_once(
