@@ -187,7 +187,12 @@ async def explain_route(
     }
     unrouted: dict[str, Any] = dict.fromkeys(("assignee", "team", "via", "rule"))
     unrouted.update(matched=[], tags=[])
-    if stored:
+    if settings.is_replies(inbox):
+        view.update(unrouted, joins=None)
+        view["reason"] = (
+            "it is mail to the replies address: an agent's reply to an alert, never routed"
+        )
+    elif stored:
         view.update(unrouted)
         view["reason"] = f"it is stored for {inbox} already: a duplicate is not routed again"
     elif ours:

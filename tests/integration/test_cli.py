@@ -614,3 +614,18 @@ def test_wide_characters_keep_the_columns_aligned(
     column = width(header[: header.index("ASSIGNEE")])
     assert width(wide[: wide.index("alice")]) == column
     assert width(plain[: plain.index("bob")]) == column
+
+
+def test_route_says_mail_to_the_replies_address_is_never_routed(
+    make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_settings(rules=ACME_TO_CAROL, replies={"address": "replies@gw.test"})
+    sample = tmp_path / "reply.eml"
+    sample.write_bytes(mail("Re: x", sender="wile@acme.com").as_bytes())
+    config = str(tmp_path / "gateway.toml")
+    to = "replies+1-abc@gw.test"
+    assert gateway(["route", sample.as_posix(), "--to", to, "--json", "--config", config]) == 0
+    view = output_json(capsys)
+    assert isinstance(view, dict)
+    assert (view["rule"], view["assignee"]) == (None, None)
+    assert "replies address" in view["reason"]
