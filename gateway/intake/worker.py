@@ -30,7 +30,7 @@ from gateway.intake.threads import find_conversation
 from gateway.model import Decision, Delivery, MailFacts, RoutingState
 from gateway.replies import door
 from gateway.routing.rotation import GLOBAL, team_key
-from gateway.routing.router import Policy, route, unable
+from gateway.routing.router import Policy, route, taken, unable
 from gateway.store import queries
 from gateway.store.db import Database, Tx
 from gateway.store.queries import StoredMail
@@ -73,6 +73,8 @@ class Intake(DrainLoop):
         self._secret = secret
         self._clock = clock
         self._on_routed = on_routed
+        self._state: RoutingState | None = None  # the batch's, as its decisions left it
+        self._next_state: RoutingState | None = None  # the message's, once it is done
         self.reload(settings)
 
     def reload(self, settings: Settings) -> None:
@@ -144,6 +146,7 @@ class Intake(DrainLoop):
         }
         outcomes: list[Outcome] = []
         async with self._db.transaction() as conn:
+            self._state = None  # read by the batch's first new conversation, in its transaction
             for stored, facts in zip(batch, parsed, strict=True):
                 outcomes.append(await self._one(conn, stored, facts, readings.get(stored.id)))
         ms = round((time.perf_counter() - started) * 1000, 2)
@@ -160,15 +163,21 @@ class Intake(DrainLoop):
         facts: MailFacts | Exception,
         reading: door.Reading | None,
     ) -> Outcome:
+        self._next_state = None
         try:
             async with tx.savepoint():
                 if isinstance(facts, Exception):
                     raise facts
-                return await self._handle(tx, stored, facts, reading)
+                outcome = await self._handle(tx, stored, facts, reading)
         except StoreUnavailable:
             raise  # locked, full, failing: the whole batch stays pending
         except Exception as error:  # this message did it (its data, a bug): it alone is parked
+            self._state = None
             return await self._shunt(tx, stored, error)
+        # What a new conversation's routing changed is known; after anything else (a reply
+        # reassigned, an agent's commands) the next new one reads the state again.
+        self._state = self._next_state
+        return outcome
 
     async def _shunt(self, tx: Tx, stored: StoredMail, error: Exception) -> Outcome:
         """Park the message with its error (what it wrote is undone); the rest flow on."""
@@ -217,9 +226,15 @@ class Intake(DrainLoop):
     async def _open(
         self, conn: Tx, stored: StoredMail, facts: MailFacts, at: str
     ) -> tuple[int, Decision]:
-        state = await queries.routing_state(conn, lock=True, counted=self._policy.counted)
+        # Read once a batch (with the lock: the rotation's pointer is ours until the commit),
+        # then kept by each decision: at 1,000 agents with limits the read is milliseconds,
+        # counting their open conversations, and a burst would pay it for every message.
+        state = self._state or await queries.routing_state(
+            conn, lock=True, counted=self._policy.counted
+        )
         delivery = Delivery(facts, stored.mail.inbox, stored.mail.envelope_to)
         decision = route(delivery, self._policy, state)
+        self._next_state = taken(state, decision, self._policy, at)
         conversation_id = await queries.create_conversation(
             conn,
             inbox=stored.mail.inbox,

@@ -67,6 +67,26 @@ def unable(agent: str, limit: int | None, state: RoutingState) -> str | None:
     return None
 
 
+def taken(state: RoutingState, decision: Decision, policy: Policy, at: str) -> RoutingState:
+    """The state once `decision` is recorded at `at`, as the store would then give it."""
+    agent = decision.assignee
+    if agent is None:
+        return state
+    last_served = state.last_served
+    if decision.rotation is not None:
+        key, served = decision.rotation
+        last_served = {**last_served, key: served}
+    open_ = state.open
+    if agent in policy.counted:
+        open_ = {**open_, agent: open_.get(agent, 0) + 1}
+    return replace(
+        state,
+        last_served=last_served,
+        open=open_,
+        last_assigned={**state.last_assigned, agent: at},
+    )
+
+
 SKIPS_SAID = 5  # agents a decision names as skipped; the rest are counted
 
 

@@ -106,3 +106,58 @@ async def test_intake_keeps_routing_while_accept_is_busy(
     assert await intake.drain() == 25
     async with db.reading() as conn:
         assert await queries.pending_messages(conn, 100, 1 << 20) == []
+
+
+@pytest.mark.parametrize("mode", ["rotation", "balanced"])
+async def test_a_batch_routes_as_its_messages_one_at_a_time_would(
+    make_settings: Callable[..., Settings], tmp_path_factory: pytest.TempPathFactory, mode: str
+) -> None:
+    """Intake reads the routing state once a batch and keeps it by its own decisions: the
+    limits, turns and loads it goes by are those a read before each message would give,
+    also with a shunted message and a reply in the batch."""
+    agents = [
+        {"id": "alice", "email": "alice@agents.test", "max_open": 3},
+        {"id": "bob", "email": "bob@agents.test", "max_open": 2},
+        {"id": "carol", "email": "carol@agents.test", "max_open": 2},
+    ]
+    rules = [{"name": "VIP", "subject_keywords": ["vip"], "assign_to": "agent:bob"}]
+    rotation = {"enabled": True, "agents": ["alice", "bob", "carol"], "mode": mode}
+    mails = [mail(n, "vip" if n % 5 == 0 else "Question") for n in range(14)]
+    mails.insert(7, RawMail(INBOX, b"\xff" * 3, "smtp", None, (INBOX,)))
+    reply = (
+        raw(2)
+        .replace(b"<batch-2@", b"<again@")
+        .replace(b"Subject:", b"In-Reply-To: <batch-2@example.org>\r\nSubject:")
+    )
+    mails.insert(9, RawMail(INBOX, reply, "smtp", "c2@example.org", (INBOX,)))
+
+    async def assignments(batch: int) -> list[tuple[object, ...]]:
+        folder = tmp_path_factory.mktemp(f"batch{batch}")
+        settings = make_settings(agents=agents, teams=[], rules=rules, round_robin=rotation)
+        settings = settings.model_copy(
+            update={
+                "gateway": settings.gateway.model_copy(update={"database": str(folder / "g.db")})
+            }
+        )
+        db = await Database.open(settings.gateway.database, create=True)
+        try:
+            async with db.transaction() as tx:
+                secret = await alertmark.load_secret(tx)
+            for one in mails:
+                await Accept(db)(one)
+            intake = Intake(db, settings, secret)
+            async with db.reading() as conn:
+                pending = await queries.pending_messages(conn, 100, 10**8)
+            for start in range(0, len(pending), batch):
+                await intake.process_batch(pending[start : start + batch])
+            async with db.reading() as conn:
+                rows = await conn.all(
+                    "SELECT id, assignee, queued_for FROM conversations ORDER BY id"
+                )
+        finally:
+            await db.close()
+        return [tuple(row) for row in rows]
+
+    one_by_one = await assignments(1)
+    assert await assignments(len(mails)) == one_by_one
+    assert any(row[2] is not None for row in one_by_one)  # some waited: the limits bit
