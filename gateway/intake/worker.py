@@ -30,7 +30,7 @@ from gateway.intake.threads import find_conversation
 from gateway.model import Decision, Delivery, MailFacts, RoutingState
 from gateway.replies import door
 from gateway.routing.rotation import GLOBAL, team_key
-from gateway.routing.router import Policy, route, taken, unable
+from gateway.routing.router import Policy, route, taken, taker, unable
 from gateway.store import queries
 from gateway.store.db import Database, Tx
 from gateway.store.queries import StoredMail
@@ -398,6 +398,10 @@ class Intake(DrainLoop):
             waits = decision.waits_for if decision is not None else _queue_of(self._policy, row)
             if waits is not None:
                 await queries.queue(conn, row.id, waits, at)
+                # Handed out like any waiting conversation: at once, if somebody can take it.
+                able = taker(waits, self._policy, state)
+                if able is not None:
+                    await hand_out(conn, self._settings, able, at)
         return None  # the new assignee's alert says it all; the absent one hears nothing
 
 

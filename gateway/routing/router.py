@@ -87,6 +87,16 @@ def taken(state: RoutingState, decision: Decision, policy: Policy, at: str) -> R
     )
 
 
+def taker(queue: str, policy: Policy, state: RoutingState) -> str | None:
+    """Who of a queue's rotation (`round_robin` or `team:ID`) would be given a conversation
+    now, by its mode; None: nobody of it can take one."""
+    if queue == GLOBAL:
+        order = policy.round_robin
+    else:
+        order = policy.teams.get(queue.removeprefix(team_key("")))
+    return None if order is None else _pick(order, queue, policy, state)[0]
+
+
 SKIPS_SAID = 5  # agents a decision names as skipped; the rest are counted
 
 

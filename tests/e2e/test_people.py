@@ -290,7 +290,7 @@ def test_a_conversation_unassigned_by_a_person_waits_for_a_claim(
 
 @pytest.mark.parametrize(
     ("setting", "then", "event"),
-    [("keep", "alice", None), ("reassign", "bob", "reassigned"), ("unassign", None, "unassigned")],
+    [("keep", "alice", None), ("reassign", "bob", "reassigned"), ("unassign", "bob", "unassigned")],
 )
 def test_a_reply_to_an_away_owners_conversation_follows_the_setting(
     make_settings: Callable[..., Settings],
@@ -311,10 +311,25 @@ def test_a_reply_to_an_away_owners_conversation_follows_the_setting(
         [changed] = running.events(1, event)
         reason = json.loads(changed["detail"])["reason"]
         assert reason.startswith("the customer wrote again and alice is away")
-    if setting == "unassign":  # it waits in the queue: alice back, she takes it
-        assert ok(running, "status", "alice", "available").strip() == (
-            "alice is now available. alice takes conversation 1 from the queue."
-        )
+    if setting == "unassign":  # back in the queue, and bob, able, is given it from there
+        [given] = running.events(1, "assigned")[1:]
+        assert json.loads(given["detail"])["via"] == "queue"
+
+
+def test_a_reply_unassigned_from_an_away_owner_waits_when_nobody_can_take_it(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    running = start_daemon(make_settings(routing={"reply_when_assignee_away": "unassign"}))
+    running.send(mail("Broken", sender="wile@acme.com", Message_ID="<a1@acme.com>"))
+    running.drain()
+    for agent in ("alice", "bob", "carol"):
+        ok(running, "status", agent, "away")
+    running.send(mail("Re: Broken", sender="wile@acme.com", In_Reply_To="<a1@acme.com>"))
+    running.drain()
+    assert running.conversations()[0]["assignee"] is None
+    assert ok(running, "status", "alice", "available").strip() == (
+        "alice is now available. alice takes conversation 1 from the queue."
+    )
 
 
 def test_balanced_mode_gives_new_mail_to_the_least_loaded(
