@@ -18,10 +18,20 @@ from gateway.replies.marker import is_marker
 
 MAX_ANSWER_CHARS = 100_000  # the longest answer sent to a customer
 # An attribution's first word and the verb it holds: "On … wrote:", "Am … schrieb …:",
-# "Le … a écrit :", "El … escribió:", "Op … schreef …:".
-_ATTRIBUTIONS = {"on": "wrote", "am": "schrieb", "le": "a écrit", "el": "escribió", "op": "schreef"}
+# "Le … a écrit :", "El … escribió:", "Op … schreef …:", "Il giorno … ha scritto:",
+# "Em … escreveu:", "Den … skrev …:".
+_ATTRIBUTIONS = {
+    "on": "wrote",
+    "am": "schrieb",
+    "le": "a écrit",
+    "el": "escribió",
+    "op": "schreef",
+    "il": "ha scritto",
+    "em": "escreveu",
+    "den": "skrev",
+}
 # Outlook's header block: the sender's line, then one of the others, in the languages above.
-_FROM = frozenset({"from", "von", "de", "van"})
+_FROM = frozenset({"from", "von", "de", "van", "da", "från"})
 _HEADERS = frozenset(
     {
         "sent", "date", "to", "cc", "subject",
@@ -29,6 +39,9 @@ _HEADERS = frozenset(
         "envoyé", "à", "objet",
         "enviado", "enviado el", "fecha", "para", "asunto",
         "verzonden", "aan", "onderwerp",
+        "inviato", "a", "oggetto", "data",
+        "enviada", "assunto",
+        "skickat", "till", "ämne",
     }
 )  # fmt: skip
 MAX_LABEL = 16  # a line's characters read for a header's name: the names are short

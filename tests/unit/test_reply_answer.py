@@ -64,6 +64,9 @@ def test_gmails_attribution_wrapped_over_two_lines_goes_too() -> None:
         f"Le lun. 1 d\u00e9c. 2026 \u00e0 10:00, {GATEWAY} a \u00e9crit\u00a0:",
         f"El lun, 1 dic 2026 a las 10:00, {GATEWAY} escribi\u00f3:",
         f"Op ma 1 dec. 2026 om 10:00 schreef {GATEWAY}:",
+        f"Il giorno lun 1 dic 2026 alle ore 10:00 {GATEWAY} ha scritto:",
+        f"Em seg., 1 de dez. de 2026 \u00e0s 10:00, {GATEWAY} escreveu:",
+        f"Den 1 dec. 2026 kl. 10:00 skrev {GATEWAY}:",
     ],
 )
 def test_a_localized_attribution_above_the_marker_goes_too(attribution: str) -> None:
@@ -103,8 +106,13 @@ OUTLOOK_HTML = (
 
 @pytest.mark.parametrize(
     "labels",
-    [("From:", "Sent:", "To:", "Subject:"), ("Von:", "Gesendet:", "An:", "Betreff:")],
-    ids=["english", "german"],
+    [
+        ("From:", "Sent:", "To:", "Subject:"),
+        ("Von:", "Gesendet:", "An:", "Betreff:"),
+        ("Da:", "Inviato:", "A:", "Oggetto:"),
+        ("Fr\u00e5n:", "Skickat:", "Till:", "\u00c4mne:"),
+    ],
+    ids=["english", "german", "italian", "swedish"],
 )
 def test_an_outlook_html_reply_gives_the_agents_text(labels: tuple[str, ...]) -> None:
     from_, sent, to, subject = labels
