@@ -14,8 +14,11 @@ what the first did. A refused action has written nothing.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
+from email.errors import HeaderParseError
+from email.utils import parseaddr
 from typing import Literal
 
 from gateway.addresses import normalize_address
@@ -25,7 +28,15 @@ from gateway.config import Settings
 from gateway.errors import Refused
 from gateway.intake.facts import message_ids, normalize_message_id, parse_headers
 from gateway.model import STATUSES
-from gateway.replies.compose import Answer, Attachment, answer_id, answer_subject, build_answer
+from gateway.replies.compose import (
+    Answer,
+    Attachment,
+    answer_id,
+    answer_subject,
+    ascii_address,
+    build_answer,
+)
+from gateway.replies.marker import is_marker
 from gateway.store import queries
 from gateway.store.db import Database, Tx
 
@@ -82,11 +93,14 @@ class Retry:
 
 @dataclass(frozen=True)
 class Reply:
-    """Answer the customer: `text` (what the agent wrote, cut and trimmed) and files."""
+    """Answer the customer: `text` (what the agent wrote, cut and trimmed) and files.
+    `claim`: an unassigned conversation becomes the agent's (`claim_on_reply`), unless
+    the same mail said who has it (#assign, #unassign, #claim)."""
 
     conversation_id: int
     text: str
     attachments: tuple[Attachment, ...] = ()
+    claim: bool = True
 
 
 Action = Assign | Claim | Unassign | Close | Reopen | SetStatus | Retry | Reply
@@ -319,11 +333,21 @@ async def _reply(
             f"The answer is {len(text):,} characters, over the {MAX_ANSWER_CHARS:,} an answer"
             " may hold; send it in parts, or as an attachment."
         )
+    leak = internal_word(settings, text, reply.attachments)
+    if leak is not None:
+        raise Refused(
+            f"The answer holds {leak}, which no customer may see (the alert quoted, or an"
+            " internal address); nothing was sent. Write the answer above the alert's first line."
+        )
     row = await _conversation(tx, reply.conversation_id)
     customer = row.customer
     if not customer or "@" not in customer:
         raise Refused(f"Conversation {row.id} has no customer address to answer.")
-    if row.assignee is None and settings.replies.claim_on_reply:
+    try:
+        customer = ascii_address(customer)
+    except ValueError as error:
+        raise Refused(f"The answer cannot be sent: {error}.") from None
+    if row.assignee is None and settings.replies.claim_on_reply and reply.claim:
         change = Change(row.id, "claimed", agent.id, at, agent.id, detail={"via": actor.via})
         await record(tx, settings, change)
     replied = await queries.add_event(
@@ -331,7 +355,7 @@ async def _reply(
     )
     own_id = answer_id(replied, settings.gateway.hostname)
     parent, references = await _parent(tx, row.id)
-    raw = build_answer(
+    raw = _built(
         Answer(
             conversation_id=row.id,
             subject=row.subject,
@@ -376,6 +400,44 @@ async def _reply(
         at,
     )
     return "changed", f"The answer to conversation {row.id} is on its way to {customer}.", []
+
+
+def _built(answer: Answer) -> bytes:
+    try:
+        return build_answer(answer)
+    except (ValueError, TypeError, IndexError, HeaderParseError) as error:
+        raise Refused(f"The answer cannot be written as mail: {error}.") from None
+
+
+def internal_word(
+    settings: Settings, text: str, attachments: tuple[Attachment, ...] = ()
+) -> str | None:
+    """The first internal word in an answer (the alert's marker line, the gateway's, the
+    replies' or an agent's address, a token included), or None: the last check before
+    anything goes to a customer, whatever the cut let through."""
+    if any(is_marker(line) for line in text.splitlines()):
+        return "the alert's first line"
+    internal = _internal_addresses(settings)
+    found = internal.search(text)
+    if found is not None:
+        return found.group(0)
+    for item in attachments:
+        hit = internal.search(item.data.decode("latin-1"))
+        if hit is not None:
+            return f"{hit.group(0)} (in {item.filename or 'an attachment'})"
+    return None
+
+
+def _internal_addresses(settings: Settings) -> re.Pattern[str]:
+    """Any of the desk's own addresses, in any case, with any +tag."""
+    addresses = [parseaddr(settings.notify.from_)[1], settings.notify.bounce_address]
+    addresses += [settings.replies.address, *(agent.email for agent in settings.agents)]
+    forms = []
+    for address in filter(None, addresses):
+        local, _, domain = address.rpartition("@")
+        if local:
+            forms.append(rf"{re.escape(local)}(?:\+[^@\s]*)?@{re.escape(domain)}")
+    return re.compile("|".join(forms) or r"(?!)", re.IGNORECASE)
 
 
 async def _parent(tx: Tx, conversation_id: int) -> tuple[str | None, tuple[str, ...]]:

@@ -235,7 +235,7 @@ def _automatic(msg: Message, envelope_from: str | None) -> str | None:
         return "bounce"
     if not (raw("Auto-Submitted") or "no").startswith("no"):
         return "auto-submitted"
-    if raw("Precedence") in {"bulk", "junk", "list"}:
+    if raw("Precedence") in {"bulk", "junk", "list", "auto_reply"}:
         return "precedence"
     if raw("X-Autoreply") is not None or raw("X-Autorespond"):
         return "auto-reply"

@@ -457,8 +457,10 @@ class Outbox(DrainLoop):
                 if row.kind == "answer" and outcome.error is None:
                     # A customer would see it again, not a desk's alert: recorded at once,
                     # so that a crash after it sends it again only if it came in between.
-                    await self._record([outcome], holder, [])
-                    outcome = dataclasses.replace(outcome, recorded=True)
+                    # A store too busy now: the batch's commit records it, as any other.
+                    with contextlib.suppress(StoreUnavailable):
+                        await self._record([outcome], holder, [])
+                        outcome = dataclasses.replace(outcome, recorded=True)
                 outcomes.append(outcome)
 
         await asyncio.gather(*(lane(transport) for transport in self._transports[:lanes]))

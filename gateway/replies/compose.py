@@ -16,6 +16,8 @@ from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
 
+import idna
+
 from gateway import mailpolicy
 from gateway.intake.facts import conversation_token
 
@@ -50,6 +52,18 @@ def _one_line(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
+def ascii_address(address: str) -> str:
+    """The address with its domain in IDNA's ASCII form, as headers and SMTP take it;
+    ValueError for a local part that is not ASCII (SMTPUTF8, which smarthosts may lack)."""
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise ValueError(f"the customer's address {address!r} is not plain ASCII")
+    try:
+        return f"{local}@{idna.encode(domain, uts46=True).decode()}"
+    except idna.IDNAError as error:
+        raise ValueError(f"the customer's domain {domain!r} is not valid: {error}") from None
+
+
 def answer_id(event_id: int, hostname: str) -> str:
     """Derived from the `replied` event: a resent answer is recognisably the same one."""
     return f"<reply.{event_id}@{hostname}>"
@@ -69,7 +83,7 @@ def answer_subject(subject: str, conversation_id: int) -> str:
 def build_answer(answer: Answer) -> bytes:
     msg = EmailMessage(policy=mailpolicy.DEFAULT)
     msg["From"] = Address(_one_line(answer.agent_name), addr_spec=answer.inbox)
-    msg["To"] = Address(addr_spec=answer.customer)
+    msg["To"] = Address(addr_spec=ascii_address(answer.customer))
     msg["Subject"] = answer_subject(answer.subject, answer.conversation_id)
     msg["Date"] = format_datetime(answer.date)
     msg["Message-ID"] = answer.message_id
@@ -86,7 +100,7 @@ def build_answer(answer: Answer) -> bytes:
             item.data,
             maintype=maintype or "application",
             subtype=subtype or "octet-stream",
-            filename=item.filename,
+            filename=_one_line(item.filename) if item.filename else None,
         )
     return msg.as_bytes(policy=mailpolicy.SMTP)
 

@@ -32,6 +32,7 @@ from gateway.store.db import Tx
 from gateway.store.queries import StoredMail
 
 ACTOR = "gateway"
+_OWNERS = {"assign", "unassign", "claim"}  # commands that decide who has the conversation
 # Headers a mail server records the envelope recipient in, for mail taken from a mailbox.
 _DELIVERED = ("Delivered-To", "X-Original-To", "Envelope-To")
 
@@ -50,10 +51,12 @@ def read(raw: bytes) -> Reading:
     try:
         msg = BytesParser(policy=mailpolicy.DEFAULT).parsebytes(raw)
         assert isinstance(msg, EmailMessage)
+        # A mail attached (message/*) is the alert or another, never the agent's words.
         files = tuple(
             Attachment(part.get_filename(), part.get_content_type(), _payload(part))
             for part in msg.iter_attachments()
             if part.get_content_disposition() == "attachment"
+            and part.get_content_maintype() != "message"
         )
         return Reading(body_text(msg), files)
     except Exception:  # broken MIME, nesting deeper than the stack
@@ -152,7 +155,10 @@ async def _apply(
     steps = [(c.line, _action(c, conversation_id, agent)) for c in parsed.commands]
     text = answer.cut(parsed.rest)
     if text:
-        steps.append(("the answer", actions.Reply(conversation_id, text, reading.attachments)))
+        # A mail that says who has it (#assign, #unassign, #claim) is not undone by its answer.
+        claim = not any(c.name in _OWNERS for c in parsed.commands)
+        answer_ = actions.Reply(conversation_id, text, reading.attachments, claim=claim)
+        steps.append(("the answer", answer_))
     if not steps:
         raise _Refusal("it holds no command, and no answer above the marker line")
     actor = Actor(agent, "email")

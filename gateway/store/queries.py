@@ -270,7 +270,9 @@ async def store_answer(
         " VALUES (?, ?, 'agent', ?, ?, ?, ?, 'routed', ?, ?, ?, ?) RETURNING id",
         (
             inbox,
-            message_id,
+            # Not the Message-ID: a customer could send one first and have the answer
+            # refused as a duplicate. Accept's keys never hold white space; this one does.
+            f"answer {message_id}",
             sender,
             json.dumps([recipient]),
             len(raw),

@@ -340,6 +340,90 @@ def test_claiming_what_bob_has_is_refused_with_the_answer(desk: RunningDaemon, s
     unchanged(desk, assignee="bob")
 
 
+def test_an_attribution_the_cut_does_not_know_is_refused_not_sent(
+    desk: RunningDaemon, sink: Sink
+) -> None:
+    """Whatever the cut lets through, no internal address reaches the customer."""
+    alert = alert_to(sink, ALICE)
+    message = reply(alert, "It ships today.")
+    text = text_of(message).replace(
+        "On Mon, 30 Nov 2026 at 10:00, Assignments <gateway@gw.test> wrote:",
+        "Dnia 30.11.2026 o 10:00 Assignments <gateway@gw.test> napisał(a):",
+    )
+    message.set_content(text)
+    send_reply(desk, message)
+    reason, _ = refused(desk, sink)
+    assert reason.startswith("'the answer': The answer holds gateway@gw.test")
+    unchanged(desk)
+
+
+def test_the_alert_attached_to_a_reply_never_reaches_the_customer(
+    desk: RunningDaemon, sink: Sink
+) -> None:
+    alert = alert_to(sink, ALICE)
+    message = reply(alert, "It ships today.")
+    message.add_attachment(alert, filename="alert.eml")  # message/rfc822: left out
+    send_reply(desk, message)
+    [answer] = wait_until(lambda: answers(sink), what="the answer")
+    assert list(answer.iter_attachments()) == []
+    again = reply(alert, "And here is the invoice.")
+    again.add_attachment(  # the alert as a file: its token and addresses are in it
+        alert.as_bytes(), maintype="application", subtype="octet-stream", filename="a.bin"
+    )
+    send_reply(desk, again)
+    [event] = [e for e in show(desk)["events"] if e["kind"] == "reply_refused"]
+    assert "(in a.bin)" in event["detail"]["reason"]
+    assert len(answers(sink)) == 1
+
+
+def test_a_customer_sending_the_answers_message_id_first_does_not_stop_it(
+    desk: RunningDaemon, sink: Sink
+) -> None:
+    [last] = desk.query("SELECT max(id) FROM events")
+    # The squatter's mail takes three events (received, assigned, notified): the answer's
+    # `replied` event comes next, and its Message-ID is taken first.
+    squatted = f"reply.{last[0] + 4}@gw.test"
+    desk.send(mail("Squat", sender="mallory@example.org", Message_ID=f"<{squatted}>"))
+    desk.drain()
+    send_reply(desk, reply(alert_to(sink, ALICE), "It ships today."))
+    [answer] = wait_until(lambda: answers(sink), what="the answer")
+    assert answer["Message-ID"] == f"<{squatted}>"
+    assert text_of(answer).strip() == "It ships today."
+
+
+def test_an_answer_to_a_customer_on_an_international_domain_goes_to_its_ascii_form(
+    desk: RunningDaemon, sink: Sink
+) -> None:
+    desk.send(mail("Hallo", sender="Jörg <jorg@bücher.example>"))
+    desk.drain()
+    done = gateway(desk, "reply", "2", "--by", "alice", stdin=b"Guten Tag!\n")
+    assert done.returncode == 0, done.stderr
+    wait_until(
+        lambda: any(e.rcpt_tos == ["jorg@xn--bcher-kva.example"] for e in sink.received),
+        what="the answer at the ASCII address",
+    )
+
+
+def test_an_answer_to_an_address_no_header_can_hold_is_refused_not_shunted(
+    desk: RunningDaemon, sink: Sink
+) -> None:
+    desk.send(mail("Hei", sender="jöns@example.org"))
+    desk.drain()
+    [alert] = received(sink, ALICE)[1:] or [alert_to(sink, ALICE, count=2)]
+    send_reply(desk, reply(alert, "Hei!"))
+    [state] = desk.query("SELECT state, error FROM messages WHERE inbox = ?", (REPLIES,))
+    assert state["state"] == "refused"
+    assert "is not plain ASCII" in state["error"]
+
+
+def test_unassign_and_an_answer_in_one_mail_leave_it_unassigned(
+    desk: RunningDaemon, sink: Sink
+) -> None:
+    send_reply(desk, reply(alert_to(sink, ALICE), "#unassign\nSomeone else will follow up, Ann."))
+    wait_until(lambda: answers(sink), what="the answer")
+    assert desk.conversations()[0]["assignee"] is None
+
+
 def test_an_out_of_office_to_the_replies_address_is_dropped_without_a_word(
     desk: RunningDaemon, sink: Sink
 ) -> None:
@@ -505,8 +589,9 @@ def test_twenty_agents_mail_racing_ends_in_one_serial_order_with_every_event_onc
                 if new_status != wanted:
                     events.append(("closed" if word == "close" else "reopened", name, new_assignee))
                     new_status = wanted
+        owners = any(line.split()[0] in ("#claim", "#assign", "#unassign") for line in commands)
         if ok_ and "Answer from" in text:
-            if new_assignee is None:
+            if new_assignee is None and not owners:  # a mail saying who has it is obeyed
                 events.append(("claimed", name, name))
                 new_assignee = name
             events.append(("replied", name, name))

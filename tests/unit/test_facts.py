@@ -102,6 +102,8 @@ def test_auto_mail_is_recognised() -> None:
     assert extract(base + b"Auto-Submitted: auto-replied\r\n\r\n").auto == "auto-submitted"
     assert extract(base + b"Auto-Submitted: no\r\n\r\n").auto is None
     assert extract(base + b"Precedence: junk\r\n\r\n").auto == "precedence"
+    # Some auto-responders say so by this alone (Postfix's vacation, older Exchange).
+    assert extract(base + b"Precedence: auto_reply\r\n\r\n").auto == "precedence"
     assert extract(base + b"\r\n", envelope_from="").auto == "bounce"
     assert extract(base + b"\r\n", envelope_from="a@b.c").auto is None
 
