@@ -153,6 +153,27 @@ class SmtpSection(BaseModel):
         return [ipaddress.ip_network(item, strict=False) for item in self.allowed_networks]
 
 
+class LmtpSection(BaseModel):
+    """The LMTP door (RFC 2033), for an MTA on this host handing mail over (Postfix's
+    `lmtp:` transport): one answer per recipient, each after its commit."""
+
+    model_config = _STRICT
+    # HOST:PORT, or the absolute path of a unix socket; none: no LMTP.
+    listen: list[str] = []
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not item.startswith("/"):
+                parse_listen(item)
+        return value
+
+    def endpoints(self) -> list[tuple[str, int] | str]:
+        """Each listener: (host, port), or a unix socket's path."""
+        return [item if item.startswith("/") else parse_listen(item) for item in self.listen]
+
+
 class NotifySection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     enabled: bool = True
@@ -328,6 +349,7 @@ class Settings(BaseSettings):
     )
     gateway: GatewaySection = GatewaySection()
     smtp: SmtpSection = SmtpSection()
+    lmtp: LmtpSection = LmtpSection()
     notify: NotifySection = NotifySection()
     round_robin: RoundRobinSection = RoundRobinSection()
     threading: ThreadingSection = ThreadingSection()

@@ -25,6 +25,7 @@ from gateway.config import Settings
 from gateway.errors import ConfigError, GatewayError, StoreUnavailable
 from gateway.ingress.accept import Accept
 from gateway.ingress.imap import MailboxPoller
+from gateway.ingress.lmtp import LmtpRelay, LmtpServer
 from gateway.ingress.smtp import Relay, SmtpServer
 from gateway.intake.parsing import ProcessParser
 from gateway.intake.worker import Intake
@@ -68,6 +69,7 @@ class Daemon:
         self._reloading = asyncio.Lock()  # one SIGHUP at a time, in the order they came
         self._reloads: set[asyncio.Task[None]] = set()
         self.bound: list[tuple[str, int]] = []
+        self.lmtp_bound: list[tuple[str, int] | str] = []  # (host, port) or a socket path
 
     def request_stop(self) -> None:
         """Safe from any thread and from a signal handler."""
@@ -157,13 +159,20 @@ class Daemon:
             accept.on_stored = intake.wake
             relay = Relay(self.settings, accept)
             smtp = SmtpServer(self.settings, relay)
+            handover = LmtpRelay(self.settings, accept)
+            lmtp = LmtpServer(self.settings, handover)
             size = self.settings.smtp.max_message_size  # IMAP mail over it: its header only
             pollers = [
                 MailboxPoller(db, inbox, accept, max_size=size, clock=self._clock)
                 for inbox in self.settings.mailboxes()
             ]
-            self._reloadable = [intake, outbox, relay]
-            self.bound = await smtp.start()
+            self._reloadable = [intake, outbox, relay, handover]
+            self.bound = [b for b in await smtp.start() if isinstance(b, tuple)]
+            try:
+                self.lmtp_bound = await lmtp.start()
+            except GatewayError:
+                await smtp.stop(0)
+                raise
             if threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     self._loop.add_signal_handler(signum, self._stop.set)
@@ -182,7 +191,7 @@ class Daemon:
                 log.info("gateway.stopping")
                 self._notifier.stopping()
                 watchdog.cancel()
-                await smtp.stop(self._grace)
+                await asyncio.gather(smtp.stop(self._grace), lmtp.stop(self._grace))
                 for poller in pollers:
                     poller.stop()
                 intake.stop()
@@ -216,6 +225,8 @@ def needs_restart(old: Settings, new: Settings) -> list[str]:
     for key in ("listen", "tls_cert", "tls_key", "timeout", "max_message_size", "require_auth"):
         if getattr(old.smtp, key) != getattr(new.smtp, key):
             changed.append(f"smtp.{key}")
+    if old.lmtp != new.lmtp:
+        changed.append("lmtp")
     if _mailboxes(old) != _mailboxes(new):
         changed.append("inboxes.imap")
     return changed

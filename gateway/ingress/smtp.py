@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import ipaddress
+import os
 import secrets
+import stat
 import weakref
 from collections.abc import Callable
 from typing import Any, AnyStr, cast
@@ -180,28 +183,50 @@ class Relay(Pipelining):
         return "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        """250 once the message is stored for every inbox its recipients named; else the
+        first refusal (the sender sends it again; what was stored is kept once)."""
+        answers = await self.store(session, envelope)
+        return next((a for a in answers.values() if not a.startswith("250")), QUEUED)
+
+    async def store(self, session: Session, envelope: Envelope) -> dict[str, str]:
+        """Store the message once for each inbox its recipients named at RCPT; each
+        inbox's answer (250 once committed, 451 when it could not be)."""
         raw = envelope.original_content
+        by_inbox = self._routes.pop(envelope)  # a KeyError here is a bug: 451, never a loss
         if not isinstance(raw, bytes | bytearray):
-            return "451 4.3.0 No message content was received"
+            return dict.fromkeys(by_inbox, "451 4.3.0 No message content was received")
         # aiosmtpd hands over 8-bit envelope addresses as surrogates: make them storable.
         mail_from = clean_text(envelope.mail_from or "")
         sender = "" if mail_from in ("<>", "") else mail_from
-        by_inbox = self._routes.pop(envelope)  # a KeyError here is a bug: 451, never a loss
         self._in_flight += 1
         self._idle.clear()
+        answers = {}
         try:
             for inbox, recipients in by_inbox.items():
-                await self._accept(RawMail(inbox, bytes(raw), "smtp", sender, tuple(recipients)))
-        except StoreUnavailable as error:
-            log.error("smtp.store_failed", error=str(error), peer=str(session.peer))
-            return "451 4.3.0 The message could not be stored; please try again later"
-        except Exception as error:  # answered here, so that aiosmtpd starts the next transaction
-            return internal_error(error, peer=str(session.peer))
+                mail = RawMail(inbox, bytes(raw), "smtp", sender, tuple(recipients))
+                try:
+                    await self._accept(mail)
+                except StoreUnavailable as error:
+                    log.error("smtp.store_failed", error=str(error), peer=str(session.peer))
+                    answer = "451 4.3.0 The message could not be stored; please try again later"
+                except Exception as error:  # answered, so that the next transaction can start
+                    answer = internal_error(error, peer=str(session.peer))
+                else:
+                    answer = QUEUED
+                answers[inbox] = answer
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-        return "250 2.0.0 OK: queued"
+        return answers
+
+    def recipients(self, envelope: Envelope) -> dict[str, str]:
+        """Each recipient RCPT accepted (as stored) → the inbox it named."""
+        return {
+            recipient: inbox
+            for inbox, recipients in self._routes.get(envelope, {}).items()
+            for recipient in recipients
+        }
 
     async def drained(self) -> None:
         """Wait for the DATA transactions in flight to be answered."""
@@ -213,6 +238,7 @@ class Relay(Pipelining):
 
 
 CLOSING = "421 4.3.2 Shutting down, try again later"
+QUEUED = "250 2.0.0 OK: queued"
 
 
 def internal_error(error: BaseException, **fields: str) -> str:
@@ -269,7 +295,7 @@ TOO_BIG = "552 5.3.4 Message too big for this gateway"
 BUFFER_BYTES = 64 * 1024
 
 
-class _Session(SMTP):
+class RelaySession(SMTP):
     """aiosmtpd's session, with the enhanced status code RFC 3463 gives a too-big message,
     a 421 instead of the greeting when the relay turns the connection away, the
     per-client connection count kept, and DATA read in pieces (smtpdata.py)."""
@@ -313,6 +339,11 @@ class _Session(SMTP):
         else:
             await super().push(status)
 
+    def for_each_recipient(self, status: str) -> str:
+        """The answer DATA gives when the message as a whole is refused (LMTP: one a
+        recipient)."""
+        return status
+
     async def smtp_DATA(self, arg: str) -> None:
         # aiosmtpd's own DATA, with its checks in its order and its texts, but the section
         # read by smtpdata.py from the session's reader (`_reader`, pinned and guarded by
@@ -330,7 +361,7 @@ class _Session(SMTP):
         try:
             content = await read_data(self._reader, self.data_size_limit)
         except TooBig:
-            status = TOO_BIG
+            status = self.for_each_recipient(TOO_BIG)
         else:
             self.envelope.original_content = self.envelope.content = content
             status = await self.event_handler.handle_DATA(self, self.session, self.envelope)
@@ -341,49 +372,82 @@ class _Session(SMTP):
 class SmtpServer:
     """Listening sockets and open sessions, on the daemon's loop."""
 
+    door = "smtp"  # the word its log lines and errors use
+    session_class: type[SMTP] = RelaySession
+
     def __init__(self, settings: Settings, relay: Relay) -> None:
         self._settings = settings
         self._relay = relay
-        self._tls = settings.smtp.tls_context()
         self._servers: list[asyncio.Server] = []
+        self._paths: list[str] = []  # the unix sockets made, removed at the stop
         self._sessions: weakref.WeakSet[SMTP] = weakref.WeakSet()
 
-    def _protocol(self) -> SMTP:
-        session = _Session(
+    def endpoints(self) -> list[tuple[str, int] | str]:
+        return list(self._settings.smtp.endpoints())
+
+    def options(self) -> dict[str, Any]:
+        """What aiosmtpd's session is made with, beside the shared settings."""
+        smtp = self._settings.smtp
+        return {
+            "tls_context": smtp.tls_context(),
+            "auth_required": smtp.require_auth,
+            "auth_require_tls": True,
+        }
+
+    def _protocol(self, options: dict[str, Any]) -> SMTP:
+        session = self.session_class(
             self._relay,
             data_size_limit=self._settings.smtp.max_message_size,
             # Stored as bytes, never decoded here: international addresses are fine.
             enable_SMTPUTF8=True,
             hostname=self._settings.gateway.hostname,
             ident="inbox gateway",
-            tls_context=self._tls,
-            auth_required=self._settings.smtp.require_auth,
-            auth_require_tls=True,
             timeout=self._settings.smtp.timeout,
             command_call_limit=COMMAND_LIMITS,
             loop=asyncio.get_running_loop(),
+            **options,
         )
         self._sessions.add(session)
         return session
 
-    async def start(self) -> list[tuple[str, int]]:
+    async def start(self) -> list[tuple[str, int] | str]:
+        """Listen on every endpoint: (host, port) as bound, or a unix socket's path."""
         loop = asyncio.get_running_loop()
-        bound = []
-        factory: Callable[[], Any] = self._protocol
-        for host, port in self._settings.smtp.endpoints():
+        bound: list[tuple[str, int] | str] = []
+        factory: Callable[[], Any] = functools.partial(self._protocol, self.options())
+        for endpoint in self.endpoints():
             try:
-                server = await loop.create_server(factory, host, port)
+                if isinstance(endpoint, str):
+                    server = await self._unix(factory, endpoint)
+                else:
+                    server = await loop.create_server(factory, *endpoint)
             except OSError as error:
                 await self.stop(0)
+                where = endpoint if isinstance(endpoint, str) else "{}:{}".format(*endpoint)
                 raise GatewayError(
-                    f"cannot listen for SMTP on {host}:{port}: {error.strerror or error}"
+                    f"cannot listen for {self.door.upper()} on {where}: {error.strerror or error}"
                 ) from None
             self._servers.append(server)
+            if isinstance(endpoint, str):
+                bound.append(endpoint)
+                log.info(f"{self.door}.listening", socket=endpoint)
+                continue
             for sock in server.sockets:
                 address = sock.getsockname()
                 bound.append((str(address[0]), int(address[1])))
-                log.info("smtp.listening", host=address[0], port=address[1])
+                log.info(f"{self.door}.listening", host=address[0], port=address[1])
         return bound
+
+    async def _unix(self, factory: Callable[[], Any], path: str) -> asyncio.Server:
+        """A unix socket at `path` (one left by a process that died is replaced), which
+        its group may use: the MTA's user is put in the gateway's group to hand mail over."""
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        server = await asyncio.get_running_loop().create_unix_server(factory, path)
+        os.chmod(path, 0o660)
+        self._paths.append(path)
+        return server
 
     async def stop(self, grace: float) -> None:
         """Answer new connections 421, let DATA in flight finish (up to `grace` s), close."""
@@ -391,9 +455,12 @@ class SmtpServer:
         try:
             await asyncio.wait_for(self._relay.drained(), grace)
         except TimeoutError:
-            log.warning("smtp.drain_timeout", seconds=grace)
+            log.warning(f"{self.door}.drain_timeout", seconds=grace)
         for server in self._servers:
             server.close()
         for session in list(self._sessions):
             if session.transport is not None:
                 session.transport.close()
+        for path in self._paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
