@@ -3,7 +3,7 @@ VENV   ?= .venv
 CONFIG ?= config.example.toml
 PYTHON ?= python3
 
-.PHONY: run test lint bench dovecot
+.PHONY: run test lint bench peers
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +20,14 @@ $(VENV)/.test: pyproject.toml constraints.txt | $(VENV)/bin/python
 run: $(VENV)/.runtime  ## the daemon on the trial configuration
 	$(VENV)/bin/gateway run --config $(CONFIG)
 
-dovecot:  ## the IMAP tests run a real Dovecot: Debian's dovecot-imapd (needs root or sudo)
-	@command -v dovecot >/dev/null 2>&1 || { \
+peers:  ## the real peers the tests run: Debian's dovecot-imapd and postfix (needs root or sudo)
+	@command -v dovecot >/dev/null 2>&1 && [ -x /usr/sbin/postfix ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dovecot-imapd >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dovecot-imapd postfix >/dev/null; }
 
-test: $(VENV)/.test dovecot  ## the whole suite
+test: $(VENV)/.test peers  ## the whole suite
 	$(VENV)/bin/python -m pytest -q
 
 lint: $(VENV)/.test  ## ruff and mypy --strict
@@ -34,5 +35,5 @@ lint: $(VENV)/.test  ## ruff and mypy --strict
 	$(VENV)/bin/ruff format --check gateway tests bench
 	$(VENV)/bin/mypy gateway
 
-bench: $(VENV)/.test dovecot  ## every benchmark against its baseline (about 20 min); writes BENCHMARKS.md
+bench: $(VENV)/.test peers  ## every benchmark against its baseline (about 20 min); writes BENCHMARKS.md
 	$(VENV)/bin/python -m bench --write

@@ -1,0 +1,181 @@
+"""A private Postfix (Debian's package) on free loopback ports, for the tests and the bench.
+
+Its own configuration folder, queue and log under one folder, no chroot, run in
+the foreground by root. Postfix's set-group-id commands (postqueue) take a
+non-default configuration folder only when the default main.cf lists it in
+`alternate_config_directories`: the instance adds its folder there while it
+runs, which changes nothing else about a system Postfix.
+
+The recipes of contrib/postfix/ are the configuration the tests run: `recipe()`
+reads one and replaces the operator's values (ports, paths, user) by the test's,
+each of which must be in the file, so a recipe edited is a recipe tested.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+RECIPES = Path(__file__).resolve().parent.parent / "contrib" / "postfix"
+DEFAULT_MAIN_CF = Path("/etc/postfix/main.cf")
+
+# The instance's own plumbing; a recipe or a caller adds what it delivers and how.
+INSTANCE = """\
+compatibility_level = 3.6
+queue_directory = {folder}/queue
+data_directory = {folder}/data
+mail_owner = postfix
+setgid_group = postdrop
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+myhostname = mx.test
+mydestination =
+alias_maps =
+alias_database =
+local_recipient_maps =
+maillog_file_prefixes = {folder}
+maillog_file = {folder}/maillog
+"""
+
+# A deferred message is tried again within seconds, not Postfix's minutes.
+QUICK_RETRY = """\
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
+"""
+
+
+def available() -> bool:
+    return shutil.which("postfix") is not None and Path("/etc/postfix/master.cf").exists()
+
+
+def recipe(path: str, replace: dict[str, str]) -> str:
+    """contrib/postfix/PATH with each operator's value replaced by the test's."""
+    text = (RECIPES / path).read_text()
+    for theirs, ours in replace.items():
+        assert theirs in text, f"{theirs!r} is no longer in contrib/postfix/{path}"
+        text = text.replace(theirs, ours)
+    return text
+
+
+def recipient_map(addresses: Iterable[str]) -> str:
+    """A relay_recipient_maps source: `ADDRESS OK` a line."""
+    return "".join(f"{address} OK\n" for address in addresses)
+
+
+def master_cf(port: int, extra: str = "") -> str:
+    """Debian's master.cf with no chroot (the queue is ours), smtpd on 127.0.0.1:`port`."""
+    lines = []
+    for line in Path("/etc/postfix/master.cf").read_text().splitlines():
+        fields = line.split()
+        if line[:1].isalnum() and len(fields) >= 8:
+            if fields[0] == "smtp" and fields[1] == "inet":
+                fields[0] = f"127.0.0.1:{port}"
+            fields[4] = "n"
+            line = " ".join(fields)
+        lines.append(line)
+    return "\n".join(lines) + "\n" + extra
+
+
+class Postfix:
+    def __init__(self, folder: Path, port: int, main_cf: str, master_extra: str = "") -> None:
+        self.folder = folder
+        self.port = port
+        self.config = folder / "conf"
+        self._process: subprocess.Popen[bytes] | None = None
+        shutil.rmtree(folder, ignore_errors=True)
+        for name in ("conf", "queue", "data"):
+            (folder / name).mkdir(parents=True)
+        shutil.chown(folder / "data", "postfix")
+        (self.config / "main.cf").write_text(INSTANCE.format(folder=folder) + main_cf)
+        (self.config / "master.cf").write_text(master_cf(port, master_extra))
+
+    def postmap(self, name: str, text: str) -> Path:
+        """A hash: map in the configuration folder, from `KEY VALUE` lines."""
+        path = self.config / name
+        path.write_text(text)
+        subprocess.run(["postmap", "-c", str(self.config), f"hash:{path}"], check=True)
+        return path
+
+    def start(self) -> None:
+        _alternates(add=self.config)
+        subprocess.run(
+            ["postfix", "-c", str(self.config), "set-permissions"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        with (self.folder / "start-fg.log").open("ab") as log:
+            self._process = subprocess.Popen(
+                ["postfix", "-c", str(self.config), "start-fg"], stdout=log, stderr=log
+            )
+        self._wait_listening()
+
+    def _wait_listening(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise AssertionError(f"postfix stopped at its start:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise AssertionError(f"postfix did not listen on {self.port}:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self._process is not None:
+            subprocess.run(
+                ["postfix", "-c", str(self.config), "stop"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                self._process.wait(30)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            self._process = None
+        _alternates(remove=self.config)
+
+    def flush(self) -> None:
+        """Try every deferred message now (postqueue -f)."""
+        subprocess.run(["postqueue", "-c", str(self.config), "-f"], check=True)
+
+    def queued(self) -> int:
+        """Messages in the queue, not yet delivered or bounced."""
+        queues = ("maildrop", "incoming", "active", "deferred", "hold")
+        return sum(
+            1
+            for name in queues
+            if (self.folder / "queue" / name).is_dir()
+            for path in (self.folder / "queue" / name).rglob("*")
+            if path.is_file()
+        )
+
+    def log(self) -> str:
+        path = self.folder / "maillog"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _alternates(add: Path | None = None, remove: Path | None = None) -> None:
+    """Add a folder to, or remove it from, the default main.cf's alternate_config_directories."""
+    found = subprocess.run(
+        ["postconf", "-h", "alternate_config_directories"],
+        capture_output=True,
+        text=True,
+    )
+    folders = found.stdout.replace(",", " ").split() if found.returncode == 0 else []
+    if add is not None and str(add) not in folders:
+        folders.append(str(add))
+    if remove is not None and str(remove) in folders:
+        folders.remove(str(remove))
+    DEFAULT_MAIN_CF.touch()
+    subprocess.run(
+        ["postconf", "-e", f"alternate_config_directories = {' '.join(folders)}"], check=True
+    )
