@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import shutil
 import smtplib
+import subprocess
+import sys
+import sysconfig
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.message import EmailMessage
@@ -18,9 +22,11 @@ from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 
 import pytest
+import tomli_w
 
+from gateway import config
 from gateway.config import Settings
-from tests.conftest import RunningDaemon, free_port, mail, wait_until
+from tests.conftest import BASE, RunningDaemon, free_port, mail, wait_until
 from tests.postfix import QUICK_RETRY, Postfix, available, recipe, recipient_map
 
 pytestmark = pytest.mark.integration
@@ -81,8 +87,11 @@ def send(port: int, batch: list[EmailMessage]) -> None:
         list(pool.map(one_connection, [batch[i::CONNECTIONS] for i in range(CONNECTIONS)]))
 
 
-def stored_once(daemon: RunningDaemon, batch: list[EmailMessage], timeout: float = 60) -> None:
-    """Every message of the batch stored exactly once, routed."""
+def stored_once(
+    daemon: RunningDaemon, batch: list[EmailMessage], inbox: str = "", timeout: float = 60
+) -> None:
+    """Every message of the batch stored exactly once, routed, for the inbox it was sent
+    to (or `inbox`)."""
     wanted = {m["Message-ID"].strip("<>") for m in batch}
 
     def stored() -> bool:
@@ -93,7 +102,7 @@ def stored_once(daemon: RunningDaemon, batch: list[EmailMessage], timeout: float
     rows = daemon.query("SELECT message_id, inbox, state FROM messages")
     assert sorted(r["message_id"].strip("<>") for r in rows) == sorted(wanted)
     assert {r["state"] for r in rows} == {"routed"}
-    by_id = {m["Message-ID"].strip("<>"): m["To"] for m in batch}
+    by_id = {m["Message-ID"].strip("<>"): inbox or m["To"] for m in batch}
     assert all(by_id[r["message_id"].strip("<>")] == r["inbox"] for r in rows)
 
 
@@ -128,5 +137,181 @@ def test_the_relay_recipe_delivers_each_message_once(
     postfix = start_postfix(daemon.settings, relay_recipe(daemon.port, folder))
     batch = messages()
     send(postfix.port, batch)
+    stored_once(daemon, batch)
+    delivered(postfix)
+
+
+def test_the_lmtp_recipe_delivers_each_message_once(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    start_postfix: Callable[..., Postfix],
+    folder: Path,
+) -> None:
+    port = free_port()
+    daemon = start_daemon(make_settings(lmtp={"listen": [f"127.0.0.1:{port}"]}))
+    main_cf = recipe(
+        "lmtp/main.cf",
+        {
+            "lmtp:inet:127.0.0.1:2424": f"lmtp:inet:127.0.0.1:{port}",
+            RECIPIENTS: str(folder / "postfix" / "conf" / "gateway_recipients"),
+            **SIZE_LIMIT,
+        },
+    )
+    postfix = start_postfix(daemon.settings, main_cf)
+    batch = messages()
+    send(postfix.port, batch)
+    stored_once(daemon, batch)
+    delivered(postfix)
+
+
+PIPE_USER = "nobody"  # the recipe's `gateway`: Postfix's pipe runs nothing as root
+
+
+def pipe_python() -> list[str]:
+    """How the pipe's user runs this checkout's `gateway`: this interpreter, or where it
+    is out of that user's reach (a pyenv under /root), the system's of the same
+    version, on this virtualenv's packages."""
+    packages = [str(Path(__file__).resolve().parents[2]), sysconfig.get_paths()["purelib"]]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, shutil.which(version, path="/usr/bin") or version):
+        try:
+            subprocess.run([python, "-c", ""], user=PIPE_USER, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        return ["/usr/bin/env", f"PYTHONPATH={':'.join(packages)}", python]
+    pytest.fail(f"no {version} the user {PIPE_USER} may run")
+
+
+def shared_settings(folder: Path) -> Settings:
+    """A configuration and database the pipe's user reads and writes, as the daemon does."""
+    home = folder / "gateway"
+    home.mkdir()
+    shutil.chown(home, PIPE_USER)
+    database = home / "gateway.db"
+    # Owned by the pipe's user: SQLite gives its -wal and -shm the same owner.
+    database.touch(0o600)
+    shutil.chown(database, PIPE_USER)
+    path = home / "gateway.toml"
+    data = {**BASE, "gateway": {**BASE["gateway"], "database": str(database)}}
+    path.write_text(tomli_w.dumps(data))
+    return config.load(path)
+
+
+def start_pipe(
+    start_daemon: Callable[..., RunningDaemon],
+    start_postfix: Callable[..., Postfix],
+    folder: Path,
+) -> tuple[RunningDaemon, Postfix]:
+    """The daemon, and Postfix piping into `gateway ingest` as the pipe recipe has it."""
+    daemon = start_daemon(shared_settings(folder))
+    main_cf = recipe(
+        "pipe/main.cf",
+        {RECIPIENTS: str(folder / "postfix" / "conf" / "gateway_recipients"), **SIZE_LIMIT},
+    )
+    master_cf = recipe(
+        "pipe/master.cf",
+        {
+            "user=gateway": f"user={PIPE_USER}",
+            "/usr/local/bin/gateway": " ".join([*pipe_python(), "-m", "gateway"]),
+            "/etc/gateway/gateway.toml": str(folder / "gateway" / "gateway.toml"),
+        },
+    )
+    return daemon, start_postfix(daemon.settings, main_cf, master_cf)
+
+
+# A Python process a message, CPU-bound: about 7 a second on 2 cores.
+@pytest.mark.timeout(300)
+def test_the_pipe_recipe_delivers_each_message_once(
+    start_daemon: Callable[..., RunningDaemon],
+    start_postfix: Callable[..., Postfix],
+    folder: Path,
+) -> None:
+    daemon, postfix = start_pipe(start_daemon, start_postfix, folder)
+    batch = messages()
+    send(postfix.port, batch)
+    stored_once(daemon, batch, timeout=240)
+    delivered(postfix)
+    assert {r[0] for r in daemon.query("SELECT source FROM messages")} == {"ingest"}
+
+
+def test_a_bounce_through_the_pipe_keeps_its_null_sender(
+    start_daemon: Callable[..., RunningDaemon],
+    start_postfix: Callable[..., Postfix],
+    folder: Path,
+) -> None:
+    daemon, postfix = start_pipe(start_daemon, start_postfix, folder)
+    bounce = mail("Undelivered Mail Returned to Sender")
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
+        client.sendmail("<>", ["support@example.com"], bounce.as_bytes(policy=SMTP_POLICY))
+    stored_once(daemon, [bounce])
+    [row] = daemon.query("SELECT envelope_from FROM messages")
+    assert row["envelope_from"] == ""
+    [event] = daemon.events(1, "received")
+    assert '"auto": "bounce"' in event["detail"]
+
+
+def test_an_unknown_recipient_is_refused_at_rcpt_and_never_bounced(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    start_postfix: Callable[..., Postfix],
+    folder: Path,
+) -> None:
+    daemon = start_daemon(relay_settings(make_settings, free_port()))
+    postfix = start_postfix(daemon.settings, relay_recipe(daemon.port, folder))
+    message = mail("One known, one not")
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
+        # A +tag on an inbox's address is that inbox's (the replies address's always has one).
+        refused = client.sendmail(
+            "customer@example.org",
+            ["nobody@example.com", "support+billing@example.com"],
+            message.as_bytes(policy=SMTP_POLICY),
+        )
+    assert {to: (code, text[:5]) for to, (code, text) in refused.items()} == {
+        "nobody@example.com": (550, b"5.1.1")
+    }
+    stored_once(daemon, [message], "support@example.com")
+    delivered(postfix)
+
+
+def test_a_message_postfix_takes_at_its_size_limit_is_stored(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    start_postfix: Callable[..., Postfix],
+    folder: Path,
+) -> None:
+    daemon = start_daemon(relay_settings(make_settings, free_port()))
+    postfix = start_postfix(daemon.settings, relay_recipe(daemon.port, folder))
+    # Postfix's limit is on its queue file: the message, its Received header and the envelope.
+    size = int(SIZE_LIMIT["24990000"]) - 1_000
+    big = mail("Big")
+    line = "x" * 76 + "\n"
+    big.set_content(line * ((size - len(big.as_bytes(policy=SMTP_POLICY))) // (len(line) + 1)))
+    raw = big.as_bytes(policy=SMTP_POLICY)
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
+        client.sendmail("customer@example.org", ["support@example.com"], raw)
+    stored_once(daemon, [big])
+    delivered(postfix)
+
+
+def test_postfix_defers_while_the_gateway_is_down_then_delivers_each_once(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    start_postfix: Callable[..., Postfix],
+    folder: Path,
+) -> None:
+    settings = relay_settings(make_settings, free_port())
+    daemon = start_daemon(settings)
+    postfix = start_postfix(settings, relay_recipe(daemon.port, folder))
+    batch = messages()
+    sending = threading.Thread(target=send, args=(postfix.port, batch))
+    sending.start()
+    # Stopped in the middle of Postfix's deliveries: what it had not committed is deferred.
+    wait_until(lambda: daemon.query("SELECT count(*) FROM messages")[0][0] >= COUNT // 5)
+    daemon.stop()
+    sending.join(60)
+    wait_until(lambda: "status=deferred" in postfix.log(), 30, "Postfix to defer")
+    assert postfix.queued() > 0
+    daemon = start_daemon(settings)
+    postfix.flush()
     stored_once(daemon, batch)
     delivered(postfix)
