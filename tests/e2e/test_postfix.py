@@ -250,6 +250,25 @@ def test_a_bounce_through_the_pipe_keeps_its_null_sender(
     assert '"auto": "bounce"' in event["detail"]
 
 
+def test_a_message_to_two_inboxes_through_the_pipe_is_stored_for_each(
+    start_daemon: Callable[..., RunningDaemon],
+    start_postfix: Callable[..., Postfix],
+    folder: Path,
+) -> None:
+    daemon, postfix = start_pipe(start_daemon, start_postfix, folder)
+    both = mail("For both", to="support@example.com, sales@example.com")
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
+        client.sendmail(
+            "customer@example.org",
+            ["support@example.com", "sales@example.com"],
+            both.as_bytes(policy=SMTP_POLICY),
+        )
+    wait_until(lambda: daemon.query("SELECT count(*) FROM messages")[0][0] == 2, 30)
+    delivered(postfix)
+    rows = daemon.query("SELECT inbox FROM messages ORDER BY inbox")
+    assert [r["inbox"] for r in rows] == ["sales@example.com", "support@example.com"]
+
+
 def test_an_unknown_recipient_is_refused_at_rcpt_and_never_bounced(
     make_settings: Callable[..., Settings],
     start_daemon: Callable[..., RunningDaemon],
