@@ -86,7 +86,7 @@ class Postfix:
         self.folder = folder
         self.port = port
         self.config = folder / "conf"
-        self._process: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         shutil.rmtree(folder, ignore_errors=True)
         for name in ("conf", "queue", "data"):
             (folder / name).mkdir(parents=True)
@@ -110,7 +110,7 @@ class Postfix:
             stderr=subprocess.DEVNULL,
         )
         with (self.folder / "start-fg.log").open("ab") as log:
-            self._process = subprocess.Popen(
+            self.process = subprocess.Popen(
                 ["postfix", "-c", str(self.config), "start-fg"], stdout=log, stderr=log
             )
         self._wait_listening()
@@ -118,8 +118,8 @@ class Postfix:
     def _wait_listening(self) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            assert self._process is not None
-            if self._process.poll() is not None:
+            assert self.process is not None
+            if self.process.poll() is not None:
                 raise AssertionError(f"postfix stopped at its start:\n{self.log()}")
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
@@ -129,18 +129,18 @@ class Postfix:
         raise AssertionError(f"postfix did not listen on {self.port}:\n{self.log()}")
 
     def stop(self) -> None:
-        if self._process is not None:
+        if self.process is not None:
             subprocess.run(
                 ["postfix", "-c", str(self.config), "stop"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             try:
-                self._process.wait(30)
+                self.process.wait(30)
             except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            self._process = None
+                self.process.kill()
+                self.process.wait()
+            self.process = None
         _alternates(remove=self.config)
 
     def flush(self) -> None:
