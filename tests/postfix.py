@@ -16,6 +16,8 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
+import sysconfig
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -49,6 +51,12 @@ maximal_backoff_time = 2s
 """
 
 
+# The operator's values in the recipes, which callers replace by their own.
+RECIPIENTS = "/etc/postfix/gateway_recipients"
+SIZE_LIMIT = "24990000"
+PIPE_USER = "nobody"  # the recipe's `gateway`: Postfix runs no pipe as root
+
+
 def available() -> bool:
     return shutil.which("postfix") is not None and Path("/etc/postfix/master.cf").exists()
 
@@ -60,6 +68,76 @@ def recipe(path: str, replace: dict[str, str]) -> str:
         assert theirs in text, f"{theirs!r} is no longer in contrib/postfix/{path}"
         text = text.replace(theirs, ours)
     return text
+
+
+def recipients_file(folder: Path) -> Path:
+    """The relay_recipient_maps file of the instance in `folder` (Postfix.postmap makes it)."""
+    return folder / "conf" / "gateway_recipients"
+
+
+def relay_recipe(folder: Path, gateway_port: int, size_limit: int) -> str:
+    return recipe(
+        "relay/main.cf",
+        {
+            "[127.0.0.1]:2525": f"[127.0.0.1]:{gateway_port}",
+            RECIPIENTS: str(recipients_file(folder)),
+            SIZE_LIMIT: str(size_limit),
+        },
+    )
+
+
+def lmtp_recipe(folder: Path, lmtp_port: int, size_limit: int) -> str:
+    return recipe(
+        "lmtp/main.cf",
+        {
+            "lmtp:inet:127.0.0.1:2424": f"lmtp:inet:127.0.0.1:{lmtp_port}",
+            RECIPIENTS: str(recipients_file(folder)),
+            SIZE_LIMIT: str(size_limit),
+        },
+    )
+
+
+def pipe_recipe(folder: Path, config: Path, size_limit: int) -> tuple[str, str]:
+    """main.cf and master.cf: PIPE_USER runs this checkout's `gateway ingest --config CONFIG`."""
+    main_cf = recipe(
+        "pipe/main.cf", {RECIPIENTS: str(recipients_file(folder)), SIZE_LIMIT: str(size_limit)}
+    )
+    master_cf = recipe(
+        "pipe/master.cf",
+        {
+            "user=gateway": f"user={PIPE_USER}",
+            "/usr/local/bin/gateway": " ".join([*pipe_python(), "-m", "gateway"]),
+            "/etc/gateway/gateway.toml": str(config),
+        },
+    )
+    return main_cf, master_cf
+
+
+def pipe_python() -> list[str]:
+    """How PIPE_USER runs this checkout's Python: this interpreter, or where it is out of
+    that user's reach (a pyenv under /root), the system's of the same version, on this
+    virtualenv's packages."""
+    packages = [str(Path(__file__).resolve().parents[1]), sysconfig.get_paths()["purelib"]]
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for python in (sys.executable, shutil.which(version, path="/usr/bin") or version):
+        try:
+            subprocess.run([python, "-c", ""], user=PIPE_USER, check=True)
+        except (OSError, subprocess.CalledProcessError):
+            continue
+        return ["/usr/bin/env", f"PYTHONPATH={':'.join(packages)}", python]
+    raise RuntimeError(f"no {version} the user {PIPE_USER} may run")
+
+
+def pipe_home(folder: Path) -> Path:
+    """A folder for the gateway's configuration and database that PIPE_USER writes too;
+    its database, made before the daemon opens it."""
+    folder.mkdir()
+    shutil.chown(folder, PIPE_USER)
+    database = folder / "gateway.db"
+    # Owned by the pipe's user: SQLite gives its -wal and -shm the same owner.
+    database.touch(0o600)
+    shutil.chown(database, PIPE_USER)
+    return database
 
 
 def recipient_map(addresses: Iterable[str]) -> str:
@@ -85,7 +163,7 @@ class Postfix:
     def __init__(self, folder: Path, port: int, main_cf: str, master_extra: str = "") -> None:
         self.folder = folder
         self.port = port
-        self.config = folder / "conf"
+        self.config = recipients_file(folder).parent
         self.process: subprocess.Popen[bytes] | None = None
         shutil.rmtree(folder, ignore_errors=True)
         for name in ("conf", "queue", "data"):

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import shutil
 import smtplib
-import subprocess
-import sys
-import sysconfig
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -27,15 +24,23 @@ import tomli_w
 from gateway import config
 from gateway.config import Settings
 from tests.conftest import BASE, RunningDaemon, free_port, mail, wait_until
-from tests.postfix import QUICK_RETRY, Postfix, available, recipe, recipient_map
+from tests.postfix import (
+    QUICK_RETRY,
+    Postfix,
+    available,
+    lmtp_recipe,
+    pipe_home,
+    pipe_recipe,
+    recipient_map,
+    relay_recipe,
+)
 
 pytestmark = pytest.mark.integration
 
 COUNT = 500
 CONNECTIONS = 4
-RECIPIENTS = "/etc/postfix/gateway_recipients"
 # The tests' gateway takes 100KB (conftest.BASE); the recipes' headroom is 10,000 bytes.
-SIZE_LIMIT = {"24990000": "90000"}
+SIZE = 90_000
 
 
 @pytest.fixture
@@ -95,7 +100,7 @@ def stored_once(
     wanted = {m["Message-ID"].strip("<>") for m in batch}
 
     def stored() -> bool:
-        return daemon.query("SELECT count(*) FROM messages")[0][0] >= len(wanted)
+        return bool(daemon.query("SELECT count(*) FROM messages")[0][0] >= len(wanted))
 
     wait_until(stored, timeout, f"{len(wanted)} messages stored")
     daemon.drain()
@@ -116,17 +121,6 @@ def relay_settings(make_settings: Callable[..., Settings], port: int) -> Setting
     return make_settings(smtp={"listen": [f"127.0.0.1:{port}"], "max_message_size": "100KB"})
 
 
-def relay_recipe(postfix_port: int, folder: Path) -> str:
-    return recipe(
-        "relay/main.cf",
-        {
-            "[127.0.0.1]:2525": f"[127.0.0.1]:{postfix_port}",
-            RECIPIENTS: str(folder / "postfix" / "conf" / "gateway_recipients"),
-            **SIZE_LIMIT,
-        },
-    )
-
-
 def test_the_relay_recipe_delivers_each_message_once(
     make_settings: Callable[..., Settings],
     start_daemon: Callable[..., RunningDaemon],
@@ -134,7 +128,7 @@ def test_the_relay_recipe_delivers_each_message_once(
     folder: Path,
 ) -> None:
     daemon = start_daemon(relay_settings(make_settings, free_port()))
-    postfix = start_postfix(daemon.settings, relay_recipe(daemon.port, folder))
+    postfix = start_postfix(daemon.settings, relay_recipe(folder / "postfix", daemon.port, SIZE))
     batch = messages()
     send(postfix.port, batch)
     stored_once(daemon, batch)
@@ -149,52 +143,11 @@ def test_the_lmtp_recipe_delivers_each_message_once(
 ) -> None:
     port = free_port()
     daemon = start_daemon(make_settings(lmtp={"listen": [f"127.0.0.1:{port}"]}))
-    main_cf = recipe(
-        "lmtp/main.cf",
-        {
-            "lmtp:inet:127.0.0.1:2424": f"lmtp:inet:127.0.0.1:{port}",
-            RECIPIENTS: str(folder / "postfix" / "conf" / "gateway_recipients"),
-            **SIZE_LIMIT,
-        },
-    )
-    postfix = start_postfix(daemon.settings, main_cf)
+    postfix = start_postfix(daemon.settings, lmtp_recipe(folder / "postfix", port, SIZE))
     batch = messages()
     send(postfix.port, batch)
     stored_once(daemon, batch)
     delivered(postfix)
-
-
-PIPE_USER = "nobody"  # the recipe's `gateway`: Postfix's pipe runs nothing as root
-
-
-def pipe_python() -> list[str]:
-    """How the pipe's user runs this checkout's `gateway`: this interpreter, or where it
-    is out of that user's reach (a pyenv under /root), the system's of the same
-    version, on this virtualenv's packages."""
-    packages = [str(Path(__file__).resolve().parents[2]), sysconfig.get_paths()["purelib"]]
-    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
-    for python in (sys.executable, shutil.which(version, path="/usr/bin") or version):
-        try:
-            subprocess.run([python, "-c", ""], user=PIPE_USER, check=True)
-        except (OSError, subprocess.CalledProcessError):
-            continue
-        return ["/usr/bin/env", f"PYTHONPATH={':'.join(packages)}", python]
-    pytest.fail(f"no {version} the user {PIPE_USER} may run")
-
-
-def shared_settings(folder: Path) -> Settings:
-    """A configuration and database the pipe's user reads and writes, as the daemon does."""
-    home = folder / "gateway"
-    home.mkdir()
-    shutil.chown(home, PIPE_USER)
-    database = home / "gateway.db"
-    # Owned by the pipe's user: SQLite gives its -wal and -shm the same owner.
-    database.touch(0o600)
-    shutil.chown(database, PIPE_USER)
-    path = home / "gateway.toml"
-    data = {**BASE, "gateway": {**BASE["gateway"], "database": str(database)}}
-    path.write_text(tomli_w.dumps(data))
-    return config.load(path)
 
 
 def start_pipe(
@@ -203,19 +156,12 @@ def start_pipe(
     folder: Path,
 ) -> tuple[RunningDaemon, Postfix]:
     """The daemon, and Postfix piping into `gateway ingest` as the pipe recipe has it."""
-    daemon = start_daemon(shared_settings(folder))
-    main_cf = recipe(
-        "pipe/main.cf",
-        {RECIPIENTS: str(folder / "postfix" / "conf" / "gateway_recipients"), **SIZE_LIMIT},
-    )
-    master_cf = recipe(
-        "pipe/master.cf",
-        {
-            "user=gateway": f"user={PIPE_USER}",
-            "/usr/local/bin/gateway": " ".join([*pipe_python(), "-m", "gateway"]),
-            "/etc/gateway/gateway.toml": str(folder / "gateway" / "gateway.toml"),
-        },
-    )
+    database = pipe_home(folder / "gateway")
+    path = database.parent / "gateway.toml"
+    data = {**BASE, "gateway": {**BASE["gateway"], "database": str(database)}}
+    path.write_text(tomli_w.dumps(data))
+    daemon = start_daemon(config.load(path))
+    main_cf, master_cf = pipe_recipe(folder / "postfix", path, SIZE)
     return daemon, start_postfix(daemon.settings, main_cf, master_cf)
 
 
@@ -276,7 +222,7 @@ def test_an_unknown_recipient_is_refused_at_rcpt_and_never_bounced(
     folder: Path,
 ) -> None:
     daemon = start_daemon(relay_settings(make_settings, free_port()))
-    postfix = start_postfix(daemon.settings, relay_recipe(daemon.port, folder))
+    postfix = start_postfix(daemon.settings, relay_recipe(folder / "postfix", daemon.port, SIZE))
     message = mail("One known, one not")
     with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
         # A +tag on an inbox's address is that inbox's (the replies address's always has one).
@@ -299,9 +245,9 @@ def test_a_message_postfix_takes_at_its_size_limit_is_stored(
     folder: Path,
 ) -> None:
     daemon = start_daemon(relay_settings(make_settings, free_port()))
-    postfix = start_postfix(daemon.settings, relay_recipe(daemon.port, folder))
+    postfix = start_postfix(daemon.settings, relay_recipe(folder / "postfix", daemon.port, SIZE))
     # Postfix's limit is on its queue file: the message, its Received header and the envelope.
-    size = int(SIZE_LIMIT["24990000"]) - 1_000
+    size = SIZE - 1_000
     big = mail("Big")
     line = "x" * 76 + "\n"
     big.set_content(line * ((size - len(big.as_bytes(policy=SMTP_POLICY))) // (len(line) + 1)))
@@ -320,7 +266,7 @@ def test_postfix_defers_while_the_gateway_is_down_then_delivers_each_once(
 ) -> None:
     settings = relay_settings(make_settings, free_port())
     daemon = start_daemon(settings)
-    postfix = start_postfix(settings, relay_recipe(daemon.port, folder))
+    postfix = start_postfix(settings, relay_recipe(folder / "postfix", daemon.port, SIZE))
     batch = messages()
     sending = threading.Thread(target=send, args=(postfix.port, batch))
     sending.start()
