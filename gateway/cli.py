@@ -15,9 +15,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiosmtplib
+
 from gateway import actions, config, logs, views
 from gateway.clock import utcnow
-from gateway.config import ImapSection, Settings
+from gateway.config import ImapSection, NotifySection, Settings
 from gateway.errors import ConfigError, GatewayError, Refused
 from gateway.imapsession import MailboxError, open_mailbox
 from gateway.ingress import users
@@ -28,6 +30,7 @@ from gateway.store.db import Database
 
 T = TypeVar("T")
 VIA: actions.Via = "cli"  # the door these actions come through (DESIGN §8: detail.via)
+TRY_SECONDS = 10  # a smarthost that has not answered by then is reported as failing
 _HIDDEN = {"Cc", "Cf", "Zl", "Zp"}  # controls, bidi and other format characters, separators
 
 
@@ -144,16 +147,56 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  round-robin: {rotation}")
     print(f"  alerts:      {notify}")
     print(f"  replies:     {s.replies.address or 'off (alerts are answered to the customer)'}")
+    warnings = _doubtful(s)
+    for warning in warnings:
+        print(f"warning: {warning}")
     if not args.connect:
         return 0
     mailboxes = [(inbox.address, inbox.imap) for inbox in s.mailboxes() if inbox.imap is not None]
     if not mailboxes:
         print("no connected mailbox to try")
-        return 0
-    results = asyncio.run(_try_mailboxes(mailboxes))
+    results = asyncio.run(_try_mailboxes(mailboxes)) if mailboxes else []
+    if s.notify.backend == "smtp" and s.notify.smtp_host:
+        results.append(asyncio.run(_try_smarthost(s.notify)))
     for line in results:
         print(line)
     return 0 if all(" works" in line for line in results) else 1
+
+
+def _doubtful(s: Settings) -> list[str]:
+    """Settings that load but will not do what they are there for."""
+    found = []
+    if s.notify.backend == "smtp" and not s.notify.smtp_host.strip():
+        found.append("notify.backend is smtp but notify.smtp_host is empty: nothing can be sent")
+    if s.replies.address is not None and not s.notify.enabled:
+        found.append(
+            "replies.address is set but notify.enabled is false: no alert goes out to reply to"
+        )
+    return found
+
+
+async def _try_smarthost(notify: NotifySection) -> str:
+    """One sentence: connected (TLS, login) and said goodbye to the smarthost, or why not."""
+    where = f"smarthost {notify.smtp_host}:{notify.smtp_port}"
+    client = aiosmtplib.SMTP(
+        hostname=notify.smtp_host,
+        port=notify.smtp_port,
+        use_tls=notify.tls,
+        start_tls=notify.starttls,
+        username=notify.username,
+        password=notify.secret(),
+        timeout=TRY_SECONDS,
+    )
+    try:
+        await client.connect()
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError) as error:
+        if isinstance(error.__cause__ or error, ConnectionRefusedError):
+            return f"{where} fails: the server refused the connection"
+        return f"{where} fails: {error}"
+    how = "TLS" if notify.tls else "STARTTLS" if notify.starttls else "plain text"
+    login = f", logged in as {notify.username}" if notify.username else ""
+    return f"{where} works ({how}{login})"
 
 
 async def _try_mailboxes(mailboxes: list[tuple[str, ImapSection]]) -> list[str]:
