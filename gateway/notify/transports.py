@@ -11,6 +11,7 @@ from typing import Protocol
 import aiosmtplib
 
 from gateway.config import NotifySection
+from gateway.store.db import file_mode
 
 TIMEOUT_SECONDS = 30
 
@@ -126,9 +127,14 @@ class FileTransport:
         await asyncio.to_thread(self._write, data, name)
 
     def _write(self, data: bytes, name: str) -> None:
-        self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # alerts carry customer mail
+        # Alerts carry customer mail: the folder and files are as private as the database.
+        if not self._folder.is_dir():
+            shared = file_mode(str(self._folder)) == 0o660
+            self._folder.mkdir(parents=True, exist_ok=True)
+            self._folder.chmod(0o770 if shared else 0o700)  # whatever the umask says
         fd, temporary = tempfile.mkstemp(dir=self._folder, suffix=".tmp")
         try:
+            os.fchmod(fd, file_mode(str(self._folder / name)))
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
                 out.flush()
