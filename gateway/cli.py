@@ -26,6 +26,7 @@ from gateway.ingress import users
 from gateway.ingress.accept import Accept
 from gateway.intake.worker import rerun
 from gateway.model import STATUSES, RawMail
+from gateway.notify.transports import smarthost_client
 from gateway.store.db import Database
 
 T = TypeVar("T")
@@ -178,15 +179,7 @@ def _doubtful(s: Settings) -> list[str]:
 async def _try_smarthost(notify: NotifySection) -> str:
     """One sentence: connected (TLS, login) and said goodbye to the smarthost, or why not."""
     where = f"smarthost {notify.smtp_host}:{notify.smtp_port}"
-    client = aiosmtplib.SMTP(
-        hostname=notify.smtp_host,
-        port=notify.smtp_port,
-        use_tls=notify.tls,
-        start_tls=notify.starttls,
-        username=notify.username,
-        password=notify.secret(),
-        timeout=TRY_SECONDS,
-    )
+    client = smarthost_client(notify, TRY_SECONDS)
     try:
         await client.connect()
         await client.quit()

@@ -83,16 +83,7 @@ class SmtpTransport:
             raise
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        n = self._notify
-        client = aiosmtplib.SMTP(
-            hostname=n.smtp_host,
-            port=n.smtp_port,
-            use_tls=n.tls,
-            start_tls=n.starttls,
-            username=n.username,
-            password=n.secret(),
-            timeout=TIMEOUT_SECONDS,
-        )
+        client = smarthost_client(self._notify, TIMEOUT_SECONDS)
         await client.connect()
         return client
 
@@ -143,6 +134,19 @@ class FileTransport:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def smarthost_client(notify: NotifySection, timeout: float) -> aiosmtplib.SMTP:
+    """A client for the smarthost as configured (TLS or STARTTLS, login), not connected."""
+    return aiosmtplib.SMTP(
+        hostname=notify.smtp_host,
+        port=notify.smtp_port,
+        use_tls=notify.tls,
+        start_tls=notify.starttls,
+        username=notify.username,
+        password=notify.secret(),
+        timeout=timeout,
+    )
 
 
 def _described(error: BaseException) -> str:
