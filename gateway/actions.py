@@ -396,6 +396,7 @@ async def _reply(
             "message_id": stored_id,
             "to": customer,
             "from": row.inbox,
+            "subject": answer_subject(row.subject, row.id),
         },
         at,
     )

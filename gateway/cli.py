@@ -15,19 +15,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aiosmtplib
+
 from gateway import actions, config, logs, views
 from gateway.clock import utcnow
-from gateway.config import ImapSection, Settings
+from gateway.config import ImapSection, NotifySection, Settings
 from gateway.errors import ConfigError, GatewayError, Refused
 from gateway.imapsession import MailboxError, open_mailbox
 from gateway.ingress import users
 from gateway.ingress.accept import Accept
 from gateway.intake.worker import rerun
 from gateway.model import STATUSES, RawMail
+from gateway.notify.transports import smarthost_client
 from gateway.store.db import Database
 
 T = TypeVar("T")
 VIA: actions.Via = "cli"  # the door these actions come through (DESIGN §8: detail.via)
+TRY_SECONDS = 10  # a smarthost that has not answered by then is reported as failing
 _HIDDEN = {"Cc", "Cf", "Zl", "Zp"}  # controls, bidi and other format characters, separators
 
 
@@ -144,16 +148,48 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     print(f"  round-robin: {rotation}")
     print(f"  alerts:      {notify}")
     print(f"  replies:     {s.replies.address or 'off (alerts are answered to the customer)'}")
+    warnings = _doubtful(s)
+    for warning in warnings:
+        print(f"warning: {warning}")
     if not args.connect:
         return 0
     mailboxes = [(inbox.address, inbox.imap) for inbox in s.mailboxes() if inbox.imap is not None]
     if not mailboxes:
         print("no connected mailbox to try")
-        return 0
-    results = asyncio.run(_try_mailboxes(mailboxes))
+    results = asyncio.run(_try_mailboxes(mailboxes)) if mailboxes else []
+    if s.notify.backend == "smtp" and s.notify.smtp_host:
+        results.append(asyncio.run(_try_smarthost(s.notify)))
     for line in results:
         print(line)
     return 0 if all(" works" in line for line in results) else 1
+
+
+def _doubtful(s: Settings) -> list[str]:
+    """Settings that load but will not do what they are there for."""
+    found = []
+    if s.notify.backend == "smtp" and not s.notify.smtp_host.strip():
+        found.append("notify.backend is smtp but notify.smtp_host is empty: nothing can be sent")
+    if s.replies.address is not None and not s.notify.enabled:
+        found.append(
+            "replies.address is set but notify.enabled is false: no alert goes out to reply to"
+        )
+    return found
+
+
+async def _try_smarthost(notify: NotifySection) -> str:
+    """One sentence: connected (TLS, login) and said goodbye to the smarthost, or why not."""
+    where = f"smarthost {notify.smtp_host}:{notify.smtp_port}"
+    client = smarthost_client(notify, TRY_SECONDS)
+    try:
+        await client.connect()
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError) as error:
+        if isinstance(error.__cause__ or error, ConnectionRefusedError):
+            return f"{where} fails: the server refused the connection"
+        return f"{where} fails: {error}"
+    how = "TLS" if notify.tls else "STARTTLS" if notify.starttls else "plain text"
+    login = f", logged in as {notify.username}" if notify.username else ""
+    return f"{where} works ({how}{login})"
 
 
 async def _try_mailboxes(mailboxes: list[tuple[str, ImapSection]]) -> list[str]:
@@ -429,10 +465,24 @@ def _envelope_sender(given: str | None) -> str | None:
 EX_TEMPFAIL = 75  # sysexits.h: what mail servers' pipes take as "try again later"
 
 
+EX_USAGE = 64  # sysexits.h: the command was misused (a mail server bounces the message)
+EX_NOUSER = 67  # sysexits.h: addressee unknown (a mail server bounces it: 5.1.1)
+
+
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
-    inbox = settings.inbox_for(args.to)
-    if inbox is None:
-        raise Refused(f"{args.to} is not an inbox address or alias here.")
+    # A mail server's pipe may hand over several recipients at once (Postfix's ${recipient}
+    # without a recipient limit of 1): the message is stored once for each inbox they name.
+    by_inbox: dict[str, list[str]] = {}
+    unknown = []
+    for address in args.to:
+        inbox = settings.inbox_for(address)
+        if inbox is None:
+            unknown.append(address)
+        else:
+            by_inbox.setdefault(inbox, []).append(address)
+    if not by_inbox:
+        print(f"{', '.join(unknown)}: no inbox address or alias here.", file=sys.stderr)
+        return EX_NOUSER
     raw = sys.stdin.buffer.read()
     if not raw:
         raise Refused("Nothing arrived on standard input: no message to store.")
@@ -441,16 +491,39 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             f"The message is {len(raw)} bytes, over smtp.max_message_size"
             f" ({settings.smtp.max_message_size})."
         )
-    mail = RawMail(inbox, raw, "ingest", _envelope_sender(args.sender), (args.to,))
+    sender = _envelope_sender(args.sender)
+    mails = [RawMail(inbox, raw, "ingest", sender, tuple(to)) for inbox, to in by_inbox.items()]
+
+    async def store(db: Database) -> list[int | None]:
+        accept = Accept(db)
+        return [await accept(mail) for mail in mails]
+
     try:
-        stored = _with_db(settings, lambda db: Accept(db)(mail), create=True)
+        stored = _with_db(settings, store, create=True)
     except Exception as error:  # whatever it was, the sender must keep the message and retry
         print(f"The message was not stored ({error}); try again later.", file=sys.stderr)
         return EX_TEMPFAIL
-    if stored is None:
-        print(f"Already stored for {inbox} (the same message came before).")
-    else:
-        print(f"Stored as message {stored} for {inbox}; the daemon routes it.")
+    for mail, pk in zip(mails, stored, strict=True):
+        if pk is None:
+            print(f"Already stored for {mail.inbox} (the same message came before).")
+        else:
+            print(f"Stored as message {pk} for {mail.inbox}; the daemon routes it.")
+    if unknown:  # stored for the others: the mail server must not bounce it for them
+        print(f"Not stored for {', '.join(unknown)}: no inbox by that address.", file=sys.stderr)
+    return 0
+
+
+def cmd_recipients(settings: Settings, args: argparse.Namespace) -> int:
+    """Every address the gateway takes mail for: its inboxes', their aliases and the
+    replies address (whose +TOKEN forms a mail server finds with `recipient_delimiter`)."""
+    addresses = [a for inbox in settings.inboxes for a in (inbox.address, *inbox.aliases)]
+    if settings.replies.address is not None:
+        addresses.append(settings.replies.address)
+    if args.json:
+        print(json.dumps(addresses, indent=2))
+        return 0
+    for address in addresses:
+        print(f"{address} OK" if args.postfix else address)
     return 0
 
 
@@ -649,9 +722,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--from", dest="sender", metavar="SENDER", help="the envelope sender; <> for a bounce"
     )
     p = command("ingest", cmd_ingest, "store one message read from standard input")
-    p.add_argument("--to", required=True, metavar="ADDRESS", help="the inbox address")
+    p.add_argument(
+        "--to",
+        required=True,
+        nargs="+",
+        metavar="ADDRESS",
+        help="the inbox addresses (several: a mail server's recipients at once)",
+    )
     p.add_argument(
         "--from", dest="sender", metavar="SENDER", help="the envelope sender; <> for a bounce"
+    )
+    p = command(
+        "recipients",
+        cmd_recipients,
+        "the addresses the gateway takes mail for, one a line",
+        json_output=True,
+    )
+    p.add_argument(
+        "--postfix",
+        action="store_true",
+        help="as a Postfix lookup table (ADDRESS OK), for relay_recipient_maps",
     )
     command("shunted", cmd_shunted, "messages intake failed on, with the error", json_output=True)
     p = command("retry", cmd_retry, "run intake again on a shunted message")
@@ -668,7 +758,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(words)
+    except SystemExit as exit_:
+        # A mail server's pipe reads sysexits: 2 would be a bounce with no reason given.
+        if exit_.code == 2 and "ingest" in words:
+            return EX_USAGE
+        raise
     if hasattr(args, "standalone"):
         code: int = args.standalone(args)
         return code

@@ -9,6 +9,7 @@ sleeping a fixed time.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import smtplib
@@ -116,6 +117,8 @@ def _fresh_logging() -> Iterator[None]:
     """In-process `gateway` commands configure logging onto a captured stderr; undo it."""
     yield
     structlog.reset_defaults()
+    logging.getLogger().handlers.clear()  # its stream was this test's captured stderr
+    logging.captureWarnings(False)
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ from typing import Protocol
 import aiosmtplib
 
 from gateway.config import NotifySection
+from gateway.store.db import file_mode
 
 TIMEOUT_SECONDS = 30
 
@@ -82,16 +83,7 @@ class SmtpTransport:
             raise
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        n = self._notify
-        client = aiosmtplib.SMTP(
-            hostname=n.smtp_host,
-            port=n.smtp_port,
-            use_tls=n.tls,
-            start_tls=n.starttls,
-            username=n.username,
-            password=n.secret(),
-            timeout=TIMEOUT_SECONDS,
-        )
+        client = smarthost_client(self._notify, TIMEOUT_SECONDS)
         await client.connect()
         return client
 
@@ -126,9 +118,14 @@ class FileTransport:
         await asyncio.to_thread(self._write, data, name)
 
     def _write(self, data: bytes, name: str) -> None:
-        self._folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # alerts carry customer mail
+        # Alerts carry customer mail: the folder and files are as private as the database.
+        if not self._folder.is_dir():
+            shared = file_mode(str(self._folder)) == 0o660
+            self._folder.mkdir(parents=True, exist_ok=True)
+            self._folder.chmod(0o770 if shared else 0o700)  # whatever the umask says
         fd, temporary = tempfile.mkstemp(dir=self._folder, suffix=".tmp")
         try:
+            os.fchmod(fd, file_mode(str(self._folder / name)))
             with os.fdopen(fd, "wb") as out:
                 out.write(data)
                 out.flush()
@@ -137,6 +134,19 @@ class FileTransport:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def smarthost_client(notify: NotifySection, timeout: float) -> aiosmtplib.SMTP:
+    """A client for the smarthost as configured (TLS or STARTTLS, login), not connected."""
+    return aiosmtplib.SMTP(
+        hostname=notify.smtp_host,
+        port=notify.smtp_port,
+        use_tls=notify.tls,
+        start_tls=notify.starttls,
+        username=notify.username,
+        password=notify.secret(),
+        timeout=timeout,
+    )
 
 
 def _described(error: BaseException) -> str:

@@ -33,7 +33,7 @@ from gateway.notify.render import Alert, AlertInput, render
 from gateway.notify.transports import SmarthostDown, Transport, transport_for
 from gateway.replies import compose, token
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, Tx
 
 log = structlog.get_logger("gateway.notify")
 T = TypeVar("T")
@@ -304,9 +304,11 @@ class Outbox(DrainLoop):
                     )
                 if kept and outcome.event is not None and row.conversation_id is not None:
                     kind, agent, detail = outcome.event
-                    await queries.add_event(
+                    event_id = await queries.add_event(
                         conn, row.conversation_id, at, kind, ACTOR, agent=agent, detail=detail
                     )
+                    if row.kind == "answer" and outcome.error and outcome.retry_at is None:
+                        await _tell_undelivered(conn, row, event_id, outcome.error, at)
                 held.append(kept)
             await queries.release(conn, untouched, holder)
         for outcome, kept in zip(outcomes, held, strict=True):
@@ -561,15 +563,15 @@ class Outbox(DrainLoop):
         )
 
     def _notice(self, row: queries.OutboxRow, agent: Agent) -> Prepared:
-        """Why an agent's mail to the replies address was refused, for that agent."""
+        """A word for an agent: their mail refused, or their answer not delivered."""
         payload = row.payload
         own_id = compose.notice_id(int(payload["message"]), self._settings.gateway.hostname)
         notice = compose.Notice(
             sender=self._settings.notify.from_,
             agent_name=agent.name or agent.id,
             agent_email=agent.email,
-            subject=payload["subject"],
-            reason=payload["reason"],
+            title=payload["title"],
+            text=payload["text"],
             conversation_id=row.conversation_id,
             message_id=own_id,
             mark=None if row.event_id is None else alertmark.mark(self._secret, row.event_id),
@@ -608,6 +610,21 @@ class Outbox(DrainLoop):
         detail = {"reason": reason, **sent}
         said = ("alert.sent", {**_about(row), "reason": reason, "to": prepared.recipient})
         return Outcome(row, event=("notified", row.payload["agent"], detail), said=said)
+
+
+async def _tell_undelivered(
+    tx: Tx, row: queries.OutboxRow, event_id: int, error: str, at: str
+) -> None:
+    """An answer given up on: its agent is told, who would otherwise think it sent."""
+    payload = row.payload
+    title, text = compose.undelivered(payload.get("subject", ""), payload["to"], error)
+    notice = {
+        "agent": payload["agent"],
+        "title": title,
+        "text": text,
+        "message": payload["message"],
+    }
+    await queries.enqueue(tx, "notice", event_id, row.conversation_id, notice, at)
 
 
 def _transports(settings: Settings) -> list[Transport]:

@@ -106,28 +106,52 @@ def build_answer(answer: Answer) -> bytes:
 
 
 def notice_id(message_pk: int, hostname: str) -> str:
-    """Derived from the agent's mail it answers: one notice a mail, however often sent."""
+    """Derived from the message it is about (the agent's mail, or the answer): one notice
+    a message, however often sent."""
     return f"<notice.{message_pk}@{hostname}>"
 
 
 @dataclass(frozen=True)
 class Notice:
+    """A short word to an agent: their mail was refused, or their answer not delivered."""
+
     sender: str  # [notify] from
     agent_name: str
     agent_email: str
-    subject: str  # of the agent's mail
-    reason: str
+    title: str  # the subject
+    text: str  # the body
     conversation_id: int | None
     message_id: str
     mark: str | None  # X-Gateway-Notification, when there is an event to sign
     date: datetime
 
 
+def refusal(subject: str, reason: str, conversation_id: int | None) -> tuple[str, str]:
+    """The title and text of the notice for an agent's mail that was refused."""
+    about = f" about conversation #{conversation_id}" if conversation_id is not None else ""
+    return (
+        f"Not done: {_one_line(subject) or '(no subject)'}",
+        f"Your mail{about} was not applied: {_one_line(reason)}\n\n"
+        "Nothing changed and nothing was sent to the customer. Correct it and send it"
+        " again, as a reply to the alert.\n",
+    )
+
+
+def undelivered(subject: str, customer: str, error: str) -> tuple[str, str]:
+    """The title and text of the notice for an answer the customer's server never took."""
+    return (
+        f"Not delivered: {_one_line(subject)}",
+        f"Your answer to {customer} could not be delivered, and the gateway has stopped"
+        f" trying: {_one_line(error)}\n\nThe conversation keeps it; reach the customer"
+        " another way.\n",
+    )
+
+
 def build_notice(notice: Notice) -> bytes:
     msg = EmailMessage(policy=mailpolicy.DEFAULT)
     msg["From"] = notice.sender
     msg["To"] = Address(_one_line(notice.agent_name), addr_spec=notice.agent_email)
-    msg["Subject"] = f"Not done: {_one_line(notice.subject) or '(no subject)'}"
+    msg["Subject"] = _one_line(notice.title)
     msg["Date"] = format_datetime(notice.date)
     msg["Message-ID"] = notice.message_id
     msg["Auto-Submitted"] = "auto-replied"
@@ -135,14 +159,5 @@ def build_notice(notice: Notice) -> bytes:
         msg["X-Gateway-Conversation"] = str(notice.conversation_id)
     if notice.mark is not None:
         msg["X-Gateway-Notification"] = notice.mark
-    about = (
-        f" about conversation #{notice.conversation_id}"
-        if notice.conversation_id is not None
-        else ""
-    )
-    msg.set_content(
-        f"Your mail{about} was not applied: {_one_line(notice.reason)}\n\n"
-        "Nothing changed and nothing was sent to the customer. Correct it and send it"
-        " again, as a reply to the alert.\n"
-    )
+    msg.set_content(notice.text)
     return msg.as_bytes(policy=mailpolicy.SMTP)

@@ -25,7 +25,7 @@ from gateway.config import Settings
 from gateway.intake.facts import header_text, parse_headers
 from gateway.mailtext import body_text
 from gateway.model import MailFacts
-from gateway.replies import answer, commands, token
+from gateway.replies import answer, commands, compose, token
 from gateway.replies.compose import Attachment
 from gateway.store import queries
 from gateway.store.db import Tx
@@ -215,5 +215,6 @@ async def _refuse(
         )
     if notified is None:  # nobody's mail: answering it would be backscatter
         return
-    payload = {"agent": notified, "reason": reason, "subject": facts.subject, "message": stored.id}
+    title, text = compose.refusal(facts.subject, reason, conversation_id)
+    payload = {"agent": notified, "title": title, "text": text, "message": stored.id}
     await queries.enqueue(tx, "notice", event_id, conversation_id, payload, at)

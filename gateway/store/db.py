@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import stat
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -173,8 +174,9 @@ class Database:
             raise StoreUnavailable(f"{path}: only SQLite files are supported so far")
         flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if create else 0)
         try:
-            # Mail is private: the file (and SQLite's -wal/-shm, which copy its mode) is 0600.
-            os.close(os.open(path, flags, 0o600))
+            # Mail is private: the file (and SQLite's -wal/-shm, which copy its mode) is 0600,
+            # or 0660 in a folder its group may write (admins sharing the service's state).
+            os.close(_open(path, flags))
         except FileNotFoundError:
             raise StoreUnavailable(
                 f"{path}: no database here (has `gateway run` started yet?)"
@@ -277,10 +279,30 @@ class Database:
         await self._conn.close()
 
 
+def file_mode(path: str) -> int:
+    """The mode of a file made at `path`: the owner's alone, unless its folder is one its
+    group may write (the service's state shared with the admins in its group)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        shared = os.stat(folder).st_mode & stat.S_IWGRP
+    except OSError:
+        shared = 0
+    return 0o660 if shared else 0o600
+
+
+def _open(path: str, flags: int) -> int:
+    """os.open, a file it makes given `file_mode` whatever the umask says."""
+    made = bool(flags & os.O_CREAT) and not os.path.exists(path)
+    fd = os.open(path, flags, 0o600)
+    if made:
+        os.fchmod(fd, file_mode(path))
+    return fd
+
+
 def _lock(path: str, how: int) -> int:
     """Open `path` (made if need be) and flock it `how`; the descriptor holding the lock.
     OSError when it cannot be opened, BlockingIOError when LOCK_NB finds it held."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = _open(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, how)
     except BaseException:
@@ -320,7 +342,7 @@ class Presence:
         alone = False
         try:
             gate = await asyncio.to_thread(_lock, f"{self.path}.gate", fcntl.LOCK_EX)
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._fd = _open(self.path, os.O_RDWR | os.O_CREAT)
             with contextlib.suppress(BlockingIOError):
                 fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 alone = True

@@ -117,10 +117,10 @@ def test_route_says_why_mail_without_a_sender_is_left_unassigned(
     assert view["reason"] == "mail without a sender address goes to the unassigned queue"
 
 
-def test_ingest_to_an_unknown_address_is_refused(config: Path) -> None:
+def test_ingest_to_an_unknown_address_exits_67_addressee_unknown(config: Path) -> None:
     done = run(config, "ingest", "--to", "nobody@example.com", stdin=mail().as_bytes())
-    assert done.returncode == 1
-    assert b"not an inbox address" in done.stderr
+    assert done.returncode == 67  # sysexits' EX_NOUSER: the mail server bounces it, 5.1.1
+    assert b"nobody@example.com: no inbox address or alias here." in done.stderr
 
 
 def test_ingest_exits_75_when_the_store_is_unwritable_and_writes_nothing(config: Path) -> None:
@@ -235,3 +235,50 @@ def test_route_of_a_bounce_given_its_null_sender(config: Path, tmp_path: Path) -
     sample.write_bytes(mail("Undeliverable").as_bytes(policy=SMTP))
     view = json.loads(run(config, "route", str(sample), "--from", "<>", "--json").stdout)
     assert (view["assignee"], view["tags"]) == (None, ["auto"])
+
+
+def test_ingest_to_several_recipients_stores_once_per_inbox(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.toml"
+    piped = mail("For both").as_bytes(policy=SMTP)
+    to = ["support@example.com", "sales@example.com", "support@gw.test"]
+    done = run(config, "ingest", "--to", *to, stdin=piped)
+    assert done.returncode == 0, done.stderr
+    rows = running.query("SELECT inbox, envelope_to FROM messages ORDER BY inbox")
+    assert [(r["inbox"], r["envelope_to"]) for r in rows] == [
+        ("sales@example.com", '["sales@example.com"]'),
+        ("support@example.com", '["support@example.com", "support@gw.test"]'),
+    ]
+
+
+def test_ingest_stores_for_the_known_recipients_and_names_the_unknown(
+    running: RunningDaemon, tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.toml"
+    piped = mail("Partly").as_bytes(policy=SMTP)
+    done = run(config, "ingest", "--to", "nobody@example.com", "sales@example.com", stdin=piped)
+    assert done.returncode == 0
+    assert b"Not stored for nobody@example.com: no inbox by that address." in done.stderr
+    assert [r["inbox"] for r in running.query("SELECT inbox FROM messages")] == [
+        "sales@example.com"
+    ]
+
+
+def test_ingest_misuse_exits_64_as_a_mail_server_reads_it(config: Path) -> None:
+    done = run(config, "ingest", stdin=mail().as_bytes())  # no --to
+    assert done.returncode == 64
+
+
+def test_recipients_prints_a_postfix_lookup_table(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    make_settings(replies={"address": "replies@gw.test"})
+    done = run(tmp_path / "gateway.toml", "recipients", "--postfix")
+    assert done.returncode == 0
+    assert done.stdout.decode().splitlines() == [
+        "support@example.com OK",
+        "support@gw.test OK",
+        "sales@example.com OK",
+        "replies@gw.test OK",
+    ]

@@ -16,11 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.smtp import Envelope
 
 from gateway.clock import utcnow
 from gateway.config import Settings
 from gateway.replies.marker import MARKER
-from tests.conftest import RunningDaemon, Sink, mail, smtp_notify, wait_until
+from tests.conftest import RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
 from tests.dovecot import Dovecot
 from tests.e2e.test_people import gateway, ok, show
 from tests.integration.test_imap import connected, imap_inbox
@@ -504,6 +505,49 @@ def test_the_replies_address_can_be_a_mailbox_the_gateway_polls(
     assert text_of(answer).strip() == "It ships today."
     [state] = running.query("SELECT source, state FROM messages WHERE inbox = ?", (REPLIES,))
     assert tuple(state) == ("imap", "applied")
+
+
+class RefusingAnn(Sink):
+    """A smarthost that takes mail for everybody but Ann, whose address it refuses."""
+
+    async def handle_RCPT(
+        self, server: object, session: object, envelope: Envelope, address: str, options: object
+    ) -> str:
+        if address == ANN:
+            return "550 5.1.1 <ann@example.org>: no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_an_answer_given_up_on_is_told_to_its_agent(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    clock: Clock,
+) -> None:
+    smarthost = RefusingAnn(free_port())
+    smarthost.start()
+    try:
+        running = start_daemon(
+            make_settings(
+                round_robin={"enabled": True, "agents": ["alice"]},
+                notify=smtp_notify(smarthost.port),
+                replies={"address": REPLIES},
+            ),
+            clock=clock,
+        )
+        running.send(mail("Where is my parcel?", sender=f"Ann <{ANN}>"))
+        running.drain()
+        send_reply(running, reply(alert_to(smarthost, ALICE), "It ships today."))
+        wait_until(lambda: running.events(1, "answer_failed"), what="the first failure")
+        clock.ahead = timedelta(days=3)  # past the two days an answer is tried for
+        notice = alert_to(smarthost, ALICE, count=2)
+    finally:
+        smarthost.stop()
+    assert str(notice["Subject"]) == "Not delivered: Re: Where is my parcel? [#1]"
+    assert "Your answer to ann@example.org could not be delivered" in text_of(notice)
+    assert "no such user" in text_of(notice)
+    failures = running.events(1, "answer_failed")
+    assert json.loads(failures[-1]["detail"])["retry_at"] is None
 
 
 def test_twenty_agents_mail_racing_ends_in_one_serial_order_with_every_event_once(

@@ -17,7 +17,7 @@ from gateway.cli import main as gateway
 from gateway.config import Settings
 from gateway.store import queries
 from gateway.store.db import Database
-from tests.conftest import RunningDaemon, free_port, mail, wait_until
+from tests.conftest import RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -629,3 +629,33 @@ def test_route_says_mail_to_the_replies_address_is_never_routed(
     assert isinstance(view, dict)
     assert (view["rule"], view["assignee"]) == (None, None)
     assert "replies address" in view["reason"]
+
+
+def test_check_connect_tries_the_smarthost(
+    make_settings: Callable[..., Settings],
+    sink: Sink,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = str(tmp_path / "gateway.toml")
+    make_settings(notify=smtp_notify(sink.port))
+    assert gateway(["check", "--connect", "--config", config]) == 0
+    assert f"smarthost 127.0.0.1:{sink.port} works (plain text)" in capsys.readouterr().out
+    closed = free_port()
+    make_settings(notify=smtp_notify(closed))
+    assert gateway(["check", "--connect", "--config", config]) == 1
+    out = capsys.readouterr().out
+    assert f"smarthost 127.0.0.1:{closed} fails: the server refused the connection" in out
+
+
+def test_check_warns_of_settings_that_cannot_work(
+    make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_settings(
+        notify={"enabled": False, "backend": "smtp", "smtp_host": " "},
+        replies={"address": "replies@gw.test"},
+    )
+    assert gateway(["check", "--config", str(tmp_path / "gateway.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "warning: notify.backend is smtp but notify.smtp_host is empty" in out
+    assert "warning: replies.address is set but notify.enabled is false" in out

@@ -81,3 +81,29 @@ def test_a_failed_smarthost_login_logs_no_password(
     assert SECRET not in repr(logs)
     assert SECRET not in repr([dict(row) for row in running.query("SELECT * FROM events")])
     assert SECRET not in repr([dict(row) for row in running.query("SELECT * FROM outbox")])
+
+
+def test_state_in_a_folder_shared_with_a_group_is_shared_with_it(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    tmp_path: Path,
+) -> None:
+    """The service's state folder made group-writable (as the unit's StateDirectoryMode
+    does, for the admins in the gateway's group): what the gateway makes there is too."""
+    state = tmp_path / "state"
+    state.mkdir()
+    state.chmod(0o2770)
+    running = start_daemon(
+        make_settings(
+            gateway={"database": str(state / "gateway.db"), "hostname": "gw.test"},
+            notify={"enabled": True, "backend": "file", "file_dir": str(state / "alerts")},
+        )
+    )
+    running.send(mail("shared"))
+    running.drain()
+    alerts = state / "alerts"
+    wait_until(lambda: list(alerts.glob("*.eml")), what="the alert file")
+    database = state / "gateway.db"
+    files = [database, *state.glob("gateway.db-*"), *alerts.glob("*.eml")]
+    assert {path.name: mode(path) for path in files} == {path.name: 0o660 for path in files}
+    assert mode(alerts) & 0o777 == 0o770

@@ -327,3 +327,16 @@ def _writer_of(fifo: Path) -> int | None:
         return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
     except OSError:  # ENXIO: nobody reads it yet
         return None
+
+
+def test_a_librarys_log_line_is_a_json_line_like_the_gateways(
+    service: Callable[[], Service], systemd: Systemd
+) -> None:
+    running = service()
+    systemd.wait_for("READY")
+    with smtplib.SMTP("127.0.0.1", running.port, timeout=30) as client:
+        assert client.docmd("LHLO", "mta.test")[0] == 500  # LMTP's greeting, at the SMTP port
+    lines = running.stop()
+    [unrecognised] = [line for line in lines if "unrecognised" in line["event"]]
+    assert (unrecognised["logger"], unrecognised["level"]) == ("mail.log", "warning")
+    assert "timestamp" in unrecognised
