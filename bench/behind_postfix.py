@@ -29,10 +29,10 @@ from bench.processes import ROOT, free_port, gateway_config, wait_port
 from tests.postfix import (
     QUICK_RETRY,
     Postfix,
+    gateway_recipients,
     lmtp_recipe,
     pipe_home,
     pipe_recipe,
-    recipient_map,
     relay_recipe,
 )
 
@@ -103,7 +103,7 @@ def measure(method: str, count: int) -> tuple[float, int]:
         postfix = Postfix(folder / "postfix", free_port(), main_cf + QUICK_RETRY, extra)
         try:
             wait_port(smtp_port, gateway)
-            postfix.postmap("gateway_recipients", recipient_map(["support@example.com"]))
+            postfix.postmap("gateway_recipients", gateway_recipients(path))
             postfix.start()
             began = send(postfix.port, count)
             ended = stored(database, count)

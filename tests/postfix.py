@@ -19,7 +19,6 @@ import subprocess
 import sys
 import sysconfig
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 RECIPES = Path(__file__).resolve().parent.parent / "contrib" / "postfix"
@@ -140,9 +139,11 @@ def pipe_home(folder: Path) -> Path:
     return database
 
 
-def recipient_map(addresses: Iterable[str]) -> str:
-    """A relay_recipient_maps source: `ADDRESS OK` a line."""
-    return "".join(f"{address} OK\n" for address in addresses)
+def gateway_recipients(config: Path) -> str:
+    """The recipes' relay_recipient_maps source, as an operator makes it:
+    `gateway recipients --postfix`."""
+    command = [sys.executable, "-m", "gateway", "recipients", "--postfix", "--config", str(config)]
+    return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
 def master_cf(port: int, extra: str = "") -> str:

@@ -28,10 +28,10 @@ from tests.postfix import (
     QUICK_RETRY,
     Postfix,
     available,
+    gateway_recipients,
     lmtp_recipe,
     pipe_home,
     pipe_recipe,
-    recipient_map,
     relay_recipe,
 )
 
@@ -59,9 +59,10 @@ def start_postfix(folder: Path) -> Iterator[Callable[..., Postfix]]:
         pytest.fail("postfix is not installed: `make peers` installs it (.ci/run does)")
     started: list[Postfix] = []
 
-    def start(settings: Settings, main_cf: str, master_extra: str = "") -> Postfix:
+    def start(config: Path, main_cf: str, master_extra: str = "") -> Postfix:
+        """Postfix in front of the gateway configured by `config`."""
         server = Postfix(folder / "postfix", free_port(), main_cf + QUICK_RETRY, master_extra)
-        server.postmap("gateway_recipients", recipient_map(settings.inbox_map()))
+        server.postmap("gateway_recipients", gateway_recipients(config))
         started.append(server)
         server.start()
         return server
@@ -126,9 +127,12 @@ def test_the_relay_recipe_delivers_each_message_once(
     start_daemon: Callable[..., RunningDaemon],
     start_postfix: Callable[..., Postfix],
     folder: Path,
+    tmp_path: Path,
 ) -> None:
     daemon = start_daemon(relay_settings(make_settings, free_port()))
-    postfix = start_postfix(daemon.settings, relay_recipe(folder / "postfix", daemon.port, SIZE))
+    postfix = start_postfix(
+        tmp_path / "gateway.toml", relay_recipe(folder / "postfix", daemon.port, SIZE)
+    )
     batch = messages()
     send(postfix.port, batch)
     stored_once(daemon, batch)
@@ -140,10 +144,11 @@ def test_the_lmtp_recipe_delivers_each_message_once(
     start_daemon: Callable[..., RunningDaemon],
     start_postfix: Callable[..., Postfix],
     folder: Path,
+    tmp_path: Path,
 ) -> None:
     port = free_port()
     daemon = start_daemon(make_settings(lmtp={"listen": [f"127.0.0.1:{port}"]}))
-    postfix = start_postfix(daemon.settings, lmtp_recipe(folder / "postfix", port, SIZE))
+    postfix = start_postfix(tmp_path / "gateway.toml", lmtp_recipe(folder / "postfix", port, SIZE))
     batch = messages()
     send(postfix.port, batch)
     stored_once(daemon, batch)
@@ -162,7 +167,7 @@ def start_pipe(
     path.write_text(tomli_w.dumps(data))
     daemon = start_daemon(config.load(path))
     main_cf, master_cf = pipe_recipe(folder / "postfix", path, SIZE)
-    return daemon, start_postfix(daemon.settings, main_cf, master_cf)
+    return daemon, start_postfix(path, main_cf, master_cf)
 
 
 # A Python process a message, CPU-bound: about 7 a second on 2 cores.
@@ -220,9 +225,12 @@ def test_an_unknown_recipient_is_refused_at_rcpt_and_never_bounced(
     start_daemon: Callable[..., RunningDaemon],
     start_postfix: Callable[..., Postfix],
     folder: Path,
+    tmp_path: Path,
 ) -> None:
     daemon = start_daemon(relay_settings(make_settings, free_port()))
-    postfix = start_postfix(daemon.settings, relay_recipe(folder / "postfix", daemon.port, SIZE))
+    postfix = start_postfix(
+        tmp_path / "gateway.toml", relay_recipe(folder / "postfix", daemon.port, SIZE)
+    )
     message = mail("One known, one not")
     with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
         # A +tag on an inbox's address is that inbox's (the replies address's always has one).
@@ -243,9 +251,12 @@ def test_a_message_postfix_takes_at_its_size_limit_is_stored(
     start_daemon: Callable[..., RunningDaemon],
     start_postfix: Callable[..., Postfix],
     folder: Path,
+    tmp_path: Path,
 ) -> None:
     daemon = start_daemon(relay_settings(make_settings, free_port()))
-    postfix = start_postfix(daemon.settings, relay_recipe(folder / "postfix", daemon.port, SIZE))
+    postfix = start_postfix(
+        tmp_path / "gateway.toml", relay_recipe(folder / "postfix", daemon.port, SIZE)
+    )
     # Postfix's limit is on its queue file: the message, its Received header and the envelope.
     size = SIZE - 1_000
     big = mail("Big")
@@ -263,10 +274,13 @@ def test_postfix_defers_while_the_gateway_is_down_then_delivers_each_once(
     start_daemon: Callable[..., RunningDaemon],
     start_postfix: Callable[..., Postfix],
     folder: Path,
+    tmp_path: Path,
 ) -> None:
     settings = relay_settings(make_settings, free_port())
     daemon = start_daemon(settings)
-    postfix = start_postfix(settings, relay_recipe(folder / "postfix", daemon.port, SIZE))
+    postfix = start_postfix(
+        tmp_path / "gateway.toml", relay_recipe(folder / "postfix", daemon.port, SIZE)
+    )
     batch = messages()
     sending = threading.Thread(target=send, args=(postfix.port, batch))
     sending.start()
