@@ -83,6 +83,8 @@ async def _log_in(client: aioimaplib.IMAP4, imap: ImapSection) -> None:
         if login.result != "OK":
             raise MailboxError(f"the server refused the login: {text(login.lines)}")
         return
+    if not client.has_capability("AUTH=XOAUTH2"):  # a server for passwords only, say
+        raise MailboxError("the server does not offer XOAUTH2 (AUTH=XOAUTH2)")
     try:
         token = await oauth.access_token(imap)
         answer = await _xoauth2(client, imap.username, token)

@@ -228,6 +228,20 @@ def test_a_token_for_another_user_is_refused_in_a_sentence_not_after_a_timeout(
     assert tokens.grants == ["client_credentials", "client_credentials"]  # one more, then no
 
 
+def test_a_server_without_xoauth2_is_said_so_and_asked_for_no_token(
+    make_settings: Callable[..., Settings],
+    tokens: TokenServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with running_dovecot() as plain:  # passwords only
+        make_settings(inboxes=[oauth_inbox(tokens, plain, tmp_path)])
+        code, out = check_connect(tmp_path, capsys)
+    assert code == 1
+    assert "fails: the server does not offer XOAUTH2 (AUTH=XOAUTH2)" in out
+    assert tokens.grants == []
+
+
 def test_no_secret_is_in_any_log_line_or_printed_output(
     oauth_settings: Callable[..., Settings],
     start_daemon: Callable[..., RunningDaemon],
