@@ -149,16 +149,7 @@ class Dovecot:
     def frozen(self, user: str) -> Iterator[None]:
         """Every open session of `user` stops answering (SIGSTOP) until the block ends: a
         server that hangs with the connection open."""
-        deadline = time.monotonic() + 10
-        while True:  # Dovecot's log process writes the login a moment later
-            log = (self.folder / "dovecot.log").read_text()
-            sessions = [int(pid) for pid in re.findall(rf"Login: user=<{user}>.*mpid=(\d+)", log)]
-            live = [pid for pid in sessions if _is_imap_process(pid)]
-            if live:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no open session of {user} to freeze")
-            time.sleep(0.05)
+        live = self._sessions(user)
         for pid in live:
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -167,6 +158,25 @@ class Dovecot:
             for pid in live:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
+
+    def drop(self, user: str) -> None:
+        """Every open session of `user` ends at once (SIGKILL: no BYE), the server still up:
+        the clients log in again."""
+        for pid in self._sessions(user):
+            os.kill(pid, signal.SIGKILL)
+
+    def _sessions(self, user: str) -> list[int]:
+        """The processes of `user`'s open sessions."""
+        deadline = time.monotonic() + 10
+        while True:  # Dovecot's log process writes the login a moment later
+            log = (self.folder / "dovecot.log").read_text()
+            sessions = [int(pid) for pid in re.findall(rf"Login: user=<{user}>.*mpid=(\d+)", log)]
+            live = [pid for pid in sessions if _is_imap_process(pid)]
+            if live:
+                return live
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no open session of {user}")
+            time.sleep(0.05)
 
     def client(self, user: str) -> imaplib.IMAP4:
         """A second client, as an agent's mail program would be."""

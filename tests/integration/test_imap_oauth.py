@@ -82,12 +82,6 @@ def check_connect(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[i
     return code, out + err
 
 
-def restart(dovecot: Dovecot) -> None:
-    """Every session ends: the gateway's sessions log in again."""
-    dovecot.stop()
-    dovecot.start()
-
-
 def test_a_mailbox_on_xoauth2_is_polled_and_its_mail_routed(
     oauth_settings: Callable[..., Settings],
     start_daemon: Callable[..., RunningDaemon],
@@ -148,7 +142,7 @@ def test_a_token_that_expires_is_renewed_before_it_is_refused_and_no_mail_is_mis
     dovecot.append("support", raw("before the expiry"))
     wait_until(lambda: running.conversations(), what="the first message")
     wait_until(tokens.all_expired, what="the first token to expire")
-    restart(dovecot)  # the sessions log in again, after the expiry
+    dovecot.drop("support")  # the sessions log in again, after the expiry
     dovecot.append("support", raw("after the expiry"))
     wait_until(lambda: len(running.conversations()) == 2, timeout=30, what="the second message")
     assert sorted(routed_subjects(running)) == ["after the expiry", "before the expiry"]
@@ -166,7 +160,7 @@ def test_a_token_the_server_refuses_is_replaced_once_and_the_mailbox_runs_on(
     running = start_daemon(oauth_settings())
     connected(running)
     tokens.revoke_access_tokens()  # as an administrator ending the sessions' tokens does
-    restart(dovecot)
+    dovecot.drop("support")
     dovecot.append("support", raw("after the revocation"))
     wait_until(lambda: running.conversations(), timeout=30, what="the message routed")
     assert routed_subjects(running) == ["after the revocation"]
@@ -195,7 +189,7 @@ def test_a_revoked_refresh_token_stops_only_its_own_mailbox_and_is_named(
 
     with capture_logs() as logs:
         tokens.revoke("support")
-        restart(dovecot)  # both mailboxes log in again
+        dovecot.drop("support")
         dovecot.append("sales", raw("for sales"))
         wait_until(lambda: running.conversations(), timeout=30, what="the sales message")
         wait_until(lambda: named(logs), what="the support mailbox's failure, named")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,18 @@ def mailbox(tokens: TokenServer, tmp_path: Path, **extra: Any) -> ImapSection:
         **extra,
     }
     return ImapSection(**keys)
+
+
+async def test_a_token_is_held_and_renewed_a_tenth_of_its_life_before_it_expires(
+    tokens: TokenServer, tmp_path: Path
+) -> None:
+    tokens.lifetime = 2  # renewed after 1.8 s: the server may see it a little later
+    imap = mailbox(tokens, tmp_path)
+    asked = time.monotonic()
+    first = await oauth.access_token(imap)
+    assert await oauth.access_token(imap) == first
+    await asyncio.sleep(asked + 1.9 - time.monotonic())  # in the last tenth of its life
+    assert await oauth.access_token(imap) != first
 
 
 async def test_a_refresh_token_the_endpoint_rotates_is_used_for_the_next_token(
