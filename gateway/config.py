@@ -257,6 +257,16 @@ class Team(BaseModel):
     mode: Mode | None = None  # None: as [round_robin] mode
 
 
+# Token endpoints of the providers whose mailboxes take XOAUTH2; {tenant}: Microsoft's
+# directory (its id or domain, or "organizations").
+TOKEN_URLS = {
+    "microsoft": "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token",
+    "google": "https://oauth2.googleapis.com/token",
+}
+_OAUTH_KEYS = "provider tenant token_url client_id client_secret_file refresh_token_file scope"
+_LOOPBACK_URL = re.compile(r"^http://(127\.0\.0\.1|localhost|\[::1\])[:/]")
+
+
 class ImapSection(BaseModel):
     """A connected mailbox, polled over IMAP."""
 
@@ -266,7 +276,18 @@ class ImapSection(BaseModel):
     tls: bool = True  # implicit TLS; false is plain text, for tests on loopback
     starttls: bool = False
     username: str
-    password_file: str
+    # password: LOGIN with password_file; oauth2: XOAUTH2 with a token from token_url.
+    auth: Literal["password", "oauth2"] = "password"
+    password_file: str | None = None
+    provider: Literal["microsoft", "google"] | None = None  # fills token_url
+    tenant: str | None = None  # Microsoft's directory, for provider = "microsoft"
+    token_url: str | None = None
+    client_id: str | None = None
+    client_secret_file: str | None = None
+    # A refresh token (a user's consent, RFC 6749 §6); without one, the client's own
+    # credentials (§4.4, app-only access as Microsoft 365 grants it) for `scope`.
+    refresh_token_file: str | None = None
+    scope: str | None = None
     folder: str = "INBOX"
     mode: Literal["idle", "poll"] = "idle"
     poll_interval: int = Field(30, ge=1)
@@ -279,13 +300,63 @@ class ImapSection(BaseModel):
             raise ValueError("STARTTLS is not supported yet; use tls = true (port 993)")
         return value
 
+    @model_validator(mode="after")
+    def _auth(self) -> ImapSection:
+        if self.auth == "password":
+            if self.password_file is None:
+                raise ValueError('password_file is required (auth = "password")')
+            stray = [key for key in _OAUTH_KEYS.split() if getattr(self, key) is not None]
+            if stray:
+                raise ValueError(f'{", ".join(stray)}: only with auth = "oauth2"')
+            return self
+        if self.password_file is not None:
+            raise ValueError('password_file: not with auth = "oauth2" (XOAUTH2 takes a token)')
+        if (self.provider is None) == (self.token_url is None):
+            raise ValueError('auth = "oauth2" needs token_url, or provider to fill it in')
+        if (self.provider == "microsoft") != (self.tenant is not None):
+            raise ValueError('tenant goes with provider = "microsoft", and it needs one')
+        if self.token_url is not None and not (
+            self.token_url.startswith("https://") or _LOOPBACK_URL.match(self.token_url)
+        ):
+            raise ValueError("token_url must be https:// (http:// only to this host)")
+        if self.client_id is None:
+            raise ValueError('auth = "oauth2" needs client_id')
+        if self.refresh_token_file is None:
+            if self.provider == "google":
+                raise ValueError("Google mailboxes need refresh_token_file (no app-only access)")
+            if self.client_secret_file is None or self.scope is None:
+                raise ValueError(
+                    "without refresh_token_file, client credentials need client_secret_file"
+                    " and scope"
+                )
+        return self
+
     @property
     def port_number(self) -> int:
         return self.port or (993 if self.tls else 143)
 
+    @property
+    def token_endpoint(self) -> str:
+        """Where the OAuth 2.0 tokens come from (auth = "oauth2")."""
+        if self.token_url is not None:
+            return self.token_url
+        assert self.provider is not None  # the validator sees to it
+        return TOKEN_URLS[self.provider].format(tenant=self.tenant)
+
     def secret(self) -> str:
         """The password from its file, without the trailing newline editors add."""
-        return Path(self.password_file).read_text().rstrip("\r\n")
+        assert self.password_file is not None  # auth = "password"
+        return _read_secret(self.password_file)
+
+    def client_secret(self) -> str | None:
+        return _read_secret(self.client_secret_file) if self.client_secret_file else None
+
+    def refresh_token(self) -> str | None:
+        return _read_secret(self.refresh_token_file) if self.refresh_token_file else None
+
+
+def _read_secret(path: str) -> str:
+    return Path(path).read_text().rstrip("\r\n")
 
 
 class Inbox(BaseModel):
@@ -610,7 +681,10 @@ def _anchor(settings: Settings, folder: Path) -> Settings:
 def _anchored(imap: ImapSection | None, folder: Path) -> ImapSection | None:
     if imap is None:
         return None
-    return imap.model_copy(update={"password_file": str(folder / imap.password_file)})
+    files = ("password_file", "client_secret_file", "refresh_token_file")
+    return imap.model_copy(
+        update={key: str(folder / value) for key in files if (value := getattr(imap, key))}
+    )
 
 
 def describe(error: ValidationError) -> list[str]:

@@ -4,7 +4,9 @@ poller (ingress) and by the keyword writer (outbox), each with its own session."
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from typing import TypeVar
 import aioimaplib
 import structlog
 
+from gateway import oauth
 from gateway.config import ImapSection
 
 log = structlog.get_logger("gateway.imap")
@@ -52,9 +55,7 @@ async def open_mailbox(imap: ImapSection) -> AsyncIterator[Mailbox]:
     client.protocol.conn_lost_cb = lambda _error: lost.set()  # IMAP4_SSL does not take it
     try:
         await unless_lost(client.wait_hello_from_server(), lost)
-        login = await unless_lost(client.login(imap.username, imap.secret()), lost)
-        if login.result != "OK":
-            raise MailboxError(f"the server refused the login: {text(login.lines)}")
+        await unless_lost(_log_in(client, imap), lost)
         selected = await unless_lost(client.select(imap.folder), lost)
         if selected.result != "OK":
             raise MailboxError(f"cannot open folder {imap.folder!r}: {text(selected.lines)}")
@@ -74,6 +75,67 @@ async def open_mailbox(imap: ImapSection) -> AsyncIterator[Mailbox]:
         )
     finally:
         await _close(client, imap)
+
+
+async def _log_in(client: aioimaplib.IMAP4, imap: ImapSection) -> None:
+    if imap.auth == "password":
+        login = await client.login(imap.username, imap.secret())
+        if login.result != "OK":
+            raise MailboxError(f"the server refused the login: {text(login.lines)}")
+        return
+    if not client.has_capability("AUTH=XOAUTH2"):  # a server for passwords only, say
+        raise MailboxError("the server does not offer XOAUTH2 (AUTH=XOAUTH2)")
+    try:
+        token = await oauth.access_token(imap)
+        answer = await _xoauth2(client, imap.username, token)
+        if answer.result != "OK":  # revoked, or expired early: one new token before giving up
+            answer = await _xoauth2(
+                client, imap.username, await oauth.access_token(imap, refused=token)
+            )
+    except oauth.TokenError as error:
+        raise MailboxError(str(error)) from None
+    if answer.result != "OK":
+        raise MailboxError(f"the server refused the OAuth 2.0 token: {_refusal(answer.lines)}")
+
+
+class _Sasl(aioimaplib.Command):  # type: ignore[misc]
+    """AUTHENTICATE whose failure comes as a challenge: Dovecot and Google put the error
+    in a `+` line and give their NO only after an empty answer to it, which
+    aioimaplib's own xoauth2 never sends (it waits out its timeout instead)."""
+
+    def __init__(self, protocol: aioimaplib.IMAP4ClientProtocol, *args: str) -> None:
+        super().__init__("AUTHENTICATE", protocol.new_tag(), *args, loop=protocol.loop)
+        self._protocol = protocol
+
+    def append_to_resp(self, line: bytes, result: str = "Pending") -> None:
+        super().append_to_resp(line, result)
+        if result == "Pending" and line.startswith(b"+"):
+            self._protocol.send("")  # the empty answer: "go on and say no"
+
+
+async def _xoauth2(client: aioimaplib.IMAP4, user: str, token: str) -> aioimaplib.Response:
+    """AUTHENTICATE XOAUTH2; the SASL string (the token, in base64) is kept out of
+    aioimaplib's debug log, where its own xoauth2 hides only the token's plain form."""
+    sasl = base64.b64encode(f"user={user}\1auth=Bearer {token}\1\1".encode()).decode()
+    protocol = client.protocol
+    answer: aioimaplib.Response = await asyncio.wait_for(
+        protocol.execute(_Sasl(protocol, "XOAUTH2", sasl), scrub=sasl), client.timeout
+    )
+    if answer.result == "OK":
+        protocol.state = aioimaplib.AUTH
+    return answer
+
+
+def _refusal(lines: list[bytes | bytearray]) -> str:
+    """The server's NO, and the status its challenge gave (`invalid_token`, `401`...)."""
+    said = [line for line in lines if not line.startswith(b"+")]
+    status = None
+    for line in lines:
+        if line.startswith(b"+"):
+            with contextlib.suppress(ValueError):
+                challenge = json.loads(base64.b64decode(bytes(line[1:]).strip()))
+                status = challenge.get("status") if isinstance(challenge, dict) else None
+    return text(said) + (f" (status {status})" if isinstance(status, str) else "")
 
 
 class Interrupted(OSError):

@@ -9,6 +9,7 @@ sleeping a fixed time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -234,16 +235,26 @@ def daemon(
 
 @pytest.fixture
 def dovecot() -> Iterator[Dovecot]:
+    with running_dovecot() as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_dovecot(introspection_url: str | None = None) -> Iterator[Dovecot]:
+    """Dovecot with the users support and sales; with `introspection_url`, XOAUTH2 too."""
     if not dovecot_available():
         pytest.fail("dovecot is not installed: `apt-get install dovecot-imapd` (.ci/run does)")
     # Not under pytest's tmp_path: that is root's 0700, and Dovecot reads as `nobody`.
     folder = Path(tempfile.mkdtemp(prefix="gateway-dovecot-"))
     folder.chmod(0o755)
-    server = Dovecot(folder, free_port(), {"support": "s3cret", "sales": "s4les"})
+    users = {"support": "s3cret", "sales": "s4les"}
+    server = Dovecot(folder, free_port(), users, introspection_url)
     server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class Sink:

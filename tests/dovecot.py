@@ -58,13 +58,39 @@ service stats {{
 }}
 """
 
+# Tokens over XOAUTH2, checked by asking the test's introspection endpoint (RFC 7662)
+# about each one; the passwd-file above still serves the test's own password logins.
+OAUTH2 = """\
+auth_mechanisms = plain login xoauth2 oauthbearer
+# A refused token is answered at once, not after the delay that slows password guessing.
+auth_failure_delay = 0
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {folder}/dovecot-oauth2.conf.ext
+}}
+"""
+OAUTH2_ARGS = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+
 
 def available() -> bool:
     return shutil.which("dovecot") is not None
 
 
 class Dovecot:
-    def __init__(self, folder: Path, port: int, users: dict[str, str]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int,
+        users: dict[str, str],
+        introspection_url: str | None = None,
+    ) -> None:
         self.folder = folder
         self.port = port
         self.users = users
@@ -76,7 +102,13 @@ class Dovecot:
         (folder / "passwd").write_text(
             "".join(f"{user}:{{PLAIN}}{password}\n" for user, password in users.items())
         )
-        (folder / "dovecot.conf").write_text(CONFIG.format(folder=folder, port=port))
+        config = CONFIG.format(folder=folder, port=port)
+        if introspection_url is not None:
+            config += OAUTH2.format(folder=folder)
+            (folder / "dovecot-oauth2.conf.ext").write_text(
+                OAUTH2_ARGS.format(url=introspection_url)
+            )
+        (folder / "dovecot.conf").write_text(config)
 
     def start(self) -> None:
         self._process = subprocess.Popen(
@@ -117,16 +149,7 @@ class Dovecot:
     def frozen(self, user: str) -> Iterator[None]:
         """Every open session of `user` stops answering (SIGSTOP) until the block ends: a
         server that hangs with the connection open."""
-        deadline = time.monotonic() + 10
-        while True:  # Dovecot's log process writes the login a moment later
-            log = (self.folder / "dovecot.log").read_text()
-            sessions = [int(pid) for pid in re.findall(rf"Login: user=<{user}>.*mpid=(\d+)", log)]
-            live = [pid for pid in sessions if _is_imap_process(pid)]
-            if live:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"no open session of {user} to freeze")
-            time.sleep(0.05)
+        live = self._sessions(user)
         for pid in live:
             os.kill(pid, signal.SIGSTOP)
         try:
@@ -135,6 +158,25 @@ class Dovecot:
             for pid in live:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
+
+    def drop(self, user: str) -> None:
+        """Every open session of `user` ends at once (SIGKILL: no BYE), the server still up:
+        the clients log in again."""
+        for pid in self._sessions(user):
+            os.kill(pid, signal.SIGKILL)
+
+    def _sessions(self, user: str) -> list[int]:
+        """The processes of `user`'s open sessions."""
+        deadline = time.monotonic() + 10
+        while True:  # Dovecot's log process writes the login a moment later
+            log = (self.folder / "dovecot.log").read_text()
+            sessions = [int(pid) for pid in re.findall(rf"Login: user=<{user}>.*mpid=(\d+)", log)]
+            live = [pid for pid in sessions if _is_imap_process(pid)]
+            if live:
+                return live
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no open session of {user}")
+            time.sleep(0.05)
 
     def client(self, user: str) -> imaplib.IMAP4:
         """A second client, as an agent's mail program would be."""

@@ -196,7 +196,70 @@ def test_imap_defaults_and_a_relative_password_file(tmp_path: Path) -> None:
 def test_imap_starttls_and_a_missing_password_file_are_errors(tmp_path: Path) -> None:
     message = error_of(tmp_path, VALID + IMAP + 'password_file = "p"\nstarttls = true\n')
     assert "inboxes[0].imap.starttls" in message and "STARTTLS is not supported yet" in message
-    assert "inboxes[0].imap.password_file: required" in error_of(tmp_path, VALID + IMAP)
+    message = error_of(tmp_path, VALID + IMAP)
+    assert 'inboxes[0].imap: password_file is required (auth = "password")' in message
+
+
+OAUTH = IMAP + 'auth = "oauth2"\nclient_id = "app"\n'
+
+
+def test_an_oauth2_mailbox_with_a_provider_preset_and_files_beside_the_configuration(
+    tmp_path: Path,
+) -> None:
+    text = OAUTH + 'provider = "microsoft"\ntenant = "contoso.onmicrosoft.com"\n'
+    text += 'client_secret_file = "app.secret"\nrefresh_token_file = "support.refresh"\n'
+    imap = load(write(tmp_path, VALID + text)).inboxes[0].imap
+    assert imap is not None
+    assert imap.token_endpoint == (
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    )
+    assert (imap.client_secret_file, imap.refresh_token_file, imap.password_file) == (
+        str(tmp_path / "app.secret"),
+        str(tmp_path / "support.refresh"),
+        None,
+    )
+    (tmp_path / "support.refresh").write_text("1//r3fresh\n")
+    assert imap.refresh_token() == "1//r3fresh"  # the editor's newline is not part of it
+    google = OAUTH + 'provider = "google"\nrefresh_token_file = "r"\n'
+    imap = load(write(tmp_path, VALID + google)).inboxes[0].imap
+    assert imap is not None and imap.token_endpoint == "https://oauth2.googleapis.com/token"
+
+
+@pytest.mark.parametrize(
+    ("keys", "said"),
+    [
+        ('token_url = "https://t"\n', "without refresh_token_file, client credentials need"),
+        ('refresh_token_file = "r"\n', 'auth = "oauth2" needs token_url, or provider'),
+        (
+            'provider = "google"\ntoken_url = "https://t"\nrefresh_token_file = "r"\n',
+            'auth = "oauth2" needs token_url, or provider',
+        ),
+        ('provider = "microsoft"\nrefresh_token_file = "r"\n', "tenant goes with"),
+        (
+            'provider = "google"\nclient_secret_file = "s"\nscope = "x"\n',
+            "Google mailboxes need refresh_token_file",
+        ),
+        (
+            'token_url = "http://login.example.com/t"\nrefresh_token_file = "r"\n',
+            "token_url must be https://",
+        ),
+        (
+            'token_url = "https://t"\nrefresh_token_file = "r"\npassword_file = "p"\n',
+            "password_file: not with auth",
+        ),
+    ],
+)
+def test_oauth2_settings_that_cannot_work_are_refused_naming_the_key(
+    tmp_path: Path, keys: str, said: str
+) -> None:
+    assert f"inboxes[0].imap: {said}" in error_of(tmp_path, VALID + OAUTH + keys)
+
+
+def test_oauth2_keys_on_a_password_mailbox_are_refused(tmp_path: Path) -> None:
+    text = VALID + IMAP + 'password_file = "p"\nclient_id = "app"\nscope = "x"\n'
+    assert 'inboxes[0].imap: client_id, scope: only with auth = "oauth2"' in error_of(
+        tmp_path, text
+    )
 
 
 def test_agent_ids_differing_only_in_case_are_an_error(tmp_path: Path) -> None:
