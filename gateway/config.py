@@ -273,8 +273,8 @@ class ImapSection(BaseModel):
     model_config = _STRICT
     host: str
     port: int | None = Field(None, ge=1, le=65535)
-    tls: bool = True  # implicit TLS; false is plain text, for tests on loopback
-    starttls: bool = False
+    tls: bool = True  # implicit TLS (993); false: STARTTLS, or plain text for tests on loopback
+    starttls: bool = False  # with tls = false: upgrade on 143 before logging in, or fail
     username: str
     # password: LOGIN with password_file; oauth2: XOAUTH2 with a token from token_url.
     auth: Literal["password", "oauth2"] = "password"
@@ -293,15 +293,13 @@ class ImapSection(BaseModel):
     poll_interval: int = Field(30, ge=1)
     initial_sync: Literal["new", "all"] = "new"
 
-    @field_validator("starttls")
-    @classmethod
-    def _no_starttls(cls, value: bool) -> bool:
-        if value:  # aioimaplib 2 has no STARTTLS: refuse rather than log in in plain text
-            raise ValueError("STARTTLS is not supported yet; use tls = true (port 993)")
-        return value
-
     @model_validator(mode="after")
     def _auth(self) -> ImapSection:
+        if self.tls and self.starttls:
+            raise ValueError(
+                "starttls: with tls = true the connection is TLS from the start;"
+                " starttls = true goes with tls = false (port 143)"
+            )
         if self.auth == "password":
             if self.password_file is None:
                 raise ValueError('password_file is required (auth = "password")')

@@ -240,15 +240,18 @@ def dovecot() -> Iterator[Dovecot]:
 
 
 @contextlib.contextmanager
-def running_dovecot(introspection_url: str | None = None) -> Iterator[Dovecot]:
-    """Dovecot with the users support and sales; with `introspection_url`, XOAUTH2 too."""
+def running_dovecot(
+    introspection_url: str | None = None, tls: tuple[Path, Path] | None = None
+) -> Iterator[Dovecot]:
+    """Dovecot with the users support and sales; with `introspection_url`, XOAUTH2 too;
+    with `tls` (certificate, key), STARTTLS."""
     if not dovecot_available():
         pytest.fail("dovecot is not installed: `apt-get install dovecot-imapd` (.ci/run does)")
     # Not under pytest's tmp_path: that is root's 0700, and Dovecot reads as `nobody`.
     folder = Path(tempfile.mkdtemp(prefix="gateway-dovecot-"))
     folder.chmod(0o755)
     users = {"support": "s3cret", "sales": "s4les"}
-    server = Dovecot(folder, free_port(), users, introspection_url)
+    server = Dovecot(folder, free_port(), users, introspection_url, tls)
     server.start()
     try:
         yield server

@@ -90,6 +90,7 @@ class Dovecot:
         port: int,
         users: dict[str, str],
         introspection_url: str | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
         self.folder = folder
         self.port = port
@@ -103,6 +104,11 @@ class Dovecot:
             "".join(f"{user}:{{PLAIN}}{password}\n" for user, password in users.items())
         )
         config = CONFIG.format(folder=folder, port=port)
+        if tls is not None:  # STARTTLS on the IMAP port, with this certificate and key
+            cert, key = tls
+            config = config.replace(
+                "ssl = no\n", f"ssl = yes\nssl_cert = <{cert}\nssl_key = <{key}\n"
+            )
         if introspection_url is not None:
             config += OAUTH2.format(folder=folder)
             (folder / "dovecot-oauth2.conf.ext").write_text(

@@ -193,9 +193,9 @@ def test_imap_defaults_and_a_relative_password_file(tmp_path: Path) -> None:
     assert imap.secret() == "s3cret"  # the editor's newline is not part of it
 
 
-def test_imap_starttls_and_a_missing_password_file_are_errors(tmp_path: Path) -> None:
+def test_imap_starttls_with_tls_and_a_missing_password_file_are_errors(tmp_path: Path) -> None:
     message = error_of(tmp_path, VALID + IMAP + 'password_file = "p"\nstarttls = true\n')
-    assert "inboxes[0].imap.starttls" in message and "STARTTLS is not supported yet" in message
+    assert "starttls = true goes with tls = false (port 143)" in message
     message = error_of(tmp_path, VALID + IMAP)
     assert 'inboxes[0].imap: password_file is required (auth = "password")' in message
 
