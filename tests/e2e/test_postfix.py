@@ -122,17 +122,26 @@ def relay_settings(make_settings: Callable[..., Settings], port: int) -> Setting
     return make_settings(smtp={"listen": [f"127.0.0.1:{port}"], "max_message_size": "100KB"})
 
 
-def test_the_relay_recipe_delivers_each_message_once(
+@pytest.fixture
+def relayed(
     make_settings: Callable[..., Settings],
     start_daemon: Callable[..., RunningDaemon],
     start_postfix: Callable[..., Postfix],
     folder: Path,
     tmp_path: Path,
-) -> None:
+) -> tuple[RunningDaemon, Postfix]:
+    """The gateway's SMTP relay, behind a Postfix configured by the relay recipe."""
     daemon = start_daemon(relay_settings(make_settings, free_port()))
     postfix = start_postfix(
         tmp_path / "gateway.toml", relay_recipe(folder / "postfix", daemon.port, SIZE)
     )
+    return daemon, postfix
+
+
+def test_the_relay_recipe_delivers_each_message_once(
+    relayed: tuple[RunningDaemon, Postfix],
+) -> None:
+    daemon, postfix = relayed
     batch = messages()
     send(postfix.port, batch)
     stored_once(daemon, batch)
@@ -221,16 +230,9 @@ def test_a_message_to_two_inboxes_through_the_pipe_is_stored_for_each(
 
 
 def test_an_unknown_recipient_is_refused_at_rcpt_and_never_bounced(
-    make_settings: Callable[..., Settings],
-    start_daemon: Callable[..., RunningDaemon],
-    start_postfix: Callable[..., Postfix],
-    folder: Path,
-    tmp_path: Path,
+    relayed: tuple[RunningDaemon, Postfix],
 ) -> None:
-    daemon = start_daemon(relay_settings(make_settings, free_port()))
-    postfix = start_postfix(
-        tmp_path / "gateway.toml", relay_recipe(folder / "postfix", daemon.port, SIZE)
-    )
+    daemon, postfix = relayed
     message = mail("One known, one not")
     with smtplib.SMTP("127.0.0.1", postfix.port, timeout=60) as client:
         # A +tag on an inbox's address is that inbox's (the replies address's always has one).
@@ -247,16 +249,9 @@ def test_an_unknown_recipient_is_refused_at_rcpt_and_never_bounced(
 
 
 def test_a_message_postfix_takes_at_its_size_limit_is_stored(
-    make_settings: Callable[..., Settings],
-    start_daemon: Callable[..., RunningDaemon],
-    start_postfix: Callable[..., Postfix],
-    folder: Path,
-    tmp_path: Path,
+    relayed: tuple[RunningDaemon, Postfix],
 ) -> None:
-    daemon = start_daemon(relay_settings(make_settings, free_port()))
-    postfix = start_postfix(
-        tmp_path / "gateway.toml", relay_recipe(folder / "postfix", daemon.port, SIZE)
-    )
+    daemon, postfix = relayed
     # Postfix's limit is on its queue file: the message, its Received header and the envelope.
     size = SIZE - 1_000
     big = mail("Big")
