@@ -491,7 +491,9 @@ class Outbox(DrainLoop):
             async with self._db.reading() as conn:
                 ids = [row.conversation_id for row in chunk if row.conversation_id is not None]
                 found = await queries.conversations(conn, ids)
-                stored = await queries.messages(conn, [int(r.payload["message"]) for r in chunk])
+                # A notice is built from its payload: the agent's mail it is about is not read.
+                wanted = [int(r.payload["message"]) for r in chunk if r.kind != "notice"]
+                stored = await queries.messages(conn, wanted)
         except StoreUnavailable as error:
             return [self._failure(row, error) for row in chunk]
         for n, row in enumerate(chunk):
