@@ -11,7 +11,6 @@ import os
 import sys
 import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -28,11 +27,11 @@ from gateway.intake.worker import rerun
 from gateway.model import STATUSES, RawMail
 from gateway.notify.transports import smarthost_client
 from gateway.store.db import Database
+from gateway.wording import describe, printable, waited, when
 
 T = TypeVar("T")
 VIA: actions.Via = "cli"  # the door these actions come through (DESIGN §8: detail.via)
 TRY_SECONDS = 10  # a smarthost that has not answered by then is reported as failing
-_HIDDEN = {"Cc", "Cf", "Zl", "Zp"}  # controls, bidi and other format characters, separators
 
 
 def record_id(text: str) -> int:
@@ -59,21 +58,6 @@ def list_limit(text: str) -> int:
     return value
 
 
-def printable(text: object) -> str:
-    """Control characters shown escaped, so a subject cannot move the terminal around."""
-    if text is None:
-        return "-"
-    return "".join(
-        c.encode("unicode_escape").decode() if unicodedata.category(c) in _HIDDEN else c
-        for c in str(text)
-    )
-
-
-def when(moment: str) -> str:
-    """A stored time for people: to the second, in UTC, saying so."""
-    return moment[:19].replace("T", " ") + " UTC"
-
-
 def width(text: str) -> int:
     """Columns on a terminal: wide (CJK) characters take two."""
     return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
@@ -81,17 +65,6 @@ def width(text: str) -> int:
 
 def pad(text: str, columns: int) -> str:
     return text + " " * (columns - width(text))
-
-
-def waited(since: str, now: datetime) -> str:
-    seconds = max((now - datetime.fromisoformat(since)).total_seconds(), 0)
-    if seconds < 60:
-        return "<1 min"
-    if seconds < 3600:
-        return f"{int(seconds // 60)} min"
-    if seconds < 86400:
-        return f"{int(seconds // 3600)} h"
-    return f"{int(seconds // 86400)} d"
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -266,61 +239,6 @@ def _conversations_table(found: list[dict[str, Any]]) -> str:
     return table(
         ["ID", "WAITING", "CUSTOMER", "SUBJECT", "ASSIGNEE", "TEAM", "STATUS", "TAGS"], rows
     )
-
-
-def describe(event: dict[str, Any]) -> str:
-    """One line of the timeline, as a sentence."""
-    kind, detail = event["kind"], event["detail"]
-    agent, actor = printable(event["agent"]), printable(event["actor"])
-    if kind == "received":
-        return f"received from {printable(detail.get('from'))} ({detail.get('source')})"
-    if kind == "assigned":
-        via = detail.get("via")
-        if via == "rule":
-            how = f"by rule '{printable(event['rule'])}'"
-        elif via == "team":
-            team, rule = printable(detail.get("team")), printable(event["rule"])
-            how = f"by team {team}'s rotation (rule '{rule}')"
-        elif via == "round_robin":
-            how = "by round-robin"
-        else:
-            how = f"by {actor}"
-        return f"assigned to {agent} {how}"
-    if kind == "reassigned":
-        return f"reassigned from {printable(event['previous_agent'])} to {agent} by {actor}"
-    if kind == "tagged":
-        return f"tagged {', '.join(printable(t) for t in detail.get('tags', []))}"
-    if kind == "notified":
-        return f"{agent} notified ({detail.get('reason')})"
-    if kind == "notify_failed":
-        return f"alert to {agent} failed: {_failure(detail)}"
-    if kind == "notify_skipped":
-        return f"alert to {agent} held back: {printable(detail.get('why'))}"
-    if kind == "replied":
-        return f"{actor} answered the customer ({detail.get('via')})"
-    if kind == "reply_refused":
-        return (
-            f"mail from {printable(detail.get('from'))} refused: {printable(detail.get('reason'))}"
-        )
-    if kind == "answer_sent":
-        return f"answer by {agent} sent to the customer"
-    if kind == "answer_failed":
-        return f"answer by {agent} not sent: {_failure(detail)}"
-    if kind == "notify_superseded":
-        return f"alert to {agent} not sent: the conversation had left them"
-    if kind in {"reopened", "closed"}:
-        return f"{kind} by {actor}" + (f" ({detail['reason']})" if "reason" in detail else "")
-    if kind == "claimed":
-        return f"claimed by {agent}" + ("" if actor == agent else f" (done by {actor})")
-    if kind == "unassigned":
-        return f"unassigned from {printable(event['previous_agent'])} by {actor}"
-    return f"{kind} by {actor}"
-
-
-def _failure(detail: dict[str, Any]) -> str:
-    retry = detail.get("retry_at")
-    then = f"; retrying at {retry}" if retry else "; given up"
-    return f"{printable(detail.get('error'))}{then}"
 
 
 def cmd_show(settings: Settings, args: argparse.Namespace) -> int:

@@ -174,6 +174,30 @@ class LmtpSection(BaseModel):
         return [item if item.startswith("/") else parse_listen(item) for item in self.listen]
 
 
+class WebSection(BaseModel):
+    """The web inbox (DESIGN §13), served by the daemon; no `listen`: none."""
+
+    model_config = _STRICT
+    listen: str | None = None  # HOST:PORT
+    # Where people open it (behind a proxy, its public address): links in alerts, the
+    # origin forms are posted from; https makes the session cookie Secure.
+    base_url: str | None = Field(None, pattern=r"^https?://[^/\s?#]+/?$")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+    def endpoint(self) -> tuple[str, int] | None:
+        return parse_listen(self.listen) if self.listen else None
+
+    def origin(self) -> str | None:
+        """base_url's scheme and host, as a browser sends them in Origin."""
+        return self.base_url.rstrip("/") if self.base_url else None
+
+
 class NotifySection(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     enabled: bool = True
@@ -243,6 +267,8 @@ class Agent(BaseModel):
     # Open conversations the rotation and team picks give the agent at most (DESIGN §14);
     # absent or 0: no limit. A rule naming the agent, or a person, assigns whatever the load.
     max_open: int | None = Field(None, ge=0)
+    # A manager may set anyone's status in the web inbox; an agent only their own.
+    role: Literal["agent", "manager"] = "agent"
 
     @field_validator("max_open")
     @classmethod
@@ -424,6 +450,7 @@ class Settings(BaseSettings):
     threading: ThreadingSection = ThreadingSection()
     routing: RoutingSection = RoutingSection()
     replies: RepliesSection = RepliesSection()
+    web: WebSection = WebSection()
     agents: list[Agent] = []
     teams: list[Team] = []
     inboxes: list[Inbox] = []

@@ -1,6 +1,7 @@
-"""SMTP AUTH users: a file of scrypt hashes, never a plaintext password.
+"""Passwords as scrypt hashes, never in plain text: SMTP AUTH users' file, and the
+web inbox's agents (whose hashes the store keeps, `gateway set-password`).
 
-One line per user, `NAME:scrypt$N$r$p$SALT$HASH` (salt and hash in base64);
+The users file has one line per user, `NAME:scrypt$N$r$p$SALT$HASH` (salt and hash in base64);
 `gateway hash-password NAME` prints such a line. Blank lines and `#` comments
 are allowed. Verification costs tens of milliseconds by design, so the relay
 runs it off the event loop.
@@ -34,10 +35,14 @@ class Hashed:
         got = _scrypt(password, self.salt, self.n, self.r, self.p, len(self.digest))
         return hmac.compare_digest(got, self.digest)
 
-    def line(self, name: str) -> str:
+    def text(self) -> str:
+        """`scrypt$N$r$p$SALT$HASH`, as `parse_hash` reads it."""
         salt = base64.b64encode(self.salt).decode()
         digest = base64.b64encode(self.digest).decode()
-        return f"{name}:scrypt${self.n}${self.r}${self.p}${salt}${digest}"
+        return f"scrypt${self.n}${self.r}${self.p}${salt}${digest}"
+
+    def line(self, name: str) -> str:
+        return f"{name}:{self.text()}"
 
 
 def _scrypt(password: bytes, salt: bytes, n: int, r: int, p: int, length: int) -> bytes:
@@ -55,6 +60,11 @@ def parse_line(line: str) -> tuple[str, Hashed]:
     name, sep, hashed = line.partition(":")
     if not sep or not name.strip():
         raise ValueError("is not NAME:scrypt$N$r$p$SALT$HASH")
+    return name.strip(), parse_hash(hashed)
+
+
+def parse_hash(hashed: str) -> Hashed:
+    """`scrypt$N$r$p$SALT$HASH`; ValueError saying what is wrong with it."""
     parts = hashed.strip().split("$")
     if len(parts) != 6 or parts[0] != "scrypt":
         raise ValueError(
@@ -69,7 +79,7 @@ def parse_line(line: str) -> tuple[str, Hashed]:
         raise ValueError("has a malformed scrypt hash") from None
     if n < 2 or n & (n - 1) or r < 1 or p < 1 or not salt or len(digest) < 16:
         raise ValueError("has scrypt parameters out of range")
-    return name.strip(), Hashed(n, r, p, salt, digest)
+    return Hashed(n, r, p, salt, digest)
 
 
 def load(path: Path) -> dict[str, Hashed]:
@@ -95,7 +105,11 @@ def _decoy() -> Hashed:
 
 
 def verify(users: dict[str, Hashed], name: str, password: bytes) -> bool:
-    hashed = users.get(name)
+    return matches(users.get(name), password)
+
+
+def matches(hashed: Hashed | None, password: bytes) -> bool:
+    """Whether the password is the hashed one's; None (nobody's) costs the same and fails."""
     if hashed is None:
         _decoy().matches(password)
         return False

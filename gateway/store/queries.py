@@ -496,15 +496,21 @@ async def list_conversations(
     team: str | None = None,
     unassigned: bool = False,
     limit: int | None = None,
+    after: tuple[str, int] | None = None,
 ) -> list[Conversation]:
-    """Oldest waiting first: the conversation whose last message is oldest.
+    """Oldest waiting first: the conversation whose last message is oldest; those
+    after the (last_message_at, id) `after` when given (the next page).
 
     Each queue is a walk along one (…, status, last_message_at) index, which
     stops after `limit` rows whatever the store holds. Without a status, one
     walk per status, merged (UNION ALL + ORDER BY): sorting every conversation
     to find the oldest few would grow with the store.
     """
-    where, args = ["status = ?"], []
+    where: list[str] = ["status = ?"]
+    args: list[object] = []
+    if after is not None:
+        where.append("(last_message_at, id) > (?, ?)")
+        args.extend(after)
     if assignee is not None:
         where.append("assignee = ?")
         args.append(assignee)
@@ -521,6 +527,37 @@ async def list_conversations(
         sql += " LIMIT ?"
         params.append(limit)
     return [Conversation(*row) for row in await tx.all(sql, params)]
+
+
+async def count_open(
+    tx: Tx, *, assignee: str | None = None, team: str | None = None, unassigned: bool = False
+) -> int:
+    """Open conversations of one queue, counted when asked, never kept (so never adrift):
+    a walk of the queue's index over its open conversations alone."""
+    where: list[str] = ["status = 'open'"]
+    args: list[object] = []
+    if assignee is not None:
+        where.append("assignee = ?")
+        args.append(assignee)
+    if team is not None:
+        where.append("team = ?")
+        args.append(team)
+    if unassigned:
+        where.append("assignee IS NULL")
+    row = await tx.one(f"SELECT count(*) FROM conversations WHERE {' AND '.join(where)}", args)
+    return int(row[0]) if row is not None else 0
+
+
+async def data_version(tx: Tx) -> str:
+    """A stamp that changes with anything a person sees: every change of a conversation
+    writes an event; availability changes its row's time. Compared for equality only."""
+    row = await tx.one(
+        "SELECT (SELECT coalesce(max(id), 0) FROM events),"
+        " (SELECT coalesce(max(changed_at), '') FROM agent_status),"
+        " (SELECT count(*) FROM agent_status)"
+    )
+    assert row is not None
+    return f"{row[0]}.{row[1]}.{row[2]}"
 
 
 # --- events -------------------------------------------------------------------
@@ -950,3 +987,52 @@ async def outbox_failed(
         (retry_at, retry_at, error, outbox_id, holder),
     )
     return changed == 1
+
+
+# --- the web inbox's accounts -------------------------------------------------
+
+
+async def set_password(tx: Tx, agent: str, hashed: str, at: str) -> None:
+    await tx.run(
+        "INSERT INTO web_passwords (agent, hash, set_at) VALUES (?, ?, ?)"
+        " ON CONFLICT (agent) DO UPDATE SET hash = excluded.hash, set_at = excluded.set_at",
+        (agent, hashed, at),
+    )
+
+
+async def password_of(tx: Tx, agent: str) -> str | None:
+    row = await tx.one("SELECT hash FROM web_passwords WHERE agent = ?", (agent,))
+    return None if row is None else str(row["hash"])
+
+
+@dataclass(frozen=True)
+class WebSession:
+    agent: str
+    csrf: str
+    expires_at: str
+
+
+async def add_session(tx: Tx, key: str, agent: str, csrf: str, at: str, expires_at: str) -> None:
+    await tx.run(
+        "INSERT INTO web_sessions (id, agent, csrf, created_at, expires_at) VALUES (?, ?, ?, ?, ?)",
+        (key, agent, csrf, at, expires_at),
+    )
+
+
+async def web_session(tx: Tx, key: str, now: str) -> WebSession | None:
+    """The session of this key, unless it has ended."""
+    row = await tx.one(
+        "SELECT agent, csrf, expires_at FROM web_sessions WHERE id = ? AND expires_at > ?",
+        (key, now),
+    )
+    return None if row is None else WebSession(row["agent"], row["csrf"], row["expires_at"])
+
+
+async def end_session(tx: Tx, key: str) -> None:
+    await tx.run("DELETE FROM web_sessions WHERE id = ?", (key,))
+
+
+async def end_sessions(tx: Tx, agent: str, now: str) -> int:
+    """End the agent's sessions (and any that ran out); how many of theirs were live."""
+    await tx.run("DELETE FROM web_sessions WHERE expires_at <= ?", (now,))
+    return await tx.run("DELETE FROM web_sessions WHERE agent = ?", (agent,))
