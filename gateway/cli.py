@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import aiosmtplib
 
 from gateway import actions, config, logs, views
-from gateway.clock import utcnow
+from gateway.clock import stamp, utcnow
 from gateway.config import ImapSection, NotifySection, Settings
 from gateway.errors import ConfigError, GatewayError, Refused
 from gateway.imapsession import MailboxError, open_mailbox
@@ -26,6 +26,7 @@ from gateway.ingress.accept import Accept
 from gateway.intake.worker import rerun
 from gateway.model import STATUSES, RawMail
 from gateway.notify.transports import smarthost_client
+from gateway.store import queries
 from gateway.store.db import Database
 from gateway.wording import describe, printable, waited, when
 
@@ -501,17 +502,52 @@ def cmd_retry(settings: Settings, args: argparse.Namespace) -> int:
 # --- plumbing -----------------------------------------------------------------
 
 
-def cmd_hash_password(args: argparse.Namespace) -> int:
-    """A users-file line for SMTP AUTH; the password from the terminal, or a pipe."""
+def _new_password(name: str) -> str:
+    """A password from the terminal (asked twice), or the first line of a pipe."""
     if sys.stdin.isatty():
-        password = getpass.getpass(f"Password for {args.name}: ")
+        password = getpass.getpass(f"Password for {name}: ")
         if getpass.getpass("Again: ") != password:
-            print("The two passwords differ; nothing was made.", file=sys.stderr)
-            return 1
+            raise Refused("The two passwords differ; nothing was changed.")
     else:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
-        print("An empty password is refused.", file=sys.stderr)
+        raise Refused("An empty password is refused.")
+    return password
+
+
+def cmd_set_password(settings: Settings, args: argparse.Namespace) -> int:
+    """The agent's web inbox password, hashed into the store (made if there is none yet)."""
+    agent = settings.agent_named(args.agent)
+    hashed = users.hash_password(_new_password(agent.id)).text()
+
+    async def store(db: Database) -> None:
+        async with db.transaction() as tx:
+            await queries.set_password(tx, agent.id, hashed, stamp(utcnow()))
+
+    _with_db(settings, store, create=True)
+    print(f"{agent.id} can sign in to the web inbox with this password now.")
+    return 0
+
+
+def cmd_sign_out(settings: Settings, args: argparse.Namespace) -> int:
+    """End every web inbox session of the agent, at once."""
+    agent = settings.agent_named(args.agent)
+
+    async def end(db: Database) -> int:
+        async with db.transaction() as tx:
+            return await queries.end_sessions(tx, agent.id, stamp(utcnow()))
+
+    ended = _with_db(settings, end)
+    print(f"{agent.id} is signed out of the web inbox ({ended} sessions ended).")
+    return 0
+
+
+def cmd_hash_password(args: argparse.Namespace) -> int:
+    """A users-file line for SMTP AUTH; the password from the terminal, or a pipe."""
+    try:
+        password = _new_password(args.name)
+    except Refused as refusal:
+        print(refusal, file=sys.stderr)
         return 1
     if ":" in args.name or not args.name.strip():
         print("A user name cannot be empty nor hold ':'.", file=sys.stderr)
@@ -601,6 +637,14 @@ def build_parser() -> argparse.ArgumentParser:
         "show", cmd_show, "a conversation: messages and activity timeline", json_output=True
     )
     p.add_argument("id", type=record_id, metavar="ID")
+    p = command(
+        "set-password",
+        cmd_set_password,
+        "set an agent's web inbox password (asked twice at a terminal, or one line from a pipe)",
+    )
+    p.add_argument("agent", metavar="AGENT", help="the agent's id or e-mail address")
+    p = command("sign-out", cmd_sign_out, "end every web inbox session of an agent")
+    p.add_argument("agent", metavar="AGENT", help="the agent's id or e-mail address")
     p = command("status", cmd_status, "set an agent's availability")
     p.add_argument("agent", metavar="AGENT")
     p.add_argument("status", choices=STATUSES)

@@ -1,4 +1,4 @@
-"""One event loop: the SMTP relay, intake and the outbox worker.
+"""One event loop: the SMTP relay, intake, the outbox worker and the web inbox.
 
 SIGTERM (or SIGINT) stops it cleanly; SIGHUP reloads the configuration file:
 rules, agents, teams, the rotation, inboxes, notification and relay access
@@ -33,6 +33,7 @@ from gateway.notify.render import ProcessRenderer
 from gateway.notify.worker import DEFAULT_RETRY, Outbox, RetryPolicy
 from gateway.sdnotify import Notifier
 from gateway.store.db import Database, Sole
+from gateway.web.server import WebInbox
 
 log = structlog.get_logger("gateway.daemon")
 
@@ -70,6 +71,7 @@ class Daemon:
         self._reloads: set[asyncio.Task[None]] = set()
         self.bound: list[tuple[str, int]] = []
         self.lmtp_bound: list[tuple[str, int] | str] = []  # (host, port) or a socket path
+        self.web_bound: tuple[str, int] | None = None
 
     def request_stop(self) -> None:
         """Safe from any thread and from a signal handler."""
@@ -166,13 +168,16 @@ class Daemon:
                 MailboxPoller(db, inbox, accept, max_size=size, clock=self._clock)
                 for inbox in self.settings.mailboxes()
             ]
-            self._reloadable = [intake, outbox, relay, handover]
+            inbox = WebInbox(self.settings, db, self._clock, outbox.wake)
+            self._reloadable = [intake, outbox, relay, handover, inbox]
             self.bound = [b for b in await smtp.start() if isinstance(b, tuple)]
             try:
                 self.lmtp_bound = await lmtp.start()
+                await inbox.start()
             except GatewayError:
-                await smtp.stop(0)
+                await asyncio.gather(smtp.stop(0), lmtp.stop(0))
                 raise
+            self.web_bound = inbox.bound
             if threading.current_thread() is threading.main_thread():
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     self._loop.add_signal_handler(signum, self._stop.set)
@@ -191,7 +196,7 @@ class Daemon:
                 log.info("gateway.stopping")
                 self._notifier.stopping()
                 watchdog.cancel()
-                await asyncio.gather(smtp.stop(self._grace), lmtp.stop(self._grace))
+                await asyncio.gather(smtp.stop(self._grace), lmtp.stop(self._grace), inbox.stop())
                 for poller in pollers:
                     poller.stop()
                 intake.stop()
@@ -227,6 +232,8 @@ def needs_restart(old: Settings, new: Settings) -> list[str]:
             changed.append(f"smtp.{key}")
     if old.lmtp != new.lmtp:
         changed.append("lmtp")
+    if old.web.listen != new.web.listen:
+        changed.append("web.listen")
     if _mailboxes(old) != _mailboxes(new):
         changed.append("inboxes.imap")
     return changed

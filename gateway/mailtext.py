@@ -205,3 +205,24 @@ def message_text(raw: bytes, limit: int) -> tuple[str, bool]:
     except Exception:  # the parser's own failures: whatever the mail, no text is the worst
         return "", False
     return text[:limit], len(text) > limit
+
+
+def attachments(raw: bytes) -> list[tuple[str, int]]:
+    """Each attached file of the raw message: its name (as sent, "unnamed" without one)
+    and its size decoded, in order. Broken MIME gives what could be read of it."""
+    found: list[tuple[str, int]] = []
+    try:
+        msg = BytesParser(EmailMessage, policy=DEFAULT).parsebytes(raw)
+        for part in msg.walk():
+            if part.is_multipart():
+                continue
+            name = part.get_filename()
+            if part.get_content_disposition() != "attachment" and not name:
+                continue
+            payload = part.get_payload(decode=True)
+            found.append(
+                (str(name or "unnamed"), len(payload) if isinstance(payload, bytes) else 0)
+            )
+    except Exception:  # the parser's own failures, as for the text
+        pass
+    return found

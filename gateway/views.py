@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from gateway import alertmark
@@ -10,7 +11,7 @@ from gateway.config import Settings
 from gateway.errors import Refused
 from gateway.intake.facts import dedup_key, extract
 from gateway.intake.threads import find_conversation
-from gateway.mailtext import message_text
+from gateway.mailtext import attachments, message_text
 from gateway.model import Delivery, RoutingState
 from gateway.routing.router import Policy, route
 from gateway.store import queries
@@ -63,6 +64,48 @@ async def conversations(
     return [_conversation(row, tags[row.id]) for row in rows]
 
 
+PAGE_ROWS = 50  # conversations on one page of a queue
+
+
+async def queue_page(
+    db: Database,
+    settings: Settings,
+    *,
+    me: str,
+    view: str,
+    team: str | None,
+    status: str | None,
+    after: tuple[str, int] | None,
+) -> dict[str, Any]:
+    """A page of one queue (`view`: mine, unassigned or all; of one team when given),
+    oldest waiting first, with the open counts of every queue, from one snapshot."""
+    async with db.reading() as conn:
+        counts = {
+            "mine": await queries.count_open(conn, assignee=me),
+            "unassigned": await queries.count_open(conn, unassigned=True),
+            "all": await queries.count_open(conn),
+        }
+        teams = {t.id: await queries.count_open(conn, team=t.id) for t in settings.teams}
+        rows = await queries.list_conversations(
+            conn,
+            status=status,
+            assignee=me if view == "mine" else None,
+            team=team,
+            unassigned=view == "unassigned",
+            limit=PAGE_ROWS + 1,
+            after=after,
+        )
+        tags = await queries.tags_of(conn, [row.id for row in rows[:PAGE_ROWS]])
+    page = [_conversation(row, tags[row.id]) for row in rows[:PAGE_ROWS]]
+    last = rows[PAGE_ROWS - 1] if len(rows) > PAGE_ROWS else None
+    return {
+        "counts": counts,
+        "teams": teams,
+        "conversations": page,
+        "next": (last.last_message_at, last.id) if last else None,
+    }
+
+
 async def show(db: Database, conversation_id: int) -> dict[str, Any]:
     async with db.reading() as conn:
         row = await queries.conversation(conn, conversation_id)
@@ -72,6 +115,15 @@ async def show(db: Database, conversation_id: int) -> dict[str, Any]:
         messages = await queries.messages_of(conn, conversation_id)
         events = await queries.events_of(conn, conversation_id)
         heads = await queries.heads(conn, [m.id for m in messages], TEXT_PREFIX_BYTES)
+        sizes = await queries.message_sizes(conn, [m.id for m in messages])
+        longer = [pk for pk, size in sizes.items() if size > TEXT_PREFIX_BYTES]
+        with conn.off_loop():  # whole messages, for their files' names and sizes
+            whole = {
+                pk: stored.mail.raw for pk, stored in (await queries.messages(conn, longer)).items()
+            }
+    files = await asyncio.to_thread(
+        lambda: {pk: attachments(whole.get(pk, head)) for pk, head in heads.items()}
+    )
     view = _conversation(row, tags[conversation_id])
     view["messages"] = [
         {
@@ -81,6 +133,7 @@ async def show(db: Database, conversation_id: int) -> dict[str, Any]:
             "received_at": m.received_at,
             "source": m.source,
             "text": _text(heads.get(m.id, b"")),
+            "attachments": [{"filename": name, "size": size} for name, size in files.get(m.id, [])],
         }
         for m in messages
     ]

@@ -1,0 +1,88 @@
+"""Tells open pages that what they show changed: one watcher reads the store's data
+version every half second (changes made by this process, the command line or another
+process alike), and each page's event stream says `changed` when it differs from the
+version the page was built from."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from aiohttp import web
+
+from gateway.errors import StoreUnavailable
+from gateway.store import queries
+from gateway.store.db import Database
+
+log = structlog.get_logger("gateway.web")
+
+INTERVAL = 0.5  # seconds between reads of the version: a change shows within a second
+KEEPALIVE = 20.0  # seconds of quiet before a comment line keeps proxies from closing the stream
+
+
+class Watch:
+    def __init__(self, reader: Database) -> None:
+        self._reader = reader
+        self.version: str | None = None
+        self._changed = asyncio.Event()
+        self._stopped = False
+
+    async def read(self) -> str:
+        async with self._reader.reading() as tx:
+            return await queries.data_version(tx)
+
+    async def run(self) -> None:
+        while not self._stopped:
+            try:
+                version = await self.read()
+            except StoreUnavailable as error:
+                log.warning("web.version_unread", error=str(error))
+            else:
+                if version != self.version:
+                    self.version = version
+                    self._wake()
+            await asyncio.sleep(INTERVAL)
+
+    def stop(self) -> None:
+        self._stopped = True
+        self._wake()
+
+    def _wake(self) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def after(self, since: str) -> str | None:
+        """The version once it differs from `since`; None after KEEPALIVE seconds without,
+        or when stopping."""
+        changed = self._changed
+        if self.version is not None and self.version != since and not self._stopped:
+            return self.version
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(changed.wait(), KEEPALIVE)
+        if self._stopped or self.version is None or self.version == since:
+            return None
+        return self.version
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+
+async def stream(request: web.Request, watch: Watch) -> web.StreamResponse:
+    """Server-sent events: `changed` (its id the new version) each time the data moves
+    on from the version the page (or the browser's last event) had."""
+    since = request.headers.get("Last-Event-ID") or request.query.get("since", "")
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+    )
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        while not watch.stopped:
+            version = await watch.after(since)
+            if version is None:
+                await response.write(b": still here\n\n")
+                continue
+            await response.write(f"id: {version}\nevent: changed\ndata: {version}\n\n".encode())
+            since = version
+    return response

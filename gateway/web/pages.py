@@ -1,0 +1,311 @@
+"""The pages and the JSON API: each handler reads through the web's own connection, or
+turns a form into one of `gateway.actions`, with the signed-in agent as actor."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from gateway import actions, views
+from gateway.actions import Actor
+from gateway.errors import Refused
+from gateway.model import STATUSES
+from gateway.web import access
+from gateway.web.desk import DESK, Desk
+from gateway.web.live import stream
+from gateway.wording import describe, waited, when
+
+SESSION = "session"
+VIEWS = ("mine", "unassigned", "all")
+SHOWN = {"open": "open", "closed": "closed", "all": None}  # the status filter: what is listed
+API_USAGE = "view is mine, unassigned or all; status open, closed or all; limit a number"
+API_LIMIT = 100  # conversations an API call lists unless it asks (limit=0: all)
+
+
+def routes(app: web.Application) -> None:
+    add = app.router
+    add.add_get("/", home)
+    add.add_get("/login", login_page)
+    add.add_post("/login", login)
+    add.add_post("/logout", logout)
+    add.add_get("/conversations", conversations)
+    add.add_get(r"/conversations/{id:\d{1,18}}", conversation)
+    add.add_post(r"/conversations/{id:\d{1,18}}/{action}", act)
+    add.add_get("/agents", agents)
+    add.add_post("/agents/{agent}/status", set_status)
+    add.add_get("/api/conversations", api_conversations)
+    add.add_get(r"/api/conversations/{id:\d{1,18}}", api_conversation)
+    add.add_get("/live", live)
+
+
+async def home(request: web.Request) -> web.Response:
+    raise web.HTTPSeeOther("/conversations")
+
+
+def _desk(request: web.Request) -> Desk:
+    return request.app[DESK]
+
+
+def _session(request: web.Request) -> access.Session:
+    session: access.Session = request[SESSION]
+    return session
+
+
+def render(
+    request: web.Request, template: str, *, status: int = 200, **context: Any
+) -> web.Response:
+    desk = _desk(request)
+    session: access.Session | None = request.get(SESSION)
+    page = desk.templates.get_template(template).render(
+        me=session.agent if session else None,
+        csrf=session.csrf if session else "",
+        note=desk.notes.pop(session.key, None) if session else None,
+        version=context.pop("version", ""),
+        **context,
+    )
+    return web.Response(text=page, status=status, content_type="text/html")
+
+
+def forbidden(request: web.Request, why: str) -> web.Response:
+    return render(request, "refused.html", status=403, why=why)
+
+
+def _note(request: web.Request, text: str) -> None:
+    _desk(request).notes[_session(request).key] = text
+
+
+# --- signing in and out ----------------------------------------------------------------
+
+
+async def login_page(request: web.Request) -> web.Response:
+    return render(request, "login.html", error=None, name="")
+
+
+async def login(request: web.Request) -> web.Response:
+    desk = _desk(request)
+    form = await request.post()
+    name, password = str(form.get("agent", "")), str(form.get("password", ""))
+    try:
+        token, _ = await desk.guard.sign_in(desk.settings, name, password, request.remote or "")
+    except Refused as refusal:
+        status = 429 if "Too many" in str(refusal) else 401
+        return render(request, "login.html", status=status, error=str(refusal), name=name)
+    response = web.HTTPSeeOther("/conversations")
+    base = desk.settings.web.base_url or ""
+    response.set_cookie(
+        access.COOKIE,
+        token,
+        max_age=access.SESSION_DAYS * 86400,
+        httponly=True,
+        samesite="Lax",
+        secure=base.startswith("https:"),
+        path="/",
+    )
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    await _desk(request).guard.sign_out(_session(request).key)
+    response = web.HTTPSeeOther("/login")
+    response.del_cookie(access.COOKIE, path="/")
+    raise response
+
+
+# --- conversations ---------------------------------------------------------------------
+
+
+async def conversations(request: web.Request) -> web.Response:
+    desk = _desk(request)
+    me = _session(request).agent
+    query = request.query
+    view = query.get("view", "mine")
+    view = view if view in VIEWS else "mine"
+    team = query.get("team") or None
+    if team is not None and team not in {t.id for t in desk.settings.teams}:
+        raise web.HTTPNotFound(text=f"There is no team {team!r}.")
+    shown = query.get("status", "open")
+    shown = shown if shown in SHOWN else "open"
+    after = None
+    if query.get("after") and query.get("after_id", "").isdigit():
+        after = (query["after"], int(query["after_id"]))
+    version = await desk.watch.read()
+    page = await views.queue_page(
+        desk.reader,
+        desk.settings,
+        me=me.id,
+        view=view,
+        team=team,
+        status=SHOWN[shown],
+        after=after,
+    )
+    here = {"view": view, "status": shown} | ({"team": team} if team else {})
+    following = None
+    if page["next"]:
+        stamp, last = page["next"]
+        following = "?" + urlencode(here | {"after": stamp, "after_id": last})
+    now = desk.clock()
+    names = _names(desk)
+    rows = [
+        c
+        | {
+            "waited": waited(c["last_message_at"], now),
+            "assignee_name": names.get(c["assignee"], c["assignee"]),
+        }
+        for c in page["conversations"]
+    ]
+    return render(
+        request,
+        "conversations.html",
+        version=version,
+        view=view,
+        team=team,
+        shown=shown,
+        counts=page["counts"],
+        teams=page["teams"],
+        rows=rows,
+        following=following,
+        first="?" + urlencode(here) if after else None,
+        link=lambda **change: "?" + urlencode({k: v for k, v in (here | change).items() if v}),
+    )
+
+
+def _names(desk: Desk) -> dict[str | None, str]:
+    return {a.id: a.name or a.id for a in desk.settings.agents}
+
+
+async def conversation(request: web.Request, *, draft: str = "", status: int = 200) -> web.Response:
+    desk = _desk(request)
+    number = int(request.match_info["id"])
+    version = await desk.watch.read()
+    try:
+        view = await views.show(desk.reader, number)
+    except Refused as refusal:
+        raise web.HTTPNotFound(text=str(refusal)) from None
+    return render(
+        request,
+        "conversation.html",
+        status=status,
+        version=version,
+        c=view,
+        names=_names(desk),
+        agents=desk.settings.agents,
+        events=[e | {"line": describe(e), "when": when(e["at"])} for e in view["events"]],
+        messages=[m | {"when": when(m["received_at"])} for m in view["messages"]],
+        draft=draft,
+        size=_size,
+    )
+
+
+def _size(octets: int) -> str:
+    if octets < 1024:
+        return f"{octets} bytes"
+    if octets < 1024 * 1024:
+        return f"{octets / 1024:.0f} KB"
+    return f"{octets / 1024 / 1024:.1f} MB"
+
+
+async def act(request: web.Request) -> web.Response:
+    """A button of the conversation page: Assign, Claim, Close, Reopen, Send reply."""
+    number = int(request.match_info["id"])
+    form = await request.post()
+    action: actions.Action
+    match request.match_info["action"]:
+        case "assign":
+            agent = str(form.get("agent", ""))
+            action = actions.Assign(number, agent) if agent else actions.Unassign(number)
+        case "claim":
+            action = actions.Claim(number)
+        case "close":
+            action = actions.Close(number)
+        case "reopen":
+            action = actions.Reopen(number)
+        case "reply":
+            action = actions.Reply(number, str(form.get("text", "")))
+        case _:
+            raise web.HTTPNotFound(text="There is no such action.")
+    result = await _perform(request, action)
+    if result.state == "refused" and isinstance(action, actions.Reply):
+        # The agent's text stays in the box, with why it was not sent.
+        return await conversation(request, draft=action.text, status=422)
+    raise web.HTTPSeeOther(f"/conversations/{number}")
+
+
+async def _perform(request: web.Request, action: actions.Action) -> actions.Result:
+    desk = _desk(request)
+    actor = Actor(_session(request).agent.id, "web")
+    result = await actions.perform(desk.db, desk.settings, actor, action, desk.clock)
+    if result.outbox or result.given:
+        desk.wake()
+    _note(request, result.text)
+    return result
+
+
+# --- agents ------------------------------------------------------------------------
+
+
+async def agents(request: web.Request) -> web.Response:
+    desk = _desk(request)
+    version = await desk.watch.read()
+    found = await views.agents(desk.reader, desk.settings)
+    me = _session(request).agent
+    return render(
+        request,
+        "agents.html",
+        version=version,
+        agents=found,
+        mine=next(a for a in found if a["id"] == me.id),
+        manager=me.role == "manager",
+        statuses=STATUSES,
+    )
+
+
+async def set_status(request: web.Request) -> web.Response:
+    """Set an agent's availability: one's own, or anyone's for a manager."""
+    me = _session(request).agent
+    agent = request.match_info["agent"]
+    form = await request.post()
+    if agent != me.id and me.role != "manager":
+        _note(request, "Only a manager may set another agent's status; nothing changed.")
+    else:
+        await _perform(request, actions.SetStatus(agent, str(form.get("status", ""))))
+    raise web.HTTPSeeOther("/agents")
+
+
+# --- JSON for scripts and the live stream ----------------------------------------------
+
+
+async def api_conversations(request: web.Request) -> web.Response:
+    """GET /api/conversations?view=mine|unassigned|all&team=&status=open|closed|all&limit=N"""
+    desk = _desk(request)
+    query = request.query
+    view = query.get("view", "mine")
+    shown = query.get("status", "open")
+    limit = query.get("limit", str(API_LIMIT))
+    if view not in VIEWS or shown not in SHOWN or not limit.isdigit():
+        return web.json_response({"error": API_USAGE}, status=400)
+    team = query.get("team") or None
+    if team is not None and team not in {t.id for t in desk.settings.teams}:
+        return web.json_response({"error": f"There is no team {team!r}."}, status=404)
+    found = await views.conversations(
+        desk.reader,
+        status=SHOWN[shown],
+        assignee=_session(request).agent.id if view == "mine" else None,
+        team=team,
+        unassigned=view == "unassigned",
+        limit=int(limit) or None,
+    )
+    return web.json_response(found)
+
+
+async def api_conversation(request: web.Request) -> web.Response:
+    try:
+        found = await views.show(_desk(request).reader, int(request.match_info["id"]))
+    except Refused as refusal:
+        return web.json_response({"error": str(refusal)}, status=404)
+    return web.json_response(found)
+
+
+async def live(request: web.Request) -> web.StreamResponse:
+    return await stream(request, _desk(request).watch)

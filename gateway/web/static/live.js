@@ -1,0 +1,32 @@
+// Keeps a page current without a reload: the server's event stream says when the data
+// has moved on from the version the page was built from; the page is then fetched again
+// and each of its live parts ([data-live], by id) replaced, unless the person is using
+// it (its focus is inside).
+"use strict";
+
+(() => {
+  const since = document.body.dataset.version;
+  if (!since) return;
+  let fetching = false;
+  let again = false;
+
+  async function refresh() {
+    if (fetching) { again = true; return; }
+    fetching = true;
+    try {
+      const response = await fetch(location.href, { headers: { Accept: "text/html" } });
+      if (!response.ok || response.redirected) return; // signed out: leave the page be
+      const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
+      for (const part of document.querySelectorAll("[data-live]")) {
+        const next = fresh.getElementById(part.id);
+        if (next && !part.contains(document.activeElement)) part.replaceWith(next);
+      }
+    } finally {
+      fetching = false;
+      if (again) { again = false; refresh(); }
+    }
+  }
+
+  const stream = new EventSource("/live?since=" + encodeURIComponent(since));
+  stream.addEventListener("changed", refresh);
+})();
