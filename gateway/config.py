@@ -193,6 +193,11 @@ class WebSection(BaseModel):
     def endpoint(self) -> tuple[str, int] | None:
         return parse_listen(self.listen) if self.listen else None
 
+    def link(self, conversation_id: int) -> str | None:
+        """Where a conversation opens in the web inbox: under base_url, else at `listen`."""
+        base = self.base_url or (f"http://{self.listen}" if self.listen else None)
+        return f"{base.rstrip('/')}/conversations/{conversation_id}" if base else None
+
     def origin(self) -> str | None:
         """base_url's scheme and host, as a browser sends them in Origin."""
         return self.base_url.rstrip("/") if self.base_url else None

@@ -79,6 +79,7 @@ class AlertInput:
     full_size: int | None = None  # set when `raw` is only its header: the message's size
     # replies+TOKEN@... when agents answer by replying (DESIGN §12); None: to the customer
     reply_to: str | None = None
+    link: str | None = None  # the conversation in the web inbox, when there is one
 
 
 def message_id(event_id: int, hostname: str) -> str:
@@ -200,10 +201,12 @@ def render(alert: AlertInput, boundaries: Callable[[], str] = new_boundary) -> A
         "",
         *_too_large(alert.full_size),
     ]
+    where = [f"Open it in the web inbox: {alert.link}", ""] if alert.link else []
     if alert.reply_to is None:
         lines = [
             opening,
             "",
+            *where,
             *about,
             *_preview(alert.raw),
             "",
@@ -215,6 +218,7 @@ def render(alert: AlertInput, boundaries: Callable[[], str] = new_boundary) -> A
             "",
             opening,
             "",
+            *where,
             *about,
             *_whole_text(alert.raw),
             "",

@@ -562,6 +562,7 @@ class Outbox(DrainLoop):
                 if replies is None
                 else token.reply_address(replies, token.make(self._secret, row.event_id, agent.id))
             ),
+            link=self._settings.web.link(conversation.id),
         )
 
     def _notice(self, row: queries.OutboxRow, agent: Agent) -> Prepared:
