@@ -659,3 +659,18 @@ def test_check_warns_of_settings_that_cannot_work(
     out = capsys.readouterr().out
     assert "warning: notify.backend is smtp but notify.smtp_host is empty" in out
     assert "warning: replies.address is set but notify.enabled is false" in out
+
+
+def test_check_warns_of_a_web_inbox_open_to_other_hosts_without_https(
+    make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = str(tmp_path / "gateway.toml")
+    make_settings(web={"listen": "0.0.0.0:8025"})
+    assert gateway(["check", "--config", config]) == 0
+    assert "warning: web.listen is reachable from other hosts" in capsys.readouterr().out
+    make_settings(web={"listen": "0.0.0.0:8025", "base_url": "https://desk.example.com"})
+    assert gateway(["check", "--config", config]) == 0
+    assert "warning" not in capsys.readouterr().out
+    make_settings(web={"listen": "127.0.0.1:8025"})
+    assert gateway(["check", "--config", config]) == 0
+    assert "warning" not in capsys.readouterr().out
