@@ -181,13 +181,23 @@ class WebSection(BaseModel):
     listen: str | None = None  # HOST:PORT
     # Where people open it (behind a proxy, its public address): links in alerts, the
     # origin forms are posted from; https makes the session cookie Secure.
-    base_url: str | None = Field(None, pattern=r"^https?://[^/\s?#]+/?$")
+    base_url: str | None = None
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
         if value is not None:
             parse_listen(value)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s?#@]+/?", value):
+            raise ValueError(
+                "must be the inbox's address as people open it, http(s)://HOST[:PORT],"
+                " with no path (serve it at the root of its own host name)"
+            )
         return value
 
     def endpoint(self) -> tuple[str, int] | None:

@@ -484,3 +484,12 @@ def test_max_open_of_zero_is_no_limit_and_a_negative_one_is_refused(tmp_path: Pa
     assert load(write(tmp_path, limited)).agents[0].max_open is None
     negative = limited.replace("max_open = 0", "max_open = -1")
     assert "agents[0].max_open = -1" in error_of(tmp_path, negative)
+
+
+def test_a_bad_web_listen_or_base_url_names_the_key(tmp_path: Path) -> None:
+    message = error_of(tmp_path, VALID + '[web]\nlisten = "8025"\n')
+    assert "web.listen = '8025': '8025' must be HOST:PORT" in message
+    message = error_of(tmp_path, VALID + '[web]\nbase_url = "https://desk.example.com/inbox"\n')
+    assert "web.base_url = 'https://desk.example.com/inbox': must be the inbox" in message
+    message = error_of(tmp_path, VALID + '[[agents]]\nid = "x"\nemail = "x@y.z"\nrole = "boss"\n')
+    assert "agents[1].role = 'boss'" in message
