@@ -7,12 +7,17 @@
 (() => {
   const since = document.body.dataset.version;
   if (!since) return;
+  const GAP = 1000; // ms between two fetches: a busy desk costs each page one a second
   let fetching = false;
   let again = false;
+  let last = 0;
 
   async function refresh() {
     if (fetching) { again = true; return; }
+    const wait = last + GAP - Date.now();
+    if (wait > 0) { fetching = true; setTimeout(() => { fetching = false; refresh(); }, wait); return; }
     fetching = true;
+    last = Date.now();
     try {
       const response = await fetch(location.href, { headers: { Accept: "text/html" } });
       if (!response.ok || response.redirected) return; // signed out: leave the page be
