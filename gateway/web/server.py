@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.clock import Clock
 from gateway.config import Settings
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, StoreUnavailable
 from gateway.store.db import Database
 from gateway.web import access, pages
 from gateway.web.desk import DESK, Desk, templates
@@ -33,6 +33,19 @@ HEADERS = {
     "Referrer-Policy": "same-origin",
     "Cross-Origin-Opener-Policy": "same-origin",
 }
+
+
+@web.middleware
+async def _unavailable(request: web.Request, handler: access.Handler) -> web.StreamResponse:
+    """The store busy or failing: a sentence and 503, never the error's text."""
+    try:
+        return await handler(request)
+    except StoreUnavailable as error:
+        log.warning("web.store_unavailable", path=request.path, error=str(error))
+        return web.Response(
+            status=503,
+            text="The inbox cannot reach its store just now; nothing was changed. Try again.",
+        )
 
 
 @web.middleware
@@ -68,7 +81,7 @@ async def _secure(request: web.Request, response: web.StreamResponse) -> None:
 
 
 def application(desk: Desk) -> web.Application:
-    app = web.Application(middlewares=[_guarded], client_max_size=2 * 1024 * 1024)
+    app = web.Application(middlewares=[_unavailable, _guarded], client_max_size=2 * 1024 * 1024)
     app[DESK] = desk
     app.on_response_prepare.append(_secure)
     pages.routes(app)
