@@ -46,6 +46,9 @@ from gateway.store.db import Database
 from tests.dovecot import Dovecot
 from tests.dovecot import available as dovecot_available
 
+# tests/browser.py: Chromium for the web inbox's tests; pytester runs a test session of its own.
+pytest_plugins = ["tests.browser", "pytester"]
+
 # CI replays the same examples every run, so a landing never hangs on a new draw; local
 # runs keep exploring (and a failure they find is kept in .hypothesis/ and replayed).
 hypothesis_settings.register_profile("ci", derandomize=True)
