@@ -46,8 +46,9 @@ from gateway.store.db import Database
 from tests.dovecot import Dovecot
 from tests.dovecot import available as dovecot_available
 
-# The web inbox's fixtures (tests/web.py), for every test that wants them.
-pytest_plugins = ["tests.web"]
+# tests/web.py: the web inbox on a free port; tests/browser.py: Chromium for its tests;
+# pytester runs a test session of its own.
+pytest_plugins = ["tests.web", "tests.browser", "pytester"]
 
 # CI replays the same examples every run, so a landing never hangs on a new draw; local
 # runs keep exploring (and a failure they find is kept in .hypothesis/ and replayed).
