@@ -17,7 +17,8 @@ from gateway.web.desk import DESK, Desk
 from gateway.web.live import stream
 from gateway.wording import describe, waited, when
 
-SESSION = "session"
+# A typed key: a plain string makes aiohttp warn (an error under `-W error`, a 500).
+SESSION = web.RequestKey("session", access.Session)
 VIEWS = ("mine", "unassigned", "all")
 SHOWN = {"open": "open", "closed": "closed", "all": None}  # the status filter: what is listed
 API_USAGE = "view is mine, unassigned or all; status open, closed or all; limit a number"
@@ -49,15 +50,14 @@ def _desk(request: web.Request) -> Desk:
 
 
 def _session(request: web.Request) -> access.Session:
-    session: access.Session = request[SESSION]
-    return session
+    return request[SESSION]
 
 
 def render(
     request: web.Request, template: str, *, status: int = 200, **context: Any
 ) -> web.Response:
     desk = _desk(request)
-    session: access.Session | None = request.get(SESSION)
+    session = request.get(SESSION)
     page = desk.templates.get_template(template).render(
         me=session.agent if session else None,
         csrf=session.csrf if session else "",
