@@ -176,7 +176,11 @@ class Database:
         try:
             # Mail is private: the file (and SQLite's -wal/-shm, which copy its mode) is 0600,
             # or 0660 in a folder its group may write (admins sharing the service's state).
-            os.close(_open(path, flags))
+            # Opened here only when missing: closing a descriptor of the file drops every
+            # POSIX lock this process holds on it, SQLite's for connections open already,
+            # and another process's close would then delete the WAL from under them.
+            if not os.access(path, os.F_OK):
+                os.close(_open(path, flags))
         except FileNotFoundError:
             raise StoreUnavailable(
                 f"{path}: no database here (has `gateway run` started yet?)"

@@ -29,19 +29,21 @@ class Watch:
         self._stopped = False
 
     async def read(self) -> str:
+        """The version now. A page reads it too, so the watcher is never behind the page:
+        else the page's stream would hear of the older version as a change."""
         async with self._reader.reading() as tx:
-            return await queries.data_version(tx)
+            version = await queries.data_version(tx)
+        if version != self.version:
+            self.version = version
+            self._wake()
+        return version
 
     async def run(self) -> None:
         while not self._stopped:
             try:
-                version = await self.read()
+                await self.read()
             except StoreUnavailable as error:
                 log.warning("web.version_unread", error=str(error))
-            else:
-                if version != self.version:
-                    self.version = version
-                    self._wake()
             await asyncio.sleep(INTERVAL)
 
     def stop(self) -> None:
