@@ -234,7 +234,15 @@ def test_show_json_has_messages_and_the_timeline(
     assert isinstance(view, dict)
     assert set(view) >= CONVERSATION_FIELDS | {"messages", "events"}
     [message] = view["messages"]
-    assert set(message) == {"message_id", "from", "subject", "received_at", "source", "text"}
+    assert set(message) == {
+        "message_id",
+        "from",
+        "subject",
+        "received_at",
+        "source",
+        "text",
+        "attachments",
+    }
     assert (message["from"], message["source"]) == ("cy@example.org", "smtp")
     kinds = [e["kind"] for e in view["events"]]
     assert kinds == ["received", "tagged"]
@@ -674,3 +682,28 @@ def test_check_warns_of_a_web_inbox_open_to_other_hosts_without_https(
     make_settings(web={"listen": "127.0.0.1:8025"})
     assert gateway(["check", "--config", config]) == 0
     assert "warning" not in capsys.readouterr().out
+
+
+def test_show_lists_each_attachment_with_its_name_and_size_past_the_text_it_reads(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    running = start_daemon(
+        make_settings(smtp={"listen": ["127.0.0.1:0"], "max_message_size": "2MB"})
+    )
+    message = mail()
+    message.add_attachment(
+        b"x" * 300_000, maintype="application", subtype="pdf", filename="big.pdf"
+    )
+    message.add_attachment(b"tiny", maintype="text", subtype="plain", filename="note.txt")
+    running.send(message)
+    running.drain()
+    capsys.readouterr()
+    assert run(running, "show", "1", "--json") == 0
+    view = output_json(capsys)
+    assert isinstance(view, dict)
+    assert view["messages"][0]["attachments"] == [
+        {"filename": "big.pdf", "size": 300_000},
+        {"filename": "note.txt", "size": 4},
+    ]
