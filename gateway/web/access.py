@@ -161,5 +161,26 @@ def same_origin(request: web.Request, settings: Settings) -> bool:
     return sent in allowed
 
 
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+def hosts(settings: Settings, bound: tuple[str, int]) -> frozenset[str] | None:
+    """The names (Host headers) the inbox answers to: base_url's, and on a loopback port
+    the loopback names; None (any) when it listens on every interface without base_url.
+    A page reached under another name (DNS rebinding: an attacker's name pointed at this
+    host) would count as its own origin; it is refused instead."""
+    host, port = bound
+    found = set()
+    if settings.web.base_url:
+        found.add(urlsplit(settings.web.base_url).netloc)
+    if host in LOOPBACK:
+        found |= {f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
+    elif not found and host in ("0.0.0.0", "::"):
+        return None
+    else:
+        found.add(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+    return frozenset(found)
+
+
 def csrf_ok(session: Session, sent: object) -> bool:
     return isinstance(sent, str) and hmac.compare_digest(sent.encode(), session.csrf.encode())

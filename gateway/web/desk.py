@@ -27,6 +27,7 @@ class Desk:
     templates: jinja2.Environment
     clock: Clock
     wake: Callable[[], None]  # the outbox, when an action queued mail
+    hosts: frozenset[str] | None = None  # the Host headers it answers to (None: any)
     notes: dict[str, str] = field(default_factory=dict)  # a session's note for its next page
 
 

@@ -51,6 +51,12 @@ async def _unavailable(request: web.Request, handler: access.Handler) -> web.Str
 @web.middleware
 async def _guarded(request: web.Request, handler: access.Handler) -> web.StreamResponse:
     desk = request.app[DESK]
+    if desk.hosts is not None and request.host not in desk.hosts:
+        return web.Response(
+            status=421,
+            text=f"This inbox is not served under the name {request.host!r};"
+            " open it at its own address.",
+        )
     if request.method == "POST" and not access.same_origin(request, desk.settings):
         return pages.forbidden(
             request, "This form was not sent from the inbox's own page; nothing was changed."
@@ -129,6 +135,7 @@ class WebInbox:
         self._watching = asyncio.create_task(watch.run())
         host, port = self._runner.addresses[0][:2]  # the port the system gave, for port 0
         self.bound = (str(host), int(port))
+        self._desk.hosts = access.hosts(self._settings, self.bound)
         log.info("web.ready", listen=f"{host}:{port}")
 
     def prepare(self, settings: Settings) -> Callable[[], None]:
@@ -136,6 +143,8 @@ class WebInbox:
             self._settings = settings
             if self._desk is not None:
                 self._desk.settings = settings
+                if self.bound is not None:
+                    self._desk.hosts = access.hosts(settings, self.bound)
 
         return use
 

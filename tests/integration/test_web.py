@@ -256,6 +256,34 @@ async def test_the_sign_in_form_from_another_origin_is_refused_and_makes_no_sess
     assert desk.running.query("SELECT count(*) FROM web_sessions")[0][0] == 0
 
 
+async def test_a_request_under_another_host_name_is_refused_and_makes_no_session(
+    web_desk: Callable[..., WebDesk],
+) -> None:
+    """DNS rebinding: an attacker's name pointed at the inbox's address; its own origin
+    would pass the Origin check, so the name itself is refused."""
+    desk = web_desk()
+    port = desk.url.rsplit(":", 1)[1]
+    rebound = {"Host": f"evil.test:{port}", "Origin": f"http://evil.test:{port}"}
+    async with desk.client() as browser:
+        async with browser.http.get("/login", headers={"Host": rebound["Host"]}) as response:
+            assert response.status == 421
+        form = {"agent": "bob", "password": PASSWORDS["bob"]}
+        response = await browser.post("/login", form, csrf=False, headers=rebound)
+        assert response.status == 421
+    assert desk.running.query("SELECT count(*) FROM web_sessions")[0][0] == 0
+
+
+async def test_the_base_urls_host_name_and_the_loopback_names_are_served(
+    web_desk: Callable[..., WebDesk],
+) -> None:
+    desk = web_desk(web={"listen": "127.0.0.1:0", "base_url": "https://desk.example.com"})
+    port = desk.url.rsplit(":", 1)[1]
+    async with desk.client() as browser:
+        for host in ("desk.example.com", f"localhost:{port}", f"127.0.0.1:{port}"):
+            async with browser.http.get("/login", headers={"Host": host}) as response:
+                assert response.status == 200, host
+
+
 # --- headers ---------------------------------------------------------------------------
 
 
