@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import os
 import sqlite3
@@ -176,7 +177,7 @@ class Database:
         try:
             # Mail is private: the file (and SQLite's -wal/-shm, which copy its mode) is 0600,
             # or 0660 in a folder its group may write (admins sharing the service's state).
-            os.close(_open(path, flags))
+            _make_or_check(path, flags)
         except FileNotFoundError:
             raise StoreUnavailable(
                 f"{path}: no database here (has `gateway run` started yet?)"
@@ -297,6 +298,18 @@ def _open(path: str, flags: int) -> int:
     if made:
         os.fchmod(fd, file_mode(path))
     return fd
+
+
+def _make_or_check(path: str, flags: int) -> None:
+    """Make the store's file if it is not there; if it is, check that it may be opened as
+    `flags` ask without opening it: closing a descriptor of it would let go of every lock
+    this process's connections hold on it (POSIX locks are the process's), and the next
+    command to close the store would take itself for its last user and delete the WAL
+    the daemon goes on writing to (tests/integration/test_web_store.py)."""
+    if not os.path.exists(path):
+        os.close(_open(path, flags))
+    elif not os.access(path, os.R_OK | (os.W_OK if flags & os.O_RDWR else 0)):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
 
 
 def _lock(path: str, how: int) -> int:
