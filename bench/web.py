@@ -1,6 +1,7 @@
 """The web inbox's speed (issue 13), each figure beside a baseline from the same run.
 
     .venv/bin/python -m bench.web [--conversations N] [--requests R] [--seconds S] [--rounds K]
+                                  [--pages-only | --live-only]
 
 Pages: two daemons (`gateway run`, each its own process) serve the web inbox at
 once, one on a store of 1,000,000 conversations, one on 1,000. The stores are
@@ -51,6 +52,7 @@ import aiohttp
 
 from bench import pipeline
 from bench.processes import ROOT, free_port, gateway_config, wait_port
+from bench.profile import cpu_seconds
 from bench.views import AGENTS, DOMAINS, INBOXES, SUBJECTS, TAGS, TEAMS, bulk, migrate, time_command
 
 BIG, SMALL = 1_000_000, 1_000
@@ -179,7 +181,11 @@ def start_desk(folder: Path, database: Path, passwords: dict[str, str], **sectio
         cwd=ROOT,
         stderr=subprocess.DEVNULL,
     )
-    wait_port(web_port, process)
+    try:
+        wait_port(web_port, process)
+    except SystemExit:
+        process.kill()
+        raise
     return Desk(process, config, database, smtp_port, f"http://127.0.0.1:{web_port}")
 
 
@@ -210,11 +216,11 @@ class Browser:
     async def sign_in(self, agent: str, password: str) -> None:
         await self.post("/login", {"agent": agent, "password": password})
 
-    async def act(self, page: str, action: str, form: dict[str, str]) -> None:
-        """Press a button of `page`, as its form sends it (with the session's token)."""
+    async def token(self, page: str) -> str:
+        """The session's CSRF token, as `page`'s forms carry it."""
         found = _CSRF.search(await self.get(page))
         assert found is not None, f"no form on {page}"
-        await self.post(action, form | {"csrf": found.group(1)})
+        return found.group(1)
 
 
 # --- the pages ------------------------------------------------------------------
@@ -284,7 +290,8 @@ def open_conversation(desk: Desk) -> int:
         try:
             await browser.sign_in(AGENT, PASSWORD)
             page = f"/conversations/{number}"
-            await browser.act(page, f"{page}/assign", {"agent": AGENT})
+            token = await browser.token(page)
+            await browser.post(f"{page}/assign", {"agent": AGENT, "csrf": token})
         finally:
             await browser.close()
 
@@ -467,11 +474,12 @@ async def _browse(url: str, reload: bool, ready: Event, stop: Event) -> Seen:
         await asyncio.wait_for(asyncio.gather(*(tab.connected.wait() for tab in tabs)), 60)
         ready.set()
         started, cpu = time.monotonic(), time.process_time()
+        token = await manager.token("/agents")
         statuses = ["away", "available"]
         while not stop.is_set():
             await asyncio.sleep(CHANGE_EVERY * random.uniform(0.8, 1.2))  # not in step with polls
             changes.append(time.monotonic())
-            await manager.act("/agents", "/agents/lead/status", {"status": statuses[0]})
+            await manager.post("/agents/lead/status", {"status": statuses[0], "csrf": token})
             statuses.reverse()
         seen = Seen(
             [tab.events for tab in tabs],
@@ -522,6 +530,11 @@ class LiveRun:
     mode: str
     smtp: pipeline.Run | None
     seen: Seen | None
+    cpu: float = 0.0  # the daemon's process, while the SMTP client ran
+
+    @property
+    def cpu_per_message(self) -> float:
+        return self.cpu / self.smtp.sent if self.smtp else 0.0
 
 
 def live_run(mode: str, seconds: float) -> LiveRun:
@@ -543,9 +556,11 @@ def live_run(mode: str, seconds: float) -> LiveRun:
                 child = context.Process(target=_streams, args=(desk.url, reload, ready, stop, out))
                 child.start()
                 ready.wait(120)
+            cpu = cpu_seconds(desk.process.pid)
             smtp = pipeline.run(desk.smtp_port, CONNECTIONS, seconds) if mode != "idle" else None
             if mode == "idle":
                 time.sleep(seconds)
+            cpu = cpu_seconds(desk.process.pid) - cpu
             stop.set()
             seen = None
             if child is not None:
@@ -554,14 +569,15 @@ def live_run(mode: str, seconds: float) -> LiveRun:
                     raise SystemExit(f"the streams' process failed: {answer}")
                 seen = answer
         finally:
-            if child is not None:
+            stop.set()
+            if child is not None and child.pid is not None:  # started
                 child.join(30)
                 child.kill()
             desk.stop()
-    return LiveRun(mode, smtp, seen)
+    return LiveRun(mode, smtp, seen, cpu)
 
 
-def measure_live(seconds: float = 5.0, rounds: int = 3) -> str:
+def measure_live(seconds: float = 5.0, rounds: int = 5) -> str:
     runs: list[LiveRun] = []
     idle = live_run("idle", seconds * 2)
     print(f"idle: {len(delays(idle.seen) if idle.seen else [])} delays", flush=True)
@@ -576,13 +592,15 @@ def measure_live(seconds: float = 5.0, rounds: int = 3) -> str:
                 flush=True,
             )
     rates = {mode: [r.smtp.rate for r in runs if r.mode == mode and r.smtp] for mode in MODES}
+    cpu = {m: statistics.median(r.cpu_per_message for r in runs if r.mode == m) for m in MODES}
     base = statistics.median(rates["none"])
     lines = [
         f"| browsers ({CONNECTIONS} SMTP connections, {seconds:g} s a run) "
         "| accept msg/s, median (each run) | x none | p50 / p99 ms "
-        "| `changed` after a status change, median / max | events / pages read by the browsers "
-        "| the browsers' CPU, of a core |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| the daemon's CPU per message, µs | x none "
+        "| `changed` after a status change, median / p95 / max "
+        "| events / pages read by the browsers | the browsers' CPU, of a core |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for mode in MODES:
         of = [r for r in runs if r.mode == mode]
@@ -592,10 +610,11 @@ def measure_live(seconds: float = 5.0, rounds: int = 3) -> str:
         lines.append(
             f"| {mode} | {rate:.0f} ({each}) | {rate / base:.2f} "
             f"| {ms(latencies, 0.5)} / {ms(latencies, 0.99)} "
+            f"| {cpu[mode] * 1e6:.0f} | {cpu[mode] / cpu['none']:.2f} "
             f"| {_seen_cells([r.seen for r in of if r.seen])} |"
         )
     lines.append(
-        f"| idle daemon, {STREAMS} streams, {seconds * 2:g} s | | | "
+        f"| idle daemon, {STREAMS} streams, {seconds * 2:g} s | | | | | "
         f"| {_seen_cells([idle.seen] if idle.seen else [])} |"
     )
     return "\n".join(lines)
@@ -603,12 +622,13 @@ def measure_live(seconds: float = 5.0, rounds: int = 3) -> str:
 
 def _seen_cells(seen: list[Seen]) -> str:
     if not seen:
-        return " | "
+        return " |  | "
     found = [d for s in seen for d in delays(s)]
     events = sum(len(e) for s in seen for e in s.events)
     fetched = sum(s.fetched for s in seen)
     cpu = sum(s.cpu for s in seen) / sum(s.seconds for s in seen)
-    late = f"{statistics.median(found) * 1000:.0f} / {max(found) * 1000:.0f} ms" if found else ""
+    p50, p95 = pipeline.percentile(found, 0.5), pipeline.percentile(found, 0.95)
+    late = f"{p50:.0f} / {p95:.0f} / {max(found) * 1000:.0f} ms" if found else ""
     return f"{late} | {events:,} / {fetched:,} | {cpu:.0%}"
 
 
@@ -621,9 +641,10 @@ def main() -> None:
     parser.add_argument("--conversations", type=int, default=BIG, help="size of the big store")
     parser.add_argument("--requests", type=int, default=REQUESTS, help="of each page per store")
     parser.add_argument("--seconds", type=float, default=5.0, help="of each SMTP run")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of SMTP runs")
-    parser.add_argument("--pages-only", action="store_true")
-    parser.add_argument("--live-only", action="store_true")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds of SMTP runs")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--pages-only", action="store_true", help="the pages' times alone")
+    only.add_argument("--live-only", action="store_true", help="the live streams' part alone")
     args = parser.parse_args()
     if not args.live_only:
         print(measure_pages(args.conversations, args.requests))
