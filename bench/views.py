@@ -86,6 +86,13 @@ AGENT_X = "agent07"
 COMMAND = [sys.executable, "-m", "gateway", "conversations", "--unassigned"]
 
 
+# The columns a generated conversation fills (later migrations add some: named, not all).
+INSERT_CONVERSATION = (
+    "INSERT INTO conversations (id, inbox, customer, subject, thread_subject, assignee, team,"
+    " status, created_at, last_message_at, message_count)"
+)
+
+
 def stamp(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
 
@@ -194,9 +201,7 @@ def _fill(conn: sqlite3.Connection, ids: range, count: int) -> None:
         for k in range(start, min(start + CHUNK, ids.stop)):
             conversation(k, count, rows)
         conn.execute("BEGIN")
-        conn.executemany(
-            f"INSERT INTO conversations VALUES ({','.join('?' * 11)})", rows.conversations
-        )
+        conn.executemany(f"{INSERT_CONVERSATION} VALUES ({','.join('?' * 11)})", rows.conversations)
         last = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()[0]
         conn.executemany(
             "INSERT INTO messages (inbox, dedup_key, source, envelope_from, envelope_to, size,"

@@ -53,7 +53,18 @@ import aiohttp
 from bench import pipeline
 from bench.processes import ROOT, free_port, gateway_config, wait_port
 from bench.profile import cpu_seconds
-from bench.views import AGENTS, DOMAINS, INBOXES, SUBJECTS, TAGS, TEAMS, bulk, migrate, time_command
+from bench.views import (
+    AGENTS,
+    DOMAINS,
+    INBOXES,
+    INSERT_CONVERSATION,
+    SUBJECTS,
+    TAGS,
+    TEAMS,
+    bulk,
+    migrate,
+    time_command,
+)
 
 BIG, SMALL = 1_000_000, 1_000
 SPAN = 2 * 365 * 86400  # conversations spread over the two years before now, in id order
@@ -110,12 +121,7 @@ def fill(path: Path, count: int) -> None:
                 tags.extend((k, tag) for tag in r.sample(TAGS, 1 + (r.random() < 0.3)))
             if len(rows) == 50_000 or k == count:
                 conn.execute("BEGIN")
-                conn.executemany(
-                    "INSERT INTO conversations (id, inbox, customer, subject, thread_subject,"
-                    " assignee, team, status, created_at, last_message_at, message_count)"
-                    f" VALUES ({','.join('?' * 11)})",
-                    rows,
-                )
+                conn.executemany(f"{INSERT_CONVERSATION} VALUES ({','.join('?' * 11)})", rows)
                 conn.execute("COMMIT")
                 rows.clear()
         conn.executemany("INSERT INTO tags (conversation_id, tag) VALUES (?, ?)", tags)
