@@ -3,7 +3,7 @@ VENV   ?= .venv
 CONFIG ?= config.example.toml
 PYTHON ?= python3
 
-.PHONY: run test lint bench peers
+.PHONY: run test lint bench peers screenshots
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,6 @@ lint: $(VENV)/.test  ## ruff and mypy --strict
 
 bench: $(VENV)/.test peers  ## every benchmark against its baseline (about 20 min); writes BENCHMARKS.md
 	$(VENV)/bin/python -m bench --write
+
+screenshots: $(VENV)/.test  ## docs/*.png: the web inbox's main pages in Debian's chromium (make peers)
+	$(VENV)/bin/python -m bench.screenshots

@@ -14,7 +14,7 @@ processes, or with one more connection, does not rise. Then one long burst at
 32 connections: the bare server's rate, the gateway's, how long routing lags
 after it and the routed rate from first message to last. Then routing cost
 (bench.routing), alert delivery (bench.alerts), IMAP (bench.imap), the queue
-views (bench.views) and where the gateway's time goes per message
+views (bench.views), the web inbox (bench.web) and where the gateway's time goes per message
 (bench.profile). `--write` puts the tables into BENCHMARKS.md between its
 figure markers.
 """
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from bench import alerts, imap, pipeline, postfix, profile, routing, soak, views
+from bench import alerts, imap, pipeline, postfix, profile, routing, soak, views, web
 from bench.pipeline import message
 from bench.processes import ROOT, free_port, gateway_config, wait_port
 
@@ -314,6 +314,7 @@ def main() -> None:
             ("soak", soak),
             ("imap", imap),
             ("views", views),
+            ("web", web),
             ("profile", profile),
         )
         for name, module in parts:
@@ -351,6 +352,7 @@ TITLES = {
     "soak": "Alerts under a steady load, behind a backlog, in an outage",
     "imap": "IMAP",
     "views": "Queue views",
+    "web": "The web inbox: pages on 1,000,000 conversations, SMTP accept with 50 live streams",
     "profile": "Where the gateway's time goes, per message",
 }
 

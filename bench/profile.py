@@ -121,7 +121,8 @@ def _entered(stats: dict[Key, Any], stage: Stage) -> float:
 # ---- in the daemon's process ----------------------------------------------------------
 
 
-def _clock_ticks(pid: int) -> float:
+def cpu_seconds(pid: int) -> float:
+    """The CPU (user and system) process `pid` has used so far, by the kernel's clocks."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -152,7 +153,7 @@ def _cpu() -> dict[str, float]:
             found[kind] = found.get(kind, 0.0) + time.clock_gettime(clock)
     for name, kind in WORKERS.items():
         found[kind] = sum(
-            _clock_ticks(child.pid)
+            cpu_seconds(child.pid)
             for child in multiprocessing.active_children()
             if child.pid is not None and child.name == name
         )
