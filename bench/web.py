@@ -74,6 +74,7 @@ PASSWORD = "bench-password-1"
 COMMAND = [sys.executable, "-m", "gateway", "conversations", "--unassigned", "--limit", "50"]
 
 STREAMS = 50
+LIVE_GAP = 1.0  # seconds from one fetch of a page to the next at the least, as live.js
 CONNECTIONS = 32  # SMTP connections of the accept runs, as the long burst of bench.__main__
 CHANGE_EVERY = 0.75  # seconds between the manager's status changes while streams are open
 LIVE_AGENTS = ("a", "b", "c", "lead")  # the streams' sessions take these in turn
@@ -441,8 +442,8 @@ class Tab:
 
 async def _watch(tab: Tab, reload: bool) -> None:
     """The tab's page, its stream from the page's version, and the page fetched again on
-    each `changed` when `reload` (one fetch at a time, the changes meanwhile in one more,
-    as live.js does)."""
+    each `changed` when `reload` (one fetch at a time and at most one a second, the
+    changes meanwhile in one more, as live.js does)."""
     browser = tab.browser
     found = _VERSION.search(await browser.get(tab.page))
     assert found is not None, f"no data version on {tab.page}"
@@ -452,8 +453,10 @@ async def _watch(tab: Tab, reload: bool) -> None:
         while True:
             await stale.wait()
             stale.clear()
+            started = time.monotonic()
             await browser.get(tab.page)
             tab.fetched += 1
+            await asyncio.sleep(max(started + LIVE_GAP - time.monotonic(), 0))
 
     refetching = asyncio.create_task(refetch()) if reload else None
     try:

@@ -67,31 +67,38 @@ async def conversations(
 PAGE_ROWS = 50  # conversations on one page of a queue
 
 
+async def open_counts(db: Database, settings: Settings) -> dict[str, Any]:
+    """The open conversations of the queues everyone sees: unassigned, all, each team's."""
+    async with db.reading() as conn:
+        return {
+            "unassigned": await queries.count_open(conn, unassigned=True),
+            "all": await queries.count_open(conn),
+            "teams": {t.id: await queries.count_open(conn, team=t.id) for t in settings.teams},
+        }
+
+
+async def open_count_of(db: Database, agent: str) -> int:
+    async with db.reading() as conn:
+        return await queries.count_open(conn, assignee=agent)
+
+
 async def queue_page(
     db: Database,
-    settings: Settings,
     *,
-    me: str,
-    view: str,
+    assignee: str | None,
+    unassigned: bool,
     team: str | None,
     status: str | None,
     after: tuple[str, int] | None,
 ) -> dict[str, Any]:
-    """A page of one queue (`view`: mine, unassigned or all; of one team when given),
-    oldest waiting first, with the open counts of every queue, from one snapshot."""
+    """A page of one queue, oldest waiting first, and where the next page starts."""
     async with db.reading() as conn:
-        counts = {
-            "mine": await queries.count_open(conn, assignee=me),
-            "unassigned": await queries.count_open(conn, unassigned=True),
-            "all": await queries.count_open(conn),
-        }
-        teams = {t.id: await queries.count_open(conn, team=t.id) for t in settings.teams}
         rows = await queries.list_conversations(
             conn,
             status=status,
-            assignee=me if view == "mine" else None,
+            assignee=assignee,
             team=team,
-            unassigned=view == "unassigned",
+            unassigned=unassigned,
             limit=PAGE_ROWS + 1,
             after=after,
         )
@@ -99,8 +106,6 @@ async def queue_page(
     page = [_conversation(row, tags[row.id]) for row in rows[:PAGE_ROWS]]
     last = rows[PAGE_ROWS - 1] if len(rows) > PAGE_ROWS else None
     return {
-        "counts": counts,
-        "teams": teams,
         "conversations": page,
         "next": (last.last_message_at, last.id) if last else None,
     }

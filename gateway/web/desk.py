@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import jinja2
 from aiohttp import web
@@ -13,6 +15,9 @@ from gateway.config import Settings
 from gateway.store.db import Database
 from gateway.web.access import Guard
 from gateway.web.live import Watch
+
+T = TypeVar("T")
+KEPT_READS = 1_000  # distinct pages' reads kept; past it, all forgotten at once
 
 
 @dataclass
@@ -29,6 +34,26 @@ class Desk:
     wake: Callable[[], None]  # the outbox, when an action queued mail
     hosts: frozenset[str] | None = None  # the Host headers it answers to (None: any)
     notes: dict[str, str] = field(default_factory=dict)  # a session's note for its next page
+    # What a page read, by what it asked and the data version it read at: pages asking the
+    # same at the same version (every open browser told at once of a change) share one read.
+    _read: dict[Hashable, tuple[str, asyncio.Task[Any]]] = field(default_factory=dict)
+
+    def forget(self) -> None:
+        """Drop what pages read: the configuration changed (agents' names, teams)."""
+        self._read.clear()
+
+    async def shared(self, version: str, key: Hashable, read: Callable[[], Awaitable[T]]) -> T:
+        """`read()`'s answer, or the one a page got for `key` at this `version` (the data
+        the same, by the version's contract: every change a person sees moves it). It may
+        be of a later version, never an earlier one."""
+        kept = self._read.get(key)
+        if kept is None or kept[0] != version or _failed(kept[1]):
+            if len(self._read) > KEPT_READS:
+                self._read.clear()
+            kept = (version, asyncio.ensure_future(read()))
+            self._read[key] = kept
+        answer: T = await asyncio.shield(kept[1])
+        return answer
 
 
 DESK = web.AppKey("desk", Desk)
@@ -41,3 +66,7 @@ def templates() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     return env
+
+
+def _failed(task: asyncio.Task[Any]) -> bool:
+    return task.done() and (task.cancelled() or task.exception() is not None)

@@ -38,6 +38,11 @@ class Watch:
             self._wake()
         return version
 
+    async def current(self) -> str:
+        """The version as last read (a page's, so the pages every browser fetches at once
+        after a change share their reads); what a page then reads may be newer, never older."""
+        return self.version if self.version is not None else await self.read()
+
     async def run(self) -> None:
         while not self._stopped:
             try:

@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
+from markupsafe import Markup
 
 from gateway import actions, views
 from gateway.actions import Actor
@@ -18,6 +19,7 @@ from gateway.web.live import stream
 from gateway.wording import describe, waited, when
 
 # A typed key: a plain string makes aiohttp warn (an error under `-W error`, a 500).
+LIVE_HEADER = "X-Live-Refresh"  # live.js's fetch of the page after `changed`
 SESSION = web.RequestKey("session", access.Session)
 VIEWS = ("mine", "unassigned", "all")
 SHOWN = {"open": "open", "closed": "closed", "all": None}  # the status filter: what is listed
@@ -61,7 +63,10 @@ def render(
     page = desk.templates.get_template(template).render(
         me=session.agent if session else None,
         csrf=session.csrf if session else "",
-        note=desk.notes.pop(session.key, None) if session else None,
+        # A note is for the page opened next, not for live.js's fetch of the one before.
+        note=desk.notes.pop(session.key, None)
+        if session and not request.headers.get(LIVE_HEADER)
+        else None,
         version=context.pop("version", ""),
         **context,
     )
@@ -130,31 +135,53 @@ async def conversations(request: web.Request) -> web.Response:
     after = None
     if query.get("after") and query.get("after_id", "").isdigit():
         after = (query["after"], int(query["after_id"]))
-    version = await desk.watch.read()
-    page = await views.queue_page(
-        desk.reader,
-        desk.settings,
-        me=me.id,
-        view=view,
-        team=team,
-        status=SHOWN[shown],
-        after=after,
+    version = await _version(request)
+    counts = await desk.shared(
+        version, "counts", lambda: views.open_counts(desk.reader, desk.settings)
     )
+    mine = await views.open_count_of(desk.reader, me.id)
+
     here = {"view": view, "status": shown} | ({"team": team} if team else {})
-    following = None
-    if page["next"]:
-        stamp, last = page["next"]
-        following = "?" + urlencode(here | {"after": stamp, "after_id": last})
     now = desk.clock()
-    names = _names(desk)
-    rows = [
-        c
-        | {
-            "waited": waited(c["last_message_at"], now),
-            "assignee_name": names.get(c["assignee"], c["assignee"]),
-        }
-        for c in page["conversations"]
-    ]
+
+    async def listing() -> Markup:
+        page = await views.queue_page(
+            desk.reader,
+            assignee=me.id if view == "mine" else None,
+            unassigned=view == "unassigned",
+            team=team,
+            status=SHOWN[shown],
+            after=after,
+        )
+        following = None
+        if page["next"]:
+            stamp, last = page["next"]
+            following = "?" + urlencode(here | {"after": stamp, "after_id": last})
+        names = _names(desk)
+        rows = [
+            c
+            | {
+                "waited": waited(c["last_message_at"], now),
+                "assignee_name": names.get(c["assignee"], c["assignee"]),
+            }
+            for c in page["conversations"]
+        ]
+        caption = f"{view.capitalize()}{f' of team {team}' if team else ''}, {shown}"
+        return Markup(
+            desk.templates.get_template("queue.html").render(
+                rows=rows,
+                caption=caption,
+                following=following,
+                first="?" + urlencode(here) if after else None,
+            )
+        )
+
+    # The same for everyone who looks at this queue (Mine: the agent's tabs) at this
+    # version in this minute (waiting times are in minutes): made once.
+    minute = now.replace(second=0, microsecond=0)
+    whose = me.id if view == "mine" else None
+    key = ("queue", view, whose, team, shown, after, minute)
+    listed = await desk.shared(version, key, listing)
     return render(
         request,
         "conversations.html",
@@ -162,13 +189,19 @@ async def conversations(request: web.Request) -> web.Response:
         view=view,
         team=team,
         shown=shown,
-        counts=page["counts"],
-        teams=page["teams"],
-        rows=rows,
-        following=following,
-        first="?" + urlencode(here) if after else None,
+        counts={"mine": mine, "unassigned": counts["unassigned"], "all": counts["all"]},
+        teams=counts["teams"],
+        listing=listed,
         link=lambda **change: "?" + urlencode({k: v for k, v in (here | change).items() if v}),
     )
+
+
+async def _version(request: web.Request) -> str:
+    """The data version a page is built at: read now for a page someone opened; for
+    live.js's fetch after `changed`, the version its stream announced, so the pages every
+    open browser fetches at once share their reads (what they read is that or newer)."""
+    watch = _desk(request).watch
+    return await (watch.current() if request.headers.get(LIVE_HEADER) else watch.read())
 
 
 def _names(desk: Desk) -> dict[str | None, str]:
@@ -178,9 +211,9 @@ def _names(desk: Desk) -> dict[str | None, str]:
 async def conversation(request: web.Request, *, draft: str = "", status: int = 200) -> web.Response:
     desk = _desk(request)
     number = int(request.match_info["id"])
-    version = await desk.watch.read()
+    version = await _version(request)
     try:
-        view = await views.show(desk.reader, number)
+        view = await desk.shared(version, ("show", number), lambda: views.show(desk.reader, number))
     except Refused as refusal:
         raise web.HTTPNotFound(text=str(refusal)) from None
     return render(
@@ -236,6 +269,7 @@ async def _perform(request: web.Request, action: actions.Action) -> actions.Resu
     desk = _desk(request)
     actor = Actor(_session(request).agent.id, "web")
     result = await actions.perform(desk.db, desk.settings, actor, action, desk.clock)
+    await desk.watch.read()  # the page after it carries the version that holds it
     if result.outbox or result.given:
         desk.wake()
     _note(request, result.text)
@@ -247,8 +281,8 @@ async def _perform(request: web.Request, action: actions.Action) -> actions.Resu
 
 async def agents(request: web.Request) -> web.Response:
     desk = _desk(request)
-    version = await desk.watch.read()
-    found = await views.agents(desk.reader, desk.settings)
+    version = await _version(request)
+    found = await desk.shared(version, "agents", lambda: views.agents(desk.reader, desk.settings))
     me = _session(request).agent
     return render(
         request,

@@ -143,6 +143,7 @@ class WebInbox:
             self._settings = settings
             if self._desk is not None:
                 self._desk.settings = settings
+                self._desk.forget()
                 if self.bound is not None:
                     self._desk.hosts = access.hosts(settings, self.bound)
 

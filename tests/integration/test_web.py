@@ -645,6 +645,18 @@ async def test_an_agent_sets_their_own_status(web_desk: Callable[..., WebDesk]) 
     assert status_of(desk.running, "bob") == "away"
 
 
+async def test_what_an_action_did_is_said_on_the_next_page_not_on_a_live_refresh(
+    web_desk: Callable[..., WebDesk],
+) -> None:
+    """The page before the action, told of it by its stream, fetches itself meanwhile."""
+    desk = web_desk()
+    async with await signed_in(desk, "bob") as bob:
+        await bob.post("/agents/bob/status", {"status": "away"})
+        async with bob.http.get("/agents", headers={"X-Live-Refresh": "1"}) as refresh:
+            assert "bob is now away." not in await refresh.text()
+        assert "bob is now away." in await bob.page("/agents")
+
+
 async def test_an_agent_setting_anothers_status_is_refused_and_changes_nothing(
     web_desk: Callable[..., WebDesk],
 ) -> None:

@@ -20,7 +20,7 @@
     fetching = true;
     last = Date.now();
     try {
-      const response = await fetch(location.href, { headers: { Accept: "text/html" } });
+      const response = await fetch(location.href, { headers: { Accept: "text/html", "X-Live-Refresh": "1" } });
       if (!response.ok || response.redirected) return; // signed out: leave the page be
       const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
       for (const part of document.querySelectorAll("[data-live]")) {
