@@ -30,18 +30,8 @@ from playwright.sync_api import Page, ViewportSize, sync_playwright
 
 from bench.processes import ROOT, free_port, wait_port
 from bench.web import routed
+from tests.browser import CHROMIUM, FLAGS  # the tests' Chromium, started as they start it
 
-CHROMIUM = Path("/usr/bin/chromium")
-# --no-sandbox: the machines that make these run as root, where Chromium's sandbox cannot.
-FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 VIEWPORT: ViewportSize = {"width": 1100, "height": 700}
 PASSWORD = "trial-password-alice"
 
