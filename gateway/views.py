@@ -45,8 +45,10 @@ async def conversations(
     team: str | None = None,
     unassigned: bool = False,
     limit: int | None = None,
+    after: tuple[str, int] | None = None,
 ) -> list[dict[str, Any]]:
-    """One queue, oldest waiting first; the first `limit` of it when given.
+    """One queue, oldest waiting first; the first `limit` of it when given, of those
+    after the (last_message_at, id) `after` when given.
 
     With a limit the time does not grow with the store (bench/views.py);
     without one it grows with the queue, since every row is returned.
@@ -59,6 +61,7 @@ async def conversations(
             team=team,
             unassigned=unassigned,
             limit=limit,
+            after=after,
         )
         tags = await queries.tags_of(conn, [row.id for row in rows])
     return [_conversation(row, tags[row.id]) for row in rows]
@@ -92,22 +95,19 @@ async def queue_page(
     after: tuple[str, int] | None,
 ) -> dict[str, Any]:
     """A page of one queue, oldest waiting first, and where the next page starts."""
-    async with db.reading() as conn:
-        rows = await queries.list_conversations(
-            conn,
-            status=status,
-            assignee=assignee,
-            team=team,
-            unassigned=unassigned,
-            limit=PAGE_ROWS + 1,
-            after=after,
-        )
-        tags = await queries.tags_of(conn, [row.id for row in rows[:PAGE_ROWS]])
-    page = [_conversation(row, tags[row.id]) for row in rows[:PAGE_ROWS]]
-    last = rows[PAGE_ROWS - 1] if len(rows) > PAGE_ROWS else None
+    found = await conversations(
+        db,
+        status=status,
+        assignee=assignee,
+        team=team,
+        unassigned=unassigned,
+        limit=PAGE_ROWS + 1,
+        after=after,
+    )
+    last = found[PAGE_ROWS - 1] if len(found) > PAGE_ROWS else None
     return {
-        "conversations": page,
-        "next": (last.last_message_at, last.id) if last else None,
+        "conversations": found[:PAGE_ROWS],
+        "next": (last["last_message_at"], last["id"]) if last else None,
     }
 
 

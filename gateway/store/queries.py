@@ -506,19 +506,11 @@ async def list_conversations(
     walk per status, merged (UNION ALL + ORDER BY): sorting every conversation
     to find the oldest few would grow with the store.
     """
-    where: list[str] = ["status = ?"]
-    args: list[object] = []
+    where, args = _queue(assignee, team, unassigned)
+    where.insert(0, "status = ?")
     if after is not None:
         where.append("(last_message_at, id) > (?, ?)")
         args.extend(after)
-    if assignee is not None:
-        where.append("assignee = ?")
-        args.append(assignee)
-    if team is not None:
-        where.append("team = ?")
-        args.append(team)
-    if unassigned:
-        where.append("assignee IS NULL")
     walk = f"{_CONVERSATION} WHERE {' AND '.join(where)}"
     statuses = CONVERSATION_STATUSES if status is None else (status,)
     sql = " UNION ALL ".join([walk] * len(statuses)) + " ORDER BY last_message_at, id"
@@ -529,12 +521,11 @@ async def list_conversations(
     return [Conversation(*row) for row in await tx.all(sql, params)]
 
 
-async def count_open(
-    tx: Tx, *, assignee: str | None = None, team: str | None = None, unassigned: bool = False
-) -> int:
-    """Open conversations of one queue, counted when asked, never kept (so never adrift):
-    a walk of the queue's index over its open conversations alone."""
-    where: list[str] = ["status = 'open'"]
+def _queue(
+    assignee: str | None, team: str | None, unassigned: bool
+) -> tuple[list[str], list[object]]:
+    """The conditions (and their values) that make a queue of conversations."""
+    where: list[str] = []
     args: list[object] = []
     if assignee is not None:
         where.append("assignee = ?")
@@ -544,6 +535,16 @@ async def count_open(
         args.append(team)
     if unassigned:
         where.append("assignee IS NULL")
+    return where, args
+
+
+async def count_open(
+    tx: Tx, *, assignee: str | None = None, team: str | None = None, unassigned: bool = False
+) -> int:
+    """Open conversations of one queue, counted when asked, never kept (so never adrift):
+    a walk of the queue's index over its open conversations alone."""
+    where, args = _queue(assignee, team, unassigned)
+    where.insert(0, "status = 'open'")
     row = await tx.one(f"SELECT count(*) FROM conversations WHERE {' AND '.join(where)}", args)
     return int(row[0]) if row is not None else 0
 
