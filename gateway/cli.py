@@ -543,9 +543,14 @@ def cmd_set_password(settings: Settings, args: argparse.Namespace) -> int:
     async def store(db: Database) -> None:
         async with db.transaction() as tx:
             await queries.set_password(tx, agent.id, hashed, stamp(utcnow()))
+            # A new password is often for a lost one: who signed in with the old is out.
+            await queries.end_sessions(tx, agent.id, stamp(utcnow()))
 
     _with_db(settings, store, create=True)
-    print(f"{agent.id} can sign in to the web inbox with this password now.")
+    print(
+        f"{agent.id} can sign in to the web inbox with this password now"
+        " (their sessions with the old one are ended)."
+    )
     return 0
 
 

@@ -193,12 +193,17 @@ class WebSection(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"https?://[^/\s?#@]+/?", value):
+        if value is None:
+            return None
+        if not re.fullmatch(r"https?://[^/\s?#@]+/?", value):
             raise ValueError(
                 "must be the inbox's address as people open it, http(s)://HOST[:PORT],"
                 " with no path (serve it at the root of its own host name)"
             )
-        return value
+        # As a browser writes it in Origin and Host: lower case, no default port.
+        scheme, _, host = value.rstrip("/").lower().partition("://")
+        default = ":443" if scheme == "https" else ":80"
+        return f"{scheme}://{host.removesuffix(default)}"
 
     def endpoint(self) -> tuple[str, int] | None:
         return parse_listen(self.listen) if self.listen else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 from gateway import alertmark
@@ -111,7 +112,15 @@ async def queue_page(
     }
 
 
-async def show(db: Database, conversation_id: int) -> dict[str, Any]:
+Read = tuple[str, list[tuple[str, int]]]  # a message's text, and its files' names and sizes
+
+
+async def show(
+    db: Database, conversation_id: int, known: MutableMapping[int, Read] | None = None
+) -> dict[str, Any]:
+    """A conversation, its messages (each one's text and files, read once into `known`
+    when given: a message never changes) and its timeline."""
+    known = {} if known is None else known
     async with db.reading() as conn:
         row = await queries.conversation(conn, conversation_id)
         if row is None:
@@ -119,15 +128,22 @@ async def show(db: Database, conversation_id: int) -> dict[str, Any]:
         tags = await queries.tags_of(conn, [conversation_id])
         messages = await queries.messages_of(conn, conversation_id)
         events = await queries.events_of(conn, conversation_id)
-        heads = await queries.heads(conn, [m.id for m in messages], TEXT_PREFIX_BYTES)
-        sizes = await queries.message_sizes(conn, [m.id for m in messages])
+        wanted = [m.id for m in messages if m.id not in known]
+        heads = await queries.heads(conn, wanted, TEXT_PREFIX_BYTES)
+        sizes = await queries.message_sizes(conn, wanted) if wanted else {}
         longer = [pk for pk, size in sizes.items() if size > TEXT_PREFIX_BYTES]
-        with conn.off_loop():  # whole messages, for their files' names and sizes
-            whole = {
-                pk: stored.mail.raw for pk, stored in (await queries.messages(conn, longer)).items()
+        whole = {}
+        if longer:
+            with conn.off_loop():  # whole messages, for their files' names and sizes
+                found = await queries.messages(conn, longer)
+            whole = {pk: stored.mail.raw for pk, stored in found.items()}
+    # Parsing is off the loop: a conversation of long messages takes a while.
+    known.update(
+        await asyncio.to_thread(
+            lambda: {
+                pk: (_text(head), attachments(whole.get(pk, head))) for pk, head in heads.items()
             }
-    files = await asyncio.to_thread(
-        lambda: {pk: attachments(whole.get(pk, head)) for pk, head in heads.items()}
+        )
     )
     view = _conversation(row, tags[conversation_id])
     view["messages"] = [
@@ -137,8 +153,10 @@ async def show(db: Database, conversation_id: int) -> dict[str, Any]:
             "subject": m.subject,
             "received_at": m.received_at,
             "source": m.source,
-            "text": _text(heads.get(m.id, b"")),
-            "attachments": [{"filename": name, "size": size} for name, size in files.get(m.id, [])],
+            "text": known.get(m.id, ("", []))[0],
+            "attachments": [
+                {"filename": name, "size": size} for name, size in known.get(m.id, ("", []))[1]
+            ],
         }
         for m in messages
     ]

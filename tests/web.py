@@ -56,11 +56,14 @@ class WebDesk:
 class Client:
     """One person's browser, as far as HTTP goes: cookies, forms with their CSRF token."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, local_address: str | None = None) -> None:
         self.url = url
+        # From another loopback address (127.0.0.2): another client, as the server sees it.
+        bind = aiohttp.TCPConnector(local_addr=(local_address, 0)) if local_address else None
         self.http = aiohttp.ClientSession(
             url,
             cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: cookies for an IP host
+            connector=bind,
         )
 
     async def __aenter__(self) -> Client:

@@ -551,14 +551,17 @@ async def count_open(
 
 async def data_version(tx: Tx) -> str:
     """A stamp that changes with anything a person sees: every change of a conversation
-    writes an event; availability changes its row's time. Compared for equality only."""
+    writes an event; an availability change moves the latest change's time, and the
+    number away and dnd (a clock set back cannot hide one). Compared for equality only."""
     row = await tx.one(
         "SELECT (SELECT coalesce(max(id), 0) FROM events),"
-        " (SELECT coalesce(max(changed_at), '') FROM agent_status),"
-        " (SELECT count(*) FROM agent_status)"
+        " coalesce(max(changed_at), ''), count(*),"
+        " coalesce(sum(CASE status WHEN 'away' THEN 1 ELSE 0 END), 0),"
+        " coalesce(sum(CASE status WHEN 'dnd' THEN 1 ELSE 0 END), 0)"
+        " FROM agent_status"
     )
     assert row is not None
-    return f"{row[0]}.{row[1]}.{row[2]}"
+    return ".".join(str(value) for value in row)
 
 
 # --- events -------------------------------------------------------------------
@@ -1010,7 +1013,6 @@ async def password_of(tx: Tx, agent: str) -> str | None:
 class WebSession:
     agent: str
     csrf: str
-    expires_at: str
 
 
 async def add_session(tx: Tx, key: str, agent: str, csrf: str, at: str, expires_at: str) -> None:
@@ -1023,17 +1025,19 @@ async def add_session(tx: Tx, key: str, agent: str, csrf: str, at: str, expires_
 async def web_session(tx: Tx, key: str, now: str) -> WebSession | None:
     """The session of this key, unless it has ended."""
     row = await tx.one(
-        "SELECT agent, csrf, expires_at FROM web_sessions WHERE id = ? AND expires_at > ?",
-        (key, now),
+        "SELECT agent, csrf FROM web_sessions WHERE id = ? AND expires_at > ?", (key, now)
     )
-    return None if row is None else WebSession(row["agent"], row["csrf"], row["expires_at"])
+    return None if row is None else WebSession(row["agent"], row["csrf"])
 
 
 async def end_session(tx: Tx, key: str) -> None:
     await tx.run("DELETE FROM web_sessions WHERE id = ?", (key,))
 
 
-async def end_sessions(tx: Tx, agent: str, now: str) -> int:
-    """End the agent's sessions (and any that ran out); how many of theirs were live."""
+async def end_sessions(tx: Tx, agent: str | None, now: str) -> int:
+    """End the agent's sessions (None: nobody's) and any that ran out; how many of
+    theirs were live."""
     await tx.run("DELETE FROM web_sessions WHERE expires_at <= ?", (now,))
+    if agent is None:
+        return 0
     return await tx.run("DELETE FROM web_sessions WHERE agent = ?", (agent,))

@@ -11,10 +11,12 @@ few, each further try must wait, twice as long each time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import secrets
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from urllib.parse import urlsplit
@@ -29,8 +31,24 @@ from gateway.store import queries
 from gateway.store.db import Database
 
 COOKIE = "gateway_session"
+# Under https the cookie is __Host-: no other host of the domain can set one in its name
+# (and put a browser in the attacker's session).
+SECURE_COOKIE = f"__Host-{COOKIE}"
 SESSION_DAYS = 7
-PUBLIC = ("/login", "/static/")
+
+
+def cookie_name(settings: Settings) -> str:
+    return SECURE_COOKIE if secure(settings) else COOKIE
+
+
+def secure(settings: Settings) -> bool:
+    return (settings.web.base_url or "").startswith("https:")
+
+
+def public(path: str) -> bool:
+    """Pages anyone may see: the sign-in form and the static files."""
+    return path == "/login" or path.startswith("/static/")
+
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -47,9 +65,13 @@ class Session:
     csrf: str
 
 
+class Throttled(Refused):
+    """Too many failed sign-ins: the person must wait before trying again."""
+
+
 class Throttle:
-    """Failed tries per key (an account, an address): `free` of them cost nothing; each
-    one past them must wait `first` seconds, doubled each time, at most `longest`."""
+    """Failed tries per key: `free` of them cost nothing; each one past them must wait
+    `first` seconds, doubled each time, at most `longest`."""
 
     def __init__(self, clock: Clock, free: int, first: float = 30.0, longest: float = 900.0):
         self._clock = clock
@@ -63,7 +85,8 @@ class Throttle:
         count, last = self._failed.get(key, (0, self._clock()))
         if count < self._free:
             return 0.0
-        pause = min(self._first * 2.0 ** (count - self._free), self._longest)
+        doublings = min(count - self._free, 16)  # past `longest` long before; no overflow
+        pause = min(self._first * 2.0**doublings, self._longest)
         return max(pause - (self._clock() - last).total_seconds(), 0.0)
 
     def failed(self, key: str) -> None:
@@ -77,47 +100,84 @@ class Throttle:
             for k in quiet:
                 del self._failed[k]
 
-    def forget(self, key: str) -> None:
-        self._failed.pop(key, None)
+    def undo(self, key: str) -> None:
+        """Take back one failure counted ahead of the check that then succeeded."""
+        count, last = self._failed.get(key, (0, self._clock()))
+        if count <= 1:
+            self._failed.pop(key, None)
+        else:
+            self._failed[key] = (count - 1, last)
+
+
+MAX_NAME = 320  # an address's longest: a longer name is nobody's
+MAX_CHECKING = 32  # sign-ins whose password waits to be checked; more: try again shortly
 
 
 class Guard:
-    """Sign-in and sessions against the store: reads through `reader`, writes through `db`."""
+    """Sign-in and sessions against the store: reads through `reader`, writes through `db`.
+
+    Failed sign-ins are counted per account from one address (5 free), per account
+    (50: guessing from many addresses) and per address (20); each is counted before the
+    password is checked, so tries sent at once count as tries one after the other.
+    Passwords are checked (scrypt, tens of milliseconds) on a thread of their own,
+    so a flood of sign-ins never holds the threads accepting mail."""
 
     def __init__(self, db: Database, reader: Database, clock: Clock) -> None:
         self._db = db
         self._reader = reader
         self._clock = clock
-        self.accounts = Throttle(clock, free=5)
-        self.addresses = Throttle(clock, free=20)
+        self._pairs = Throttle(clock, free=5)
+        self._accounts = Throttle(clock, free=50)
+        self._addresses = Throttle(clock, free=20)
+        self._hashing = ThreadPoolExecutor(1, thread_name_prefix="gateway-sign-in")
+        self._checking = 0
+
+    def close(self) -> None:
+        self._hashing.shutdown(wait=False, cancel_futures=True)
 
     async def sign_in(
         self, settings: Settings, name: str, password: str, client: str
     ) -> tuple[str, Session]:
-        """A new session's cookie value and the session; Refused saying why not."""
-        try:
-            agent: Agent | None = settings.agent_named(name)
-        except Refused:
-            agent = None
-        account = f"agent {agent.id if agent else name.strip().casefold()}"
-        address = f"address {client}"
-        wait = max(self.accounts.wait(account), self.addresses.wait(address))
+        """A new session's cookie value and the session; Refused saying why not
+        (Throttled: too many failures, wait)."""
+        agent: Agent | None = None
+        if len(name) <= MAX_NAME:
+            with contextlib.suppress(Refused):
+                agent = settings.agent_named(name)
+        # An unknown name is kept short: a megabyte of name is one key, not a megabyte.
+        who = agent.id if agent else hashlib.sha256(name.strip().casefold().encode()).hexdigest()
+        counted = [
+            (self._pairs, f"{who} from {client}"),
+            (self._accounts, who),
+            (self._addresses, client),
+        ]
+        wait = max(throttle.wait(key) for throttle, key in counted)
         if wait > 0:
-            raise Refused(f"Too many failed sign-ins; try again in {int(wait) + 1} seconds.")
+            raise Throttled(f"Too many failed sign-ins; try again in {int(wait) + 1} seconds.")
+        if self._checking >= MAX_CHECKING:
+            raise Throttled("Too many sign-ins at once; try again in a few seconds.")
+        for throttle, key in counted:
+            throttle.failed(key)
         hashed = None
         if agent is not None:
             async with self._reader.reading() as tx:
                 stored = await queries.password_of(tx, agent.id)
             hashed = users.parse_hash(stored) if stored else None
-        good = await asyncio.to_thread(users.matches, hashed, password.encode())
+        self._checking += 1
+        try:
+            good = await asyncio.get_running_loop().run_in_executor(
+                self._hashing, users.matches, hashed, password.encode()
+            )
+        finally:
+            self._checking -= 1
         if agent is None or not good:
-            self.accounts.failed(account)
-            self.addresses.failed(address)
             raise Refused("The agent or the password is wrong.")
-        self.accounts.forget(account)
+        for throttle, key in counted:
+            throttle.undo(key)
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
         now = self._clock()
         async with self._db.transaction() as tx:
+            await queries.end_sessions(tx, None, stamp(now))  # the ended ones, not theirs
             await queries.add_session(
                 tx,
                 key_of(token),

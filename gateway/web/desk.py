@@ -13,11 +13,13 @@ from aiohttp import web
 from gateway.clock import Clock
 from gateway.config import Settings
 from gateway.store.db import Database
+from gateway.views import Read
 from gateway.web.access import Guard
 from gateway.web.live import Watch
 
 T = TypeVar("T")
-KEPT_READS = 1_000  # distinct pages' reads kept; past it, all forgotten at once
+KEPT_TEXTS = 2_000  # messages' texts kept (20,000 characters each at most)
+KEPT_READS = 200  # pages' reads kept; past it, those of older versions are dropped
 
 
 @dataclass
@@ -34,9 +36,18 @@ class Desk:
     wake: Callable[[], None]  # the outbox, when an action queued mail
     hosts: frozenset[str] | None = None  # the Host headers it answers to (None: any)
     notes: dict[str, str] = field(default_factory=dict)  # a session's note for its next page
+    # A session's answer refused, by conversation: back in its Reply box next time.
+    drafts: dict[tuple[str, int], str] = field(default_factory=dict)
     # What a page read, by what it asked and the data version it read at: pages asking the
     # same at the same version (every open browser told at once of a change) share one read.
+    _texts: dict[int, Read] = field(default_factory=dict)
     _read: dict[Hashable, tuple[str, asyncio.Task[Any]]] = field(default_factory=dict)
+
+    def texts(self) -> dict[int, Read]:
+        """Messages' texts and files as pages read them: a message never changes."""
+        if len(self._texts) > KEPT_TEXTS:
+            self._texts.clear()
+        return self._texts
 
     def forget(self) -> None:
         """Drop what pages read: the configuration changed (agents' names, teams)."""
@@ -48,8 +59,8 @@ class Desk:
         be of a later version, never an earlier one."""
         kept = self._read.get(key)
         if kept is None or kept[0] != version or _failed(kept[1]):
-            if len(self._read) > KEPT_READS:
-                self._read.clear()
+            if len(self._read) > KEPT_READS:  # those of older versions are of no more use
+                self._read = {k: v for k, v in self._read.items() if v[0] == version}
             kept = (version, asyncio.ensure_future(read()))
             self._read[key] = kept
         answer: T = await asyncio.shield(kept[1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 
 import structlog
 from aiohttp import web
@@ -49,6 +50,8 @@ class Watch:
                 await self.read()
             except StoreUnavailable as error:
                 log.warning("web.version_unread", error=str(error))
+            except Exception:  # whatever it is, the pages stay live once it passes
+                log.exception("web.version_failed")
             await asyncio.sleep(INTERVAL)
 
     def stop(self) -> None:
@@ -76,18 +79,27 @@ class Watch:
         return self._stopped
 
 
-async def stream(request: web.Request, watch: Watch) -> web.StreamResponse:
+async def stream(
+    request: web.Request, watch: Watch, signed_in: Callable[[], Awaitable[bool]]
+) -> web.StreamResponse:
     """Server-sent events: `changed` (its id the new version) each time the data moves
-    on from the version the page (or the browser's last event) had."""
+    on from the version the page (or the browser's last event) had. It ends when its
+    session has (checked at each quiet spell)."""
     since = request.headers.get("Last-Event-ID") or request.query.get("since", "")
     response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",  # nginx in front: each event at once, not buffered
+        }
     )
     await response.prepare(request)
     with contextlib.suppress(ConnectionError):
         while not watch.stopped:
             version = await watch.after(since)
             if version is None:
+                if not await signed_in():
+                    break
                 await response.write(b": still here\n\n")
                 continue
             await response.write(f"id: {version}\nevent: changed\ndata: {version}\n\n".encode())

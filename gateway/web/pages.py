@@ -3,28 +3,37 @@ turns a form into one of `gateway.actions`, with the signed-in agent as actor.""
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
 from aiohttp import web
 from markupsafe import Markup
 
-from gateway import actions, views
+from gateway import actions, clock, views
 from gateway.actions import Actor
-from gateway.errors import Refused
+from gateway.errors import Refused, StoreUnavailable
 from gateway.model import STATUSES
 from gateway.web import access
 from gateway.web.desk import DESK, Desk
 from gateway.web.live import stream
 from gateway.wording import describe, waited, when
 
-# A typed key: a plain string makes aiohttp warn (an error under `-W error`, a 500).
 LIVE_HEADER = "X-Live-Refresh"  # live.js's fetch of the page after `changed`
+# A typed key: a plain string makes aiohttp warn (an error under `-W error`, a 500).
 SESSION = web.RequestKey("session", access.Session)
 VIEWS = ("mine", "unassigned", "all")
 SHOWN = {"open": "open", "closed": "closed", "all": None}  # the status filter: what is listed
-API_USAGE = "view is mine, unassigned or all; status open, closed or all; limit a number"
-API_LIMIT = 100  # conversations an API call lists unless it asks (limit=0: all)
+API_USAGE = (
+    "view is mine, unassigned or all; status open, closed or all; limit 1 to 1000;"
+    " after and after_id as a page's last conversation's last_message_at and id"
+)
+API_LIMIT = 100  # conversations an API call lists unless it asks
+API_MOST = 1000  # at most, a call: the rest by `after` (one read holds the others up)
+_NUMBER = re.compile(r"[0-9]{1,18}")
 
 
 def routes(app: web.Application) -> None:
@@ -34,12 +43,12 @@ def routes(app: web.Application) -> None:
     add.add_post("/login", login)
     add.add_post("/logout", logout)
     add.add_get("/conversations", conversations)
-    add.add_get(r"/conversations/{id:\d{1,18}}", conversation)
-    add.add_post(r"/conversations/{id:\d{1,18}}/{action}", act)
+    add.add_get(r"/conversations/{id:[0-9]{1,18}}", conversation)
+    add.add_post(r"/conversations/{id:[0-9]{1,18}}/{action}", act)
     add.add_get("/agents", agents)
     add.add_post("/agents/{agent}/status", set_status)
     add.add_get("/api/conversations", api_conversations)
-    add.add_get(r"/api/conversations/{id:\d{1,18}}", api_conversation)
+    add.add_get(r"/api/conversations/{id:[0-9]{1,18}}", api_conversation)
     add.add_get("/live", live)
 
 
@@ -95,17 +104,16 @@ async def login(request: web.Request) -> web.Response:
     try:
         token, _ = await desk.guard.sign_in(desk.settings, name, password, request.remote or "")
     except Refused as refusal:
-        status = 429 if "Too many" in str(refusal) else 401
+        status = 429 if isinstance(refusal, access.Throttled) else 401
         return render(request, "login.html", status=status, error=str(refusal), name=name)
     response = web.HTTPSeeOther("/conversations")
-    base = desk.settings.web.base_url or ""
     response.set_cookie(
-        access.COOKIE,
+        access.cookie_name(desk.settings),
         token,
         max_age=access.SESSION_DAYS * 86400,
         httponly=True,
         samesite="Lax",
-        secure=base.startswith("https:"),
+        secure=access.secure(desk.settings),
         path="/",
     )
     raise response
@@ -114,7 +122,7 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     await _desk(request).guard.sign_out(_session(request).key)
     response = web.HTTPSeeOther("/login")
-    response.del_cookie(access.COOKIE, path="/")
+    response.del_cookie(access.cookie_name(_desk(request).settings), path="/")
     raise response
 
 
@@ -132,9 +140,10 @@ async def conversations(request: web.Request) -> web.Response:
         raise web.HTTPNotFound(text=f"There is no team {team!r}.")
     shown = query.get("status", "open")
     shown = shown if shown in SHOWN else "open"
-    after = None
-    if query.get("after") and query.get("after_id", "").isdigit():
-        after = (query["after"], int(query["after_id"]))
+    try:
+        after = _after(query)
+    except ValueError:  # a link mangled: its first page
+        after = None
     version = await _version(request)
     counts = await desk.shared(
         version, "counts", lambda: views.open_counts(desk.reader, desk.settings)
@@ -196,6 +205,18 @@ async def conversations(request: web.Request) -> web.Response:
     )
 
 
+def _after(query: Mapping[str, str]) -> tuple[str, int] | None:
+    """Where a page of a queue starts (after= and after_id=: the previous page's last);
+    ValueError when they are not a time and an id."""
+    stamp, number = query.get("after"), query.get("after_id", "")
+    if not stamp:
+        return None
+    moment = datetime.fromisoformat(stamp)
+    if moment.tzinfo is None or not _NUMBER.fullmatch(number):
+        raise ValueError("after is not a stored time, or after_id not an id")
+    return clock.stamp(moment), int(number)
+
+
 async def _version(request: web.Request) -> str:
     """The data version a page is built at: read now for a page someone opened; for
     live.js's fetch after `changed`, the version its stream announced, so the pages every
@@ -208,18 +229,22 @@ def _names(desk: Desk) -> dict[str | None, str]:
     return {a.id: a.name or a.id for a in desk.settings.agents}
 
 
-async def conversation(request: web.Request, *, draft: str = "", status: int = 200) -> web.Response:
+async def conversation(request: web.Request) -> web.Response:
     desk = _desk(request)
     number = int(request.match_info["id"])
+    session = _session(request)
+    # An answer refused: the agent's text back in the box (on the page they open next).
+    draft = "" if request.headers.get(LIVE_HEADER) else desk.drafts.pop((session.key, number), "")
     version = await _version(request)
     try:
-        view = await desk.shared(version, ("show", number), lambda: views.show(desk.reader, number))
+        view = await desk.shared(
+            version, ("show", number), lambda: views.show(desk.reader, number, desk.texts())
+        )
     except Refused as refusal:
         raise web.HTTPNotFound(text=str(refusal)) from None
     return render(
         request,
         "conversation.html",
-        status=status,
         version=version,
         c=view,
         names=_names(desk),
@@ -260,8 +285,7 @@ async def act(request: web.Request) -> web.Response:
             raise web.HTTPNotFound(text="There is no such action.")
     result = await _perform(request, action)
     if result.state == "refused" and isinstance(action, actions.Reply):
-        # The agent's text stays in the box, with why it was not sent.
-        return await conversation(request, draft=action.text, status=422)
+        _desk(request).drafts[_session(request).key, number] = action.text
     raise web.HTTPSeeOther(f"/conversations/{number}")
 
 
@@ -269,10 +293,13 @@ async def _perform(request: web.Request, action: actions.Action) -> actions.Resu
     desk = _desk(request)
     actor = Actor(_session(request).agent.id, "web")
     result = await actions.perform(desk.db, desk.settings, actor, action, desk.clock)
-    await desk.watch.read()  # the page after it carries the version that holds it
     if result.outbox or result.given:
         desk.wake()
     _note(request, result.text)
+    # The page after it carries the version that holds it; the store busy now, the
+    # watcher's next read will (what was done is done: never answer "try again").
+    with contextlib.suppress(StoreUnavailable):
+        await desk.watch.read()
     return result
 
 
@@ -317,7 +344,13 @@ async def api_conversations(request: web.Request) -> web.Response:
     view = query.get("view", "mine")
     shown = query.get("status", "open")
     limit = query.get("limit", str(API_LIMIT))
-    if view not in VIEWS or shown not in SHOWN or not limit.isdigit():
+    try:
+        after = _after(query)
+    except ValueError:
+        after = None
+        limit = ""
+    bad_limit = not _NUMBER.fullmatch(limit) or not 0 < int(limit) <= API_MOST
+    if view not in VIEWS or shown not in SHOWN or bad_limit:
         return web.json_response({"error": API_USAGE}, status=400)
     team = query.get("team") or None
     if team is not None and team not in {t.id for t in desk.settings.teams}:
@@ -328,7 +361,8 @@ async def api_conversations(request: web.Request) -> web.Response:
         assignee=_session(request).agent.id if view == "mine" else None,
         team=team,
         unassigned=view == "unassigned",
-        limit=int(limit) or None,
+        limit=int(limit),
+        after=after,
     )
     return web.json_response(found)
 
@@ -342,4 +376,12 @@ async def api_conversation(request: web.Request) -> web.Response:
 
 
 async def live(request: web.Request) -> web.StreamResponse:
-    return await stream(request, _desk(request).watch)
+    desk = _desk(request)
+    token = request.cookies.get(access.cookie_name(desk.settings))
+
+    async def signed_in() -> bool:
+        with contextlib.suppress(StoreUnavailable):
+            return await desk.guard.session(desk.settings, token) is not None
+        return True  # the store busy: ask again at the next quiet spell
+
+    return await stream(request, desk.watch, signed_in)

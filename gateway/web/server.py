@@ -61,9 +61,10 @@ async def _guarded(request: web.Request, handler: access.Handler) -> web.StreamR
         return pages.forbidden(
             request, "This form was not sent from the inbox's own page; nothing was changed."
         )
-    if request.path == "/login" or request.path.startswith("/static/"):
+    if access.public(request.path):
         return await handler(request)
-    session = await desk.guard.session(desk.settings, request.cookies.get(access.COOKIE))
+    token = request.cookies.get(access.cookie_name(desk.settings))
+    session = await desk.guard.session(desk.settings, token)
     if session is None:
         if request.path.startswith("/api/") or request.path == "/live":
             return web.json_response({"error": "Sign in first."}, status=401)
@@ -159,8 +160,9 @@ class WebInbox:
             await self._runner.cleanup()
             self._runner = None
         if self._watching is not None:
-            await self._watching
+            await asyncio.gather(self._watching, return_exceptions=True)  # run() logs its own
             self._watching = None
         if self._desk is not None:
+            self._desk.guard.close()
             await self._desk.reader.close()
             self._desk = None

@@ -188,7 +188,7 @@ async def test_every_status_merges_one_index_walk_per_status_without_sorting(
 async def test_show_reads_one_conversation_by_its_keys(store: Path) -> None:
     found = await statements_of(store, lambda db: views.show(db, 1))
     plans = assert_index_walks(store, found)
-    assert len(found) == 5  # the conversation, its tags, messages, events, the texts
+    assert len(found) == 6  # the conversation, its tags, messages, events, texts and sizes
     assert "USING INTEGER PRIMARY KEY" in plans[0][0]
 
 

@@ -22,7 +22,7 @@ import pytest
 from yarl import URL
 
 from gateway.config import Settings
-from gateway.web.access import COOKIE
+from gateway.web.access import COOKIE, SECURE_COOKIE
 from tests.conftest import RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
 from tests.web import AGENTS, PASSWORDS, Client, WebDesk, set_passwords
 
@@ -365,6 +365,30 @@ async def test_failures_spread_over_accounts_from_one_address_are_slowed_past_tw
         assert cookie_of(browser) is None
 
 
+async def test_tries_sent_at_once_count_as_tries_one_after_another(
+    web_desk: Callable[..., WebDesk],
+) -> None:
+    desk = web_desk()
+    async with desk.client() as browser:
+        answers = await asyncio.gather(*(browser.sign_in("bob", "guess") for _ in range(12)))
+        assert sorted(r.status for r in answers) == [401] * 5 + [429] * 7
+        assert (await browser.sign_in("bob")).status == 429
+
+
+async def test_failures_from_another_address_do_not_lock_the_agent_out(
+    web_desk: Callable[..., WebDesk],
+) -> None:
+    """Anyone who knows an agent's id could otherwise keep them out for good."""
+    desk = web_desk()
+    elsewhere = Client(desk.url, local_address="127.0.0.2")
+    async with elsewhere:
+        for _ in range(6):
+            await elsewhere.sign_in("bob", "guess")
+        assert (await elsewhere.sign_in("bob")).status == 429
+    async with desk.client() as browser:
+        assert (await browser.sign_in("bob")).status == 303
+
+
 async def test_an_agent_signs_in_with_their_email_address(
     web_desk: Callable[..., WebDesk],
 ) -> None:
@@ -426,8 +450,11 @@ async def test_the_session_cookie_is_secure_when_base_url_is_https(
 ) -> None:
     desk = web_desk(web={"listen": "127.0.0.1:0", "base_url": "https://desk.example.com"})
     async with desk.client() as browser:
-        cookie = (await browser.sign_in("bob")).cookies[COOKIE]
+        cookie = (await browser.sign_in("bob")).cookies[SECURE_COOKIE]
     assert cookie["secure"] and cookie["httponly"] and cookie["samesite"] == "Lax"
+    # __Host-: no other host of the domain can set it, nor Domain widen it
+    assert SECURE_COOKIE.startswith("__Host-") and not cookie["domain"]
+    assert cookie["path"] == "/"
 
 
 async def test_gateway_run_serves_a_signed_in_visit_with_library_warnings_as_errors(
@@ -481,12 +508,24 @@ async def test_set_password_before_the_first_start_makes_the_store_for_signing_i
     assert not os.access(settings.gateway.database, os.F_OK)  # no store yet
     done = await gateway(settings, "set-password", "bob", stdin="piped-secret-7\n")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "bob can sign in to the web inbox with this password now."
+    assert done.stdout.startswith("bob can sign in to the web inbox with this password now")
     running = start_daemon(settings)
     assert running.daemon.web_bound is not None
     host, port = running.daemon.web_bound
     async with WebDesk(running, f"http://{host}:{port}").client() as browser:
         assert (await browser.sign_in("bob", "piped-secret-7")).status == 303
+
+
+async def test_a_new_password_ends_the_sessions_signed_in_with_the_old(
+    web_desk: Callable[..., WebDesk],
+) -> None:
+    desk = web_desk()
+    async with await signed_in(desk, "bob") as bob:
+        assert (await bob.page("/agents")).count("Bob Roe") >= 1
+        done = await gateway(desk.running.settings, "set-password", "bob", stdin="new-secret\n")
+        assert done.returncode == 0, done.stderr
+        async with bob.http.get("/agents", allow_redirects=False) as response:
+            assert (response.status, response.headers["Location"]) == (303, "/login")
 
 
 async def test_set_password_for_an_unknown_agent_is_refused_with_a_sentence(
@@ -750,3 +789,41 @@ async def test_a_reply_through_the_web_reaches_the_customer_from_the_inbox(
     assert str(body.get_content()).replace("\r\n", "\n").strip() == text
     assert parseaddr(str(answer["From"]))[1] == "support@example.com"
     assert ("replied", "alice", "web") in details(desk.running, 1)
+
+
+async def test_a_refused_answer_comes_back_in_the_reply_box_with_why(
+    web_desk: Callable[..., WebDesk],
+) -> None:
+    desk = web_desk(round_robin=NO_ROTATION)
+    desk.running.send(mail())
+    desk.running.drain()
+    draft = "Write to alice@agents.test directly, she knows."
+    async with await signed_in(desk, "bob") as bob:
+        response = await bob.post("/conversations/1/reply", {"text": draft})
+        assert (response.status, response.headers["Location"]) == (303, "/conversations/1")
+        page = await bob.page("/conversations/1")
+        assert f">{draft}</textarea>" in page
+        assert "no customer may see" in page
+        assert f">{draft}</textarea>" not in await bob.page("/conversations/1")  # once
+    assert desk.running.query("SELECT count(*) FROM outbox WHERE kind = 'answer'")[0][0] == 0
+
+
+async def test_a_mangled_page_link_shows_the_first_page(web_desk: Callable[..., WebDesk]) -> None:
+    desk = web_desk()
+    async with await signed_in(desk, "bob") as bob:
+        for query in ("after=garbage&after_id=1", "after=2026-01-01T00:00:00%2B00:00&after_id=²"):
+            assert "<h1>Conversations</h1>" in await bob.page(f"/conversations?view=all&{query}")
+        for path in ("/conversations/²", "/conversations/99999999999999999999"):
+            async with bob.http.get(path, allow_redirects=False) as response:
+                assert response.status == 404, path
+
+
+async def test_the_api_refuses_a_limit_past_a_thousand_and_a_mangled_page(
+    web_desk: Callable[..., WebDesk],
+) -> None:
+    desk = web_desk()
+    async with await signed_in(desk, "bob") as bob:
+        for query in ("limit=0", "limit=1001", "limit=²", "after=garbage&after_id=1"):
+            async with bob.http.get(f"/api/conversations?view=all&{query}") as response:
+                assert response.status == 400, query
+                assert "limit 1 to 1000" in (await response.json())["error"]
