@@ -77,7 +77,7 @@ async def open_mailbox(imap: ImapSection) -> AsyncIterator[Mailbox]:
             lost,
         )
     finally:
-        await _close(client, imap)
+        await _close(client, imap, lost)
 
 
 async def _start_tls(client: aioimaplib.IMAP4, host: str) -> None:
@@ -204,11 +204,13 @@ def text(lines: list[bytes | bytearray]) -> str:
     return " ".join(bytes(line).decode("utf-8", "replace") for line in lines).strip()
 
 
-async def _close(client: aioimaplib.IMAP4, imap: ImapSection) -> None:
+async def _close(client: aioimaplib.IMAP4, imap: ImapSection, lost: asyncio.Event) -> None:
     """Say goodbye if the server answers in time; close the link whatever happens (a stop
-    cancelling the session while it says goodbye included)."""
+    cancelling the session while it says goodbye included). A link the server closed
+    (its BYE) takes no goodbye: nobody would answer it."""
     try:
-        await asyncio.wait_for(_logout(client), GOODBYE_SECONDS)
+        if not lost.is_set():
+            await asyncio.wait_for(unless_lost(_logout(client), lost), GOODBYE_SECONDS)
     except TimeoutError:
         log.warning("imap.logout_unanswered", mailbox=name(imap), waited=GOODBYE_SECONDS)
     except Exception:  # the link is gone already: nothing left to say goodbye on

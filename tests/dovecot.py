@@ -171,6 +171,12 @@ class Dovecot:
         for pid in self._sessions(user):
             os.kill(pid, signal.SIGKILL)
 
+    def kick(self, user: str) -> None:
+        """Every open session of `user` is ended by the server, which says BYE first (as
+        `doveadm kick` or a shutdown does): the clients log in again."""
+        for pid in self._sessions(user):
+            os.kill(pid, signal.SIGTERM)
+
     def _sessions(self, user: str) -> list[int]:
         """The processes of `user`'s open sessions."""
         deadline = time.monotonic() + 10

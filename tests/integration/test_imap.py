@@ -433,6 +433,23 @@ def test_a_backlog_of_large_messages_is_fetched_in_batches_bounded_in_bytes(
     assert [count for _, count in commits] == [2, 1]
 
 
+def test_a_bye_in_the_middle_of_idle_is_a_lost_link_at_once(
+    imap_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    dovecot: Dovecot,
+) -> None:
+    """The server says BYE and closes while the poller idles: it logs in again and takes
+    the next mail, without waiting out an answer to DONE that cannot come..."""
+    running = start_daemon(imap_settings(mode="idle"))
+    connected(running)
+    with capture_logs() as logs:
+        dovecot.kick("support")
+        dovecot.append("support", raw("After the goodbye"))
+        wait_until(lambda: running.conversations(), what="the message after the BYE routed")
+    # ... nor for a goodbye to a link the server closed
+    assert not [e for e in logs if e["event"] == "imap.logout_unanswered"]
+
+
 def test_a_stop_says_goodbye_to_the_mailbox_it_idles_on(
     imap_settings: Callable[..., Settings],
     start_daemon: Callable[..., RunningDaemon],
