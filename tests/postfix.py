@@ -85,11 +85,17 @@ def relay_recipe(folder: Path, gateway_port: int, size_limit: int) -> str:
     )
 
 
-def lmtp_recipe(folder: Path, lmtp_port: int, size_limit: int) -> str:
+LMTP_SOCKET = "private/gateway-lmtp"  # the recipe's socket, in the queue (the chroot)
+
+
+def lmtp_recipe(folder: Path, lmtp_port: int | None, size_limit: int) -> str:
+    """The LMTP recipe to the gateway's `lmtp_port`, or (None) to its unix socket as the
+    recipe's comment has it."""
+    to = f"lmtp:inet:127.0.0.1:{lmtp_port}" if lmtp_port else f"lmtp:unix:{LMTP_SOCKET}"
     return recipe(
         "lmtp/main.cf",
         {
-            "lmtp:inet:127.0.0.1:2424": f"lmtp:inet:127.0.0.1:{lmtp_port}",
+            "lmtp:inet:127.0.0.1:2424": to,
             RECIPIENTS: str(recipients_file(folder)),
             SIZE_LIMIT: str(size_limit),
         },
@@ -146,22 +152,30 @@ def gateway_recipients(config: Path) -> str:
     return subprocess.run(command, check=True, capture_output=True, text=True).stdout
 
 
-def master_cf(port: int, extra: str = "") -> str:
-    """Debian's master.cf with no chroot (the queue is ours), smtpd on 127.0.0.1:`port`."""
+def master_cf(port: int, extra: str = "", chroot: tuple[str, ...] = ()) -> str:
+    """Debian's master.cf with no chroot (the queue is ours) but for the `chroot`
+    services (chrooted into the queue, as Debian has them), smtpd on 127.0.0.1:`port`."""
     lines = []
     for line in Path("/etc/postfix/master.cf").read_text().splitlines():
         fields = line.split()
         if line[:1].isalnum() and len(fields) >= 8:
             if fields[0] == "smtp" and fields[1] == "inet":
                 fields[0] = f"127.0.0.1:{port}"
-            fields[4] = "n"
+            fields[4] = "y" if fields[0] in chroot else "n"
             line = " ".join(fields)
         lines.append(line)
     return "\n".join(lines) + "\n" + extra
 
 
 class Postfix:
-    def __init__(self, folder: Path, port: int, main_cf: str, master_extra: str = "") -> None:
+    def __init__(
+        self,
+        folder: Path,
+        port: int,
+        main_cf: str,
+        master_extra: str = "",
+        chroot: tuple[str, ...] = (),
+    ) -> None:
         self.folder = folder
         self.port = port
         self.config = recipients_file(folder).parent
@@ -171,7 +185,7 @@ class Postfix:
             (folder / name).mkdir(parents=True)
         shutil.chown(folder / "data", "postfix")
         (self.config / "main.cf").write_text(INSTANCE.format(folder=folder) + main_cf)
-        (self.config / "master.cf").write_text(master_cf(port, master_extra))
+        (self.config / "master.cf").write_text(master_cf(port, master_extra, chroot))
 
     def postmap(self, name: str, text: str) -> Path:
         """A hash: map in the configuration folder, from `KEY VALUE` lines."""

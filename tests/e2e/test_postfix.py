@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import smtplib
+import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -22,9 +23,10 @@ import pytest
 import tomli_w
 
 from gateway import config
-from gateway.config import Settings
+from gateway.config import LmtpSection, Settings
 from tests.conftest import BASE, RunningDaemon, free_port, mail, wait_until
 from tests.postfix import (
+    LMTP_SOCKET,
     QUICK_RETRY,
     Postfix,
     available,
@@ -59,9 +61,13 @@ def start_postfix(folder: Path) -> Iterator[Callable[..., Postfix]]:
         pytest.fail("postfix is not installed: `make peers` installs it (.ci/run does)")
     started: list[Postfix] = []
 
-    def start(config: Path, main_cf: str, master_extra: str = "") -> Postfix:
+    def start(
+        config: Path, main_cf: str, master_extra: str = "", chroot: tuple[str, ...] = ()
+    ) -> Postfix:
         """Postfix in front of the gateway configured by `config`."""
-        server = Postfix(folder / "postfix", free_port(), main_cf + QUICK_RETRY, master_extra)
+        server = Postfix(
+            folder / "postfix", free_port(), main_cf + QUICK_RETRY, master_extra, chroot
+        )
         server.postmap("gateway_recipients", gateway_recipients(config))
         started.append(server)
         server.start()
@@ -162,6 +168,38 @@ def test_the_lmtp_recipe_delivers_each_message_once(
     send(postfix.port, batch)
     stored_once(daemon, batch)
     delivered(postfix)
+
+
+def test_the_lmtp_recipe_delivers_over_the_unix_socket_to_a_chrooted_lmtp_client(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    start_postfix: Callable[..., Postfix],
+    folder: Path,
+    tmp_path: Path,
+) -> None:
+    """As Debian runs it: Postfix's lmtp client chrooted into the queue, the gateway's
+    socket under it, the postfix user in the socket's group."""
+    settings = make_settings()  # its file names the inboxes Postfix's recipient map takes
+    main_cf = lmtp_recipe(folder / "postfix", None, SIZE)
+    postfix = start_postfix(tmp_path / "gateway.toml", main_cf, chroot=("lmtp",))
+    socket_path = folder / "postfix" / "queue" / LMTP_SOCKET
+    daemon = start_daemon(
+        settings.model_copy(update={"lmtp": LmtpSection(listen=[str(socket_path)])})
+    )
+    assert stat.S_IMODE(socket_path.stat().st_mode) == 0o660
+    # The recipe's `usermod -aG gateway postfix`: here the socket's group is postfix's.
+    shutil.chown(socket_path, group="postfix")
+    batch = messages(20)
+    send(postfix.port, batch)
+    stored_once(daemon, batch)
+    delivered(postfix)
+    assert f"[{LMTP_SOCKET}], " in postfix.log()
+    [lmtp] = [
+        line.split()
+        for line in (postfix.config / "master.cf").read_text().splitlines()
+        if line.startswith("lmtp ")
+    ]
+    assert lmtp[4] == "y"  # chrooted
 
 
 def start_pipe(
