@@ -3,7 +3,7 @@ VENV   ?= .venv
 CONFIG ?= config.example.toml
 PYTHON ?= python3
 
-.PHONY: run test lint bench peers screenshots
+.PHONY: run test test-slow lint bench peers screenshots
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,11 @@ peers:  ## the real peers the tests run: Debian's dovecot-imapd, postfix and chr
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dovecot-imapd postfix chromium >/dev/null; }
 
-test: $(VENV)/.test peers  ## the whole suite
+test: $(VENV)/.test peers  ## the suite, but for the slow runs
 	$(VENV)/bin/python -m pytest -q
+
+test-slow: $(VENV)/.test peers  ## the slow runs alone (500 messages piped through Postfix)
+	$(VENV)/bin/python -m pytest -q -m slow
 
 lint: $(VENV)/.test  ## ruff and mypy --strict
 	$(VENV)/bin/ruff check gateway tests bench

@@ -218,6 +218,7 @@ def start_pipe(
 
 
 # A Python process a message, CPU-bound: about 7 a second on 2 cores.
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_pipe_recipe_delivers_each_message_once(
     start_daemon: Callable[..., RunningDaemon],
