@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
-import ipaddress
 import json
 import logging
 import os
@@ -150,24 +149,13 @@ def _doubtful(s: Settings) -> list[str]:
             "replies.address is set but notify.enabled is false: no alert goes out to reply to"
         )
     endpoint = s.web.endpoint()
-    exposed = endpoint is not None and not ipaddress.ip_address(_host_ip(endpoint[0])).is_loopback
+    exposed = endpoint is not None and not config.loopback(endpoint[0])
     if exposed and not (s.web.base_url or "").startswith("https:"):
         found.append(
             "web.listen is reachable from other hosts but web.base_url is not https:"
             " passwords and sessions would cross the network in the clear"
         )
     return found
-
-
-def _host_ip(host: str) -> str:
-    """The address a listen host names; a name is taken as not loopback but localhost."""
-    if host == "localhost":
-        return "127.0.0.1"
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return "0.0.0.0"
-    return host
 
 
 async def _try_smarthost(notify: NotifySection) -> str:

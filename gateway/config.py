@@ -73,6 +73,17 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def loopback(host: str) -> bool:
+    """Whether a listen host is this machine's loopback alone (a name other than
+    localhost is taken as reachable from elsewhere)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"

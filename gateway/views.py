@@ -153,12 +153,11 @@ async def show(
             "subject": m.subject,
             "received_at": m.received_at,
             "source": m.source,
-            "text": known.get(m.id, ("", []))[0],
-            "attachments": [
-                {"filename": name, "size": size} for name, size in known.get(m.id, ("", []))[1]
-            ],
+            "text": text,
+            "attachments": [{"filename": name, "size": size} for name, size in files],
         }
         for m in messages
+        for text, files in [known.get(m.id, ("", []))]
     ]
     view["events"] = [
         {

@@ -13,10 +13,13 @@ import json
 import secrets
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+
+import pytest
 
 
 @dataclass
@@ -156,3 +159,12 @@ class TokenServer:
             self.expired_presented += 1
             return {"active": False}
         return {"active": True, "username": issued.user}
+
+
+@pytest.fixture
+def tokens() -> Iterator[TokenServer]:
+    """A token endpoint of the test's own, on a free port."""
+    server = TokenServer()
+    server.start()
+    yield server
+    server.stop()

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from gateway.clock import Clock, stamp
-from gateway.config import Agent, Settings
+from gateway.config import Agent, Settings, loopback
 from gateway.errors import Refused
 from gateway.ingress import users
 from gateway.store import queries
@@ -221,9 +221,6 @@ def same_origin(request: web.Request, settings: Settings) -> bool:
     return sent in allowed
 
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
-
-
 def hosts(settings: Settings, bound: tuple[str, int]) -> frozenset[str] | None:
     """The names (Host headers) the inbox answers to: base_url's, and on a loopback port
     the loopback names; None (any) when it listens on every interface without base_url.
@@ -233,7 +230,7 @@ def hosts(settings: Settings, bound: tuple[str, int]) -> frozenset[str] | None:
     found = set()
     if settings.web.base_url:
         found.add(urlsplit(settings.web.base_url).netloc)
-    if host in LOOPBACK:
+    if loopback(host):
         found |= {f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}"}
     elif not found and host in ("0.0.0.0", "::"):
         return None

@@ -135,9 +135,9 @@ async def conversations(request: web.Request) -> web.Response:
     query = request.query
     view = query.get("view", "mine")
     view = view if view in VIEWS else "mine"
-    team = query.get("team") or None
-    if team is not None and team not in {t.id for t in desk.settings.teams}:
-        raise web.HTTPNotFound(text=f"There is no team {team!r}.")
+    team = _team(desk, query)
+    if team == "":
+        raise web.HTTPNotFound(text=f"There is no team {query['team']!r}.")
     shown = query.get("status", "open")
     shown = shown if shown in SHOWN else "open"
     try:
@@ -203,6 +203,14 @@ async def conversations(request: web.Request) -> web.Response:
         listing=listed,
         link=lambda **change: "?" + urlencode({k: v for k, v in (here | change).items() if v}),
     )
+
+
+def _team(desk: Desk, query: Mapping[str, str]) -> str | None:
+    """The team a queue is of (None: no team asked); "" when the one named is not one."""
+    team = query.get("team") or None
+    if team is None or team in {t.id for t in desk.settings.teams}:
+        return team
+    return ""
 
 
 def _after(query: Mapping[str, str]) -> tuple[str, int] | None:
@@ -352,9 +360,9 @@ async def api_conversations(request: web.Request) -> web.Response:
     bad_limit = not _NUMBER.fullmatch(limit) or not 0 < int(limit) <= API_MOST
     if view not in VIEWS or shown not in SHOWN or bad_limit:
         return web.json_response({"error": API_USAGE}, status=400)
-    team = query.get("team") or None
-    if team is not None and team not in {t.id for t in desk.settings.teams}:
-        return web.json_response({"error": f"There is no team {team!r}."}, status=404)
+    team = _team(desk, query)
+    if team == "":
+        return web.json_response({"error": f"There is no team {query['team']!r}."}, status=404)
     found = await views.conversations(
         desk.reader,
         status=SHOWN[shown],

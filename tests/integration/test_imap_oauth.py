@@ -25,14 +25,6 @@ APP_SCOPE = "https://outlook.office365.com/.default"
 
 
 @pytest.fixture
-def tokens() -> Iterator[TokenServer]:
-    server = TokenServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def dovecot(tokens: TokenServer) -> Iterator[Dovecot]:
     """This module's Dovecot takes XOAUTH2 tokens the `tokens` server issued."""
     with running_dovecot(tokens.introspection_url) as server:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,6 @@ from gateway import oauth
 from gateway.config import ImapSection
 from tests.conftest import free_port
 from tests.tokens import TokenServer
-
-
-@pytest.fixture
-def tokens() -> Iterator[TokenServer]:
-    server = TokenServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def mailbox(tokens: TokenServer, tmp_path: Path, **extra: Any) -> ImapSection:
