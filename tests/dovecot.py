@@ -97,6 +97,7 @@ class Dovecot:
         self.users = users
         self._process: subprocess.Popen[bytes] | None = None
         self.client_logins = 0
+        self._replaced = 0  # folders renamed away by `recreate`
         for name in ("run", "state", "home"):
             (folder / name).mkdir(parents=True, exist_ok=True)
         shutil.chown(folder / "home", "nobody", "nogroup")
@@ -202,21 +203,21 @@ class Dovecot:
     ) -> None:
         """APPEND as another client would; `date` is its INTERNALDATE (default: now).
 
-        Just after `recreate`, the gateway's sessions may still hold the old folder and
-        Dovecot refuse an APPEND a moment (seen once in a CI-like run): try again, as a
-        mail program would, for at most 10 s, then fail with the server's answer."""
-        client = self.client(user)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
+        Dovecot may refuse one a moment while another session still holds a folder that
+        was just replaced: try again from a new session, as a mail program would, for at
+        most 10 s, then fail with the server's answer."""
+        deadline = time.monotonic() + 10
+        while True:
+            client = self.client(user)
+            try:
                 status, answer = client.append(folder, "", date, raw)
-                if status == "OK":
-                    return
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"APPEND to {folder} refused: {status} {answer!r}")
-                time.sleep(0.1)
-        finally:
-            client.logout()
+            finally:
+                client.logout()
+            if status == "OK":
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"APPEND to {folder} refused: {status} {answer!r}")
+            time.sleep(0.1)
 
     def flags(self, user: str, folder: str = "INBOX") -> dict[int, set[str]]:
         """UID → flags of every message in the folder."""
@@ -238,19 +239,25 @@ class Dovecot:
             client.logout()
 
     def recreate(self, user: str, folder: str) -> None:
-        """Delete and create the folder again: the server gives it a new UIDVALIDITY."""
+        """Replace the folder by a new one of the same name: the server gives it a new
+        UIDVALIDITY. The old one is renamed away rather than deleted: a session that
+        still has it open (the gateway's) goes on writing its index files into the
+        renamed folder, never into the new one (deleting it let them land in the new
+        folder, which Dovecot then refused as "deleted under us", seen once in CI)."""
+        self._replaced += 1
         client = self.client(user)
         try:
-            # Another session (the gateway's) may hold the folder a moment: try again.
             deadline = time.monotonic() + 10
-            while True:
-                deleted, _ = client.delete(folder)
-                created, answer = client.create(folder)
-                if created == "OK":
-                    return
+            while True:  # another session may hold the folder a moment: try again
+                renamed, answer = client.rename(folder, f"{folder}-old-{self._replaced}")
+                if renamed == "OK":
+                    break
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"cannot recreate {folder}: {deleted} {answer!r}")
+                    raise AssertionError(f"cannot rename {folder} away: {answer!r}")
                 time.sleep(0.1)
+            created, answer = client.create(folder)
+            if created != "OK":
+                raise AssertionError(f"cannot create {folder} again: {answer!r}")
         finally:
             client.logout()
 
