@@ -22,7 +22,7 @@ import structlog
 from gateway import alertmark, config
 from gateway.clock import Clock, utcnow
 from gateway.config import Settings
-from gateway.errors import ConfigError, GatewayError, StoreUnavailable
+from gateway.errors import ConfigError, GatewayError
 from gateway.ingress.accept import Accept
 from gateway.ingress.imap import MailboxPoller
 from gateway.ingress.lmtp import LmtpRelay, LmtpServer
@@ -133,11 +133,13 @@ class Daemon:
         self._loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         db = await Database.open(self.settings.gateway.database)
-        sole = db.sole("daemon")
+        # Daemons share a PostgreSQL store; a SQLite file has one.
+        sole = None if db.shared else db.sole("daemon")
         parser = ProcessParser()
         renderer = ProcessRenderer()
         try:
-            _take(sole, db.path)
+            if sole is not None:
+                await _take(sole, db.shown)
             async with db.transaction() as conn:
                 secret = await alertmark.load_secret(conn)
             accept = Accept(db, clock=self._clock)
@@ -182,7 +184,7 @@ class Daemon:
                 for signum in (signal.SIGTERM, signal.SIGINT):
                     self._loop.add_signal_handler(signum, self._stop.set)
                 self._loop.add_signal_handler(signal.SIGHUP, self._start_reload)
-            log.info("gateway.ready", database=db.path, smtp=self.bound)
+            log.info("gateway.ready", database=db.shown, smtp=self.bound)
             self._notifier.ready(self._status())
             if ready is not None:
                 ready(self)
@@ -205,17 +207,14 @@ class Daemon:
             parser.close()
             renderer.close()
             await db.close()
-            sole.release()
+            if sole is not None:
+                await sole.release()
         log.info("gateway.stopped")
 
 
-def _take(sole: Sole, database: str) -> None:
-    """One daemon a database: two would each take the other's work for a dead process's."""
-    try:
-        taken = sole.take()
-    except OSError as error:
-        raise StoreUnavailable(f"{sole.path}: cannot take the lock: {error.strerror}") from None
-    if not taken:
+async def _take(sole: Sole, database: str) -> None:
+    """One daemon a SQLite file: two would each take the other's work for a dead process's."""
+    if not await sole.take():
         raise GatewayError(
             f"{database}: another gateway holds this database;"
             " stop it, or give this one a database of its own"

@@ -191,7 +191,7 @@ class Outbox(DrainLoop):
             self._keep_session = True
             await super().run()
         finally:
-            presence.leave()
+            await presence.leave()
             await self._close_sessions()
             await self._keyword_writer.close()
 

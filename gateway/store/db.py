@@ -1,112 +1,76 @@
-"""The SQLite connection: PRAGMAs, migrations, and one writer at a time.
+"""The store's interface: a database, its transactions, and the rows they read.
 
-One aiosqlite connection is shared by the daemon's tasks; a lock keeps their
-transactions from interleaving on it. Other processes (the `gateway` command)
-open their own connection; WAL, `BEGIN IMMEDIATE` and the busy timeout make
-them wait their turn rather than fail. `Presence` tells a process starting a
-job whether another is doing it too, or whoever did it is dead; `Sole` keeps a
-job to one process at a time.
+Two backends sit behind it, chosen by the configured `database`: a SQLite file,
+the embedded default (`sqlite.py`), or a `postgresql://` URL, for several
+processes sharing one database (`postgres.py`, DESIGN §15). Nothing of a driver
+leaves the store: statements fail with StoreUnavailable (the store's trouble:
+try again later) or StatementFailed (the data given). SQL is written once, in
+what SQLite and PostgreSQL share, with `?` marks; where they differ, the Tx
+gives the piece (`for_update`, `skip_locked`, `clock`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import fcntl
 import os
-import sqlite3
 import stat
 import urllib.parse
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
-from typing import Any, TypeVar
-
-import aiosqlite
-
-from gateway.errors import StatementFailed, StoreUnavailable
-
-T = TypeVar("T")
-
-BUSY_TIMEOUT_MS = 10_000
+from typing import Any, Protocol
 
 
-# SQLite's primary result codes that say the store is in trouble (locked, busy, full,
-# read-only, failing I/O, corrupt), not the statement: retried later, never blamed on mail.
-_STORE_TROUBLE = {5, 6, 7, 8, 10, 11, 13, 14, 15, 26}
+class Record(Protocol):
+    """A row as a driver gives it, by column name or position: only queries.py reads one."""
+
+    def __getitem__(self, key: int | str, /) -> Any: ...
+
+    def __iter__(self) -> Iterator[Any]: ...
+
+    def __len__(self) -> int: ...
 
 
-def _store_trouble(error: sqlite3.Error) -> bool:
-    """Whether `error` is the store's trouble rather than something a statement's data caused
-    (too many variables, too big a value), which retrying would only meet again."""
-    code = getattr(error, "sqlite_errorcode", None)
-    if code is None:  # no code to tell by: the cautious answer keeps the mail pending
-        return isinstance(error, sqlite3.OperationalError)
-    return code & 0xFF in _STORE_TROUBLE
-
-
-Record = sqlite3.Row  # a row as SQLite gives it: only queries.py reads one
-
-
-@contextlib.contextmanager
-def _classified() -> Iterator[None]:
-    """SQLite's errors as the store's kinds: its trouble, or a statement's data."""
-    try:
-        yield
-    except sqlite3.Error as error:
-        if _store_trouble(error):
-            raise StoreUnavailable(f"the database is unavailable: {error}") from None
-        raise StatementFailed(f"{type(error).__name__}: {error}") from None
-
-
-class Tx:
-    """One transaction, or one read snapshot: what every query in queries.py runs on.
-
-    Nothing of the driver leaves the store: statements fail with StoreUnavailable
-    (the store's trouble: try again later) or StatementFailed (the data given).
-    SQL is written once, in what SQLite and PostgreSQL share, with `?` marks.
-    """
+class Tx(ABC):
+    """One transaction, or one read snapshot: what every query in queries.py runs on."""
 
     # The locking read of a read-modify-write. SQLite's BEGIN IMMEDIATE holds the
     # database's write lock already, so a plain read is one; PostgreSQL needs FOR UPDATE.
     for_update = ""
+    # A claim of queued rows (pending mail, outbox rows): rows another process's
+    # transaction holds are passed over rather than waited for.
+    skip_locked = ""
 
-    def __init__(self, conn: _Connection) -> None:
-        self._conn = conn
+    def __init__(self) -> None:
         # What this transaction wrote that a person's action reports: ("event", id) and
         # ("outbox", id), in order (queries.add_event and queries.enqueue note them).
         self.written: list[tuple[str, int]] = []
 
-    async def one(self, sql: str, args: Sequence[Any] = ()) -> Record | None:
-        with _classified():
-            async with self._conn.execute(sql, args) as cursor:
-                row: Record | None = await cursor.fetchone()
-                return row
+    @abstractmethod
+    async def one(self, sql: str, args: Sequence[Any] = ()) -> Record | None: ...
 
-    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Record]:
-        with _classified():
-            async with self._conn.execute(sql, args) as cursor:
-                return list(await cursor.fetchall())
+    @abstractmethod
+    async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Record]: ...
 
+    @abstractmethod
     async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
         """Run a write; the number of rows it changed."""
-        with _classified():
-            async with self._conn.execute(sql, args) as cursor:
-                return int(cursor.rowcount)
 
-    async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        with _classified():
-            await self._conn.executemany(sql, rows)
+    @abstractmethod
+    async def run_many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    @abstractmethod
+    def clock(self, *, later: bool = False) -> str:
+        """SQL for the store's clock now, in `clock.stamp`'s form (ISO 8601 UTC, fixed
+        width); `later`: plus a `?` number of seconds. The one clock every process on the
+        database shares, whatever their own say."""
 
     @contextlib.contextmanager
     def off_loop(self) -> Iterator[None]:
-        """The statements of this block run on aiosqlite's thread, even in a transaction:
-        for those that carry megabytes (raw mail), which would hold the loop meanwhile."""
-        was, self._conn.inline = self._conn.inline, False
-        try:
-            yield
-        finally:
-            self._conn.inline = was
+        """Statements that carry megabytes (raw mail): kept off the loop's thread where
+        the driver would run them on it."""
+        yield
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -115,172 +79,115 @@ class Tx:
         try:
             yield
         except BaseException:
-            await self.run("ROLLBACK TO part")
-            await self.run("RELEASE part")
+            await self.run("ROLLBACK TO SAVEPOINT part")
+            await self.run("RELEASE SAVEPOINT part")
             raise
-        await self.run("RELEASE part")
+        await self.run("RELEASE SAVEPOINT part")
 
 
-class _Connection(aiosqlite.Connection):
-    """aiosqlite's connection, whose statements can run on the loop's own thread.
+class Presence(Protocol):
+    """The processes doing one job on a database. One that joins and finds itself alone
+    knows whatever is found half done was left by the dead, and is its to take up."""
 
-    aiosqlite hands every statement to its thread and back, tens of microseconds
-    of loop time each; intake's transaction has some thirty per message. Between
-    BEGIN IMMEDIATE and COMMIT this process holds the write lock, so a statement
-    there never waits on another writer and takes microseconds: `inline` runs
-    those directly, unless they carry megabytes (accept's raw mail), which
-    `Tx.off_loop()` keeps on aiosqlite's thread. What can wait
-    (taking the lock, the commit's fsync) always goes through aiosqlite's thread.
-    aiosqlite has no public way to run a call on the caller's thread: `_execute`
-    is its private hook, so pyproject.toml pins aiosqlite's tested versions and
-    tests/unit/test_library_hooks.py fails if the hook changes.
-    """
+    def joining(self) -> AbstractAsyncContextManager[bool]:
+        """Join the others doing the job; the block is told whether there were none, and
+        whoever arrives meanwhile waits until it ends."""
+        ...
 
-    inline = False
-
-    async def _execute(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        if self.inline:
-            return fn(*args, **kwargs)
-        return await super()._execute(fn, *args, **kwargs)  # type: ignore[no-untyped-call,no-any-return]
+    async def leave(self) -> None: ...
 
 
-def _connect(target: str, *, uri: bool) -> _Connection:
-    def connector() -> sqlite3.Connection:
-        # Used by aiosqlite's thread and, inline, by the loop's: never both at once.
-        return sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+class Sole(Protocol):
+    """A job one process at a time may do on a database; let go when that process ends,
+    however it ends."""
 
-    return _Connection(connector, iter_chunk_size=64)
+    name: str  # what to call it in a message
+
+    async def take(self) -> bool:
+        """Hold it, unless another process does (False)."""
+        ...
+
+    async def held(self) -> bool:
+        """Whether this process still holds it (a lock on a link to a server is lost
+        with the link)."""
+        ...
+
+    async def release(self) -> None: ...
 
 
-def _migrations() -> list[tuple[int, str]]:
-    folder = resources.files("gateway.store") / "migrations"
+class Database(ABC):
+    """The store. `transaction()` writes; `reading()` reads one snapshot."""
+
+    # Whether several daemons may share this store (PostgreSQL); a SQLite file has one.
+    shared = False
+
+    def __init__(self, path: str) -> None:
+        self.path = path  # as configured: opened again from it (the web's reads)
+
+    @staticmethod
+    async def open(path: str, *, create: bool = True, readonly: bool = False) -> Database:
+        """Open (and migrate) the store `path` names; `readonly`: nothing can be written
+        through it."""
+        if is_postgres(path):
+            from gateway.store.postgres import PostgresDatabase
+
+            return await PostgresDatabase.open(path, readonly=readonly)
+        from gateway.store.sqlite import SqliteDatabase
+
+        return await SqliteDatabase.open(path, create=create, readonly=readonly)
+
+    @property
+    def shown(self) -> str:
+        """The store as logs and messages name it: never a password."""
+        return shown(self.path)
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Tx]:
+        """One write transaction; StoreUnavailable when the store cannot take or commit it."""
+
+    @abstractmethod
+    def reading(self) -> AbstractAsyncContextManager[Tx]:
+        """Reads that see one snapshot, however the daemons write meanwhile."""
+
+    @abstractmethod
+    def presence(self, job: str) -> Presence: ...
+
+    @abstractmethod
+    def sole(self, job: str) -> Sole: ...
+
+    @abstractmethod
+    async def trace(self, statements: Callable[[str], None] | None) -> None:
+        """Have every statement's text given to `statements` (None: stop): for tests that
+        show where and how often the store works."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+
+def is_postgres(path: str) -> bool:
+    return path.startswith(("postgresql://", "postgres://"))
+
+
+def shown(path: str) -> str:
+    """`path` with any password in it masked."""
+    if not is_postgres(path):
+        return path
+    url = urllib.parse.urlsplit(path)
+    if url.password is None:
+        return path
+    host = url.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(url._replace(netloc=f"{url.username}:***@{host}"))
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """(version, script) of every migration of `dialect` ("sqlite", "postgresql"), in order.
+    Both count the same versions: a PostgreSQL store begins at the schema SQLite had then."""
+    folder = resources.files("gateway.store") / "migrations" / dialect
     found = []
     for item in folder.iterdir():
         if item.name.endswith(".sql"):
             found.append((int(item.name.split("_", 1)[0]), item.read_text()))
     return sorted(found)
-
-
-class Database:
-    def __init__(self, conn: _Connection, path: str) -> None:
-        self._conn = conn
-        self._lock = asyncio.Lock()
-        self.path = path
-
-    @classmethod
-    async def open(cls, path: str, *, create: bool = True, readonly: bool = False) -> Database:
-        """Open (and migrate) the store; `readonly` opens one nothing can be written through."""
-        if "://" in path:
-            raise StoreUnavailable(f"{path}: only SQLite files are supported so far")
-        flags = os.O_RDONLY if readonly else os.O_RDWR | (os.O_CREAT if create else 0)
-        try:
-            # Mail is private: the file (and SQLite's -wal/-shm, which copy its mode) is 0600,
-            # or 0660 in a folder its group may write (admins sharing the service's state).
-            # Opened here only when missing: closing a descriptor of the file drops every
-            # POSIX lock this process holds on it, SQLite's for connections open already,
-            # and another process's close would then delete the WAL from under them.
-            if not os.access(path, os.F_OK):
-                os.close(_open(path, flags))
-        except FileNotFoundError:
-            raise StoreUnavailable(
-                f"{path}: no database here (has `gateway run` started yet?)"
-            ) from None
-        except OSError as error:
-            raise StoreUnavailable(f"{path}: cannot open the database: {error}") from None
-        try:
-            if readonly:
-                conn = _connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True)
-            else:
-                conn = _connect(path, uri=False)
-            await conn
-            conn.row_factory = sqlite3.Row
-        except (OSError, sqlite3.Error) as error:
-            raise StoreUnavailable(f"{path}: cannot open the database: {error}") from None
-        try:
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            if readonly:
-                await _check_version(conn, path)
-            else:
-                await conn.execute("PRAGMA journal_mode = WAL")
-                await conn.execute("PRAGMA synchronous = FULL")
-                await _migrate(conn)
-                await conn.execute("PRAGMA foreign_keys = ON")
-        except sqlite3.Error as error:
-            await conn.close()
-            raise StoreUnavailable(f"{path}: cannot prepare the database: {error}") from None
-        except StoreUnavailable:
-            await conn.close()
-            raise
-        return cls(conn, path)
-
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[Tx]:
-        """One write transaction; StoreUnavailable when SQLite cannot take or commit it.
-
-        Its statements run on the loop's thread (see `_Connection`), but for those
-        in a `Tx.off_loop()` block.
-        """
-        async with self._lock:
-            await self._begin("BEGIN IMMEDIATE")
-            try:
-                self._conn.inline = True
-                try:
-                    yield Tx(self._conn)
-                finally:
-                    self._conn.inline = False
-            except BaseException:
-                await self._rollback()
-                raise
-            try:
-                await self._conn.execute("COMMIT")
-            except sqlite3.Error as error:
-                await self._rollback()
-                raise StoreUnavailable(f"the database could not commit: {error}") from None
-
-    @asynccontextmanager
-    async def reading(self) -> AsyncIterator[Tx]:
-        """Reads that see one snapshot, however the daemon writes meanwhile (WAL)."""
-        async with self._lock:
-            await self._begin("BEGIN")
-            try:
-                yield Tx(self._conn)
-            finally:
-                await self._rollback()
-
-    async def _begin(self, sql: str) -> None:
-        """Open a transaction. A caller cancelled meanwhile does not stop the statement
-        (aiosqlite's thread runs it anyway): what it opened is undone before the lock is
-        let go, or the next transaction would find one open."""
-        began = asyncio.ensure_future(self._conn.execute(sql))
-        try:
-            await asyncio.shield(began)
-        except asyncio.CancelledError:
-            with contextlib.suppress(sqlite3.Error):
-                await began
-            await self._rollback()
-            raise
-        except sqlite3.Error as error:
-            raise StoreUnavailable(f"the database is unavailable: {error}") from None
-
-    async def _rollback(self) -> None:
-        if self._conn.in_transaction:
-            await self._conn.execute("ROLLBACK")
-
-    def presence(self, job: str) -> Presence:
-        """The processes doing `job` on this database (see `Presence`)."""
-        return Presence(f"{self.path}-{job}.lock")
-
-    def sole(self, job: str) -> Sole:
-        """The one process that may do `job` on this database (see `Sole`)."""
-        return Sole(f"{self.path}-{job}.lock")
-
-    async def trace(self, statements: Callable[[str], None] | None) -> None:
-        """Have every statement's text given to `statements` (None: stop), from the thread
-        that runs it: for tests that show where and how often the store works."""
-        await self._conn.set_trace_callback(statements)  # type: ignore[arg-type]
-
-    async def close(self) -> None:
-        await self._conn.close()
 
 
 def file_mode(path: str) -> int:
@@ -292,138 +199,3 @@ def file_mode(path: str) -> int:
     except OSError:
         shared = 0
     return 0o660 if shared else 0o600
-
-
-def _open(path: str, flags: int) -> int:
-    """os.open, a file it makes given `file_mode` whatever the umask says."""
-    made = bool(flags & os.O_CREAT) and not os.path.exists(path)
-    fd = os.open(path, flags, 0o600)
-    if made:
-        os.fchmod(fd, file_mode(path))
-    return fd
-
-
-def _lock(path: str, how: int) -> int:
-    """Open `path` (made if need be) and flock it `how`; the descriptor holding the lock.
-    OSError when it cannot be opened, BlockingIOError when LOCK_NB finds it held."""
-    fd = _open(path, os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, how)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _let_go(fd: int | None) -> None:
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)  # closing lets go of the lock
-
-
-class Presence:
-    """The processes doing one job on a database: each holds a lock file beside it.
-
-    Each holds the lock shared while it does the job; the kernel lets go when
-    the process ends, SIGKILL included. One that joins and can take it
-    exclusively knows no other process is doing the job: whatever is found half
-    done was left by the dead, and is its to take up. Joining goes through a
-    gate (a second lock file, held exclusively while one joins): flock does not
-    promise that changing a lock from exclusive to shared is atomic, and no
-    other process may test the lock, and find itself alone, in between; nor
-    join while the dead's leftovers are being taken up.
-    """
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    @asynccontextmanager
-    async def joining(self) -> AsyncIterator[bool]:
-        """Join the others doing the job; the block is told whether there were none, and
-        whoever arrives meanwhile waits until it ends (waiting here off the loop)."""
-        gate: int | None = None
-        alone = False
-        try:
-            gate = await asyncio.to_thread(_lock, f"{self.path}.gate", fcntl.LOCK_EX)
-            self._fd = _open(self.path, os.O_RDWR | os.O_CREAT)
-            with contextlib.suppress(BlockingIOError):
-                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                alone = True
-            # The others hold it shared (exclusively only behind the gate): no real wait.
-            await asyncio.to_thread(fcntl.flock, self._fd, fcntl.LOCK_SH)
-        except OSError:  # nobody can be told apart: as if others were there
-            self.leave()
-            alone = False
-        try:
-            yield alone
-        finally:
-            _let_go(gate)
-
-    def leave(self) -> None:
-        _let_go(self._fd)
-        self._fd = None
-
-
-class Sole:
-    """A job one process at a time may do on a database (running the daemon): a lock file
-    beside it, held exclusively for the process's life; the kernel lets go when it
-    ends, SIGKILL included."""
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def take(self) -> bool:
-        """Hold it, unless another process does (False); OSError if the file cannot be opened."""
-        try:
-            self._fd = _lock(self.path, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        return True
-
-    def release(self) -> None:
-        _let_go(self._fd)
-        self._fd = None
-
-
-async def _check_version(conn: aiosqlite.Connection, path: str) -> None:
-    async with conn.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    latest = _migrations()[-1][0]
-    if row is None or row[0] < latest:
-        raise StoreUnavailable(
-            f"{path}: the database is not ready (schema {row[0] if row else 0}, this gateway"
-            f" needs {latest}); start `gateway run` once to prepare it"
-        )
-
-
-async def _migrate(conn: aiosqlite.Connection) -> None:
-    """Every migration not applied yet, with foreign keys off (SQLite's way to make a
-    table again: its references would otherwise follow the old one away), then checked."""
-    await conn.execute("PRAGMA foreign_keys = OFF")
-    applied = False
-    for version, script in _migrations():
-        async with conn.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        if row is not None and row[0] >= version:
-            continue
-        try:
-            await conn.executescript(
-                f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;"
-            )
-            applied = True
-        except sqlite3.OperationalError:
-            if conn.in_transaction:
-                await conn.execute("ROLLBACK")
-            # Another process may have applied it first; that is fine.
-            async with conn.execute("PRAGMA user_version") as cursor:
-                row = await cursor.fetchone()
-            if row is None or row[0] < version:
-                raise
-    if not applied:  # the check reads every table: only after a change
-        return
-    async with conn.execute("PRAGMA foreign_key_check") as cursor:
-        broken = list(map(tuple, await cursor.fetchall()))
-    if broken:
-        raise StoreUnavailable(f"after the migrations, references do not hold: {broken[:5]}")

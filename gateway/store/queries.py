@@ -399,8 +399,8 @@ async def set_assignee(tx: Tx, conversation_id: int, agent: str | None) -> None:
     """The assignee from now on; a conversation given to somebody waits in no queue."""
     await tx.run(
         "UPDATE conversations SET assignee = ?,"
-        " queued_for = CASE WHEN ? IS NULL THEN queued_for END,"
-        " queued_at = CASE WHEN ? IS NULL THEN queued_at END WHERE id = ?",
+        " queued_for = CASE WHEN CAST(? AS TEXT) IS NULL THEN queued_for END,"
+        " queued_at = CASE WHEN CAST(? AS TEXT) IS NULL THEN queued_at END WHERE id = ?",
         (agent, agent, agent, conversation_id),
     )
 
@@ -842,9 +842,11 @@ async def count_sender_alert(tx: Tx, sender: str, at: str, since: str) -> int:
     `since` has passed its window's start); the count, this one included."""
     row = await tx.one(
         "INSERT INTO alert_senders (sender, window_start, alerts) VALUES (?, ?, 1)"
-        " ON CONFLICT (sender) DO UPDATE SET"
-        " alerts = CASE WHEN window_start > ? THEN alerts + 1 ELSE 1 END,"
-        " window_start = CASE WHEN window_start > ? THEN window_start ELSE ? END"
+        # Named with the table: PostgreSQL would not tell them from excluded's.
+        " ON CONFLICT (sender) DO UPDATE SET alerts = CASE WHEN"
+        " alert_senders.window_start > ? THEN alert_senders.alerts + 1 ELSE 1 END,"
+        " window_start = CASE WHEN alert_senders.window_start > ?"
+        " THEN alert_senders.window_start ELSE ? END"
         " RETURNING alerts",
         (sender, at, since, since, at),
     )
@@ -858,13 +860,10 @@ async def prune_sender_alerts(tx: Tx, since: str) -> int:
     return changed
 
 
-# A lease is judged by the store's clock, the one clock every process on the database
-# shares; written in `clock.stamp`'s form (ISO 8601 UTC, fixed width) like every time.
-def _store_clock(later: str = "") -> str:
-    return f"strftime('%Y-%m-%dT%H:%M:%f000+00:00', 'now'{later})"
-
-
-_UNLEASED = f"(lease_until IS NULL OR lease_until <= {_store_clock()})"
+def _unleased(tx: Tx) -> str:
+    """A row nobody holds: a lease is judged by the store's clock, which every process on
+    the database shares."""
+    return f"(lease_until IS NULL OR lease_until <= {tx.clock()})"
 
 
 @dataclass(frozen=True)
@@ -907,15 +906,15 @@ async def claim_due(
     """Lease to `holder`, for `seconds` of the store's clock, up to `limit` pending rows of
     `kinds` due at `now` that nobody holds: half the oldest due, half the newest (a queue
     read from both ends, so that what was queued last waits for one batch, not for a
-    backlog). In the order they came due."""
-    due = f"state = 'pending' AND due_at <= ? AND {_kinds(kinds)} AND {_UNLEASED}"
+    backlog). In the order they came due. Rows another process is claiming are passed over."""
+    due = f"state = 'pending' AND due_at <= ? AND {_kinds(kinds)} AND {_unleased(tx)}"
     oldest, newest = (limit + 1) // 2, limit // 2
     rows = await tx.all(
-        f"UPDATE outbox SET leased_by = ?, lease_until = {_store_clock(', ?')} WHERE id IN ("
-        f" SELECT id FROM (SELECT id FROM outbox WHERE {due} ORDER BY due_at, id LIMIT ?)"
-        f" UNION SELECT id FROM (SELECT id FROM outbox WHERE {due} ORDER BY id DESC LIMIT ?))"
-        f" RETURNING {_OUTBOX_ROW}",
-        (holder, f"+{seconds} seconds", now, *kinds, oldest, now, *kinds, newest),
+        f"UPDATE outbox SET leased_by = ?, lease_until = {tx.clock(later=True)} WHERE id IN ("
+        f" SELECT id FROM (SELECT id FROM outbox WHERE {due} ORDER BY due_at, id LIMIT ?"
+        f"{tx.skip_locked}) AS oldest UNION SELECT id FROM (SELECT id FROM outbox WHERE {due}"
+        f" ORDER BY id DESC LIMIT ?{tx.skip_locked}) AS newest) RETURNING {_OUTBOX_ROW}",
+        (holder, float(seconds), now, *kinds, oldest, now, *kinds, newest),
     )
     return sorted(map(_outbox_row, rows), key=lambda row: (row.due_at, row.id))
 
@@ -929,7 +928,7 @@ async def defer_alerts(
     timeline a word. How many were deferred (0: nothing more is due), and those."""
     rows = await tx.all(
         f"SELECT {_OUTBOX_ROW}, last_error IS NULL AS fresh FROM outbox"
-        f" WHERE state = 'pending' AND due_at <= ? AND kind = 'alert' AND {_UNLEASED}"
+        f" WHERE state = 'pending' AND due_at <= ? AND kind = 'alert' AND {_unleased(tx)}"
         " ORDER BY due_at, id LIMIT ?",
         (now, limit),
     )
@@ -945,7 +944,7 @@ async def defer_alerts(
 async def next_due(tx: Tx) -> str | None:
     """When the next row nobody holds is due (a held one is looked at again at the next poll)."""
     row = await tx.one(
-        f"SELECT min(due_at) AS due FROM outbox WHERE state = 'pending' AND {_UNLEASED}"
+        f"SELECT min(due_at) AS due FROM outbox WHERE state = 'pending' AND {_unleased(tx)}"
     )
     return None if row is None or row["due"] is None else str(row["due"])
 
@@ -985,7 +984,7 @@ async def outbox_failed(
     """Count the failed attempt; retry at `retry_at`, or give up (dead) when it is None.
     Only if `holder` still holds the row; whether it did."""
     changed = await tx.run(
-        "UPDATE outbox SET state = CASE WHEN ? IS NULL THEN 'dead' ELSE state END,"
+        "UPDATE outbox SET state = CASE WHEN CAST(? AS TEXT) IS NULL THEN 'dead' ELSE state END,"
         " due_at = coalesce(?, due_at), attempts = attempts + 1, last_error = ?,"
         " leased_by = NULL, lease_until = NULL WHERE id = ? AND leased_by = ?",
         (retry_at, retry_at, error, outbox_id, holder),

@@ -6,13 +6,13 @@ import sqlite3
 from pathlib import Path
 
 from gateway.store import queries
-from gateway.store.db import Database, _migrations
+from gateway.store.db import Database, migrations
 
 
 async def test_mail_stored_before_raw_mail_had_its_own_table_is_kept(tmp_path: Path) -> None:
     path = tmp_path / "gateway.db"
     old = sqlite3.connect(path, isolation_level=None)
-    for version, script in _migrations():
+    for version, script in migrations("sqlite"):
         if version >= 7:
             break
         old.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
@@ -40,7 +40,7 @@ async def test_making_messages_and_outbox_again_keeps_their_rows_and_references(
     path = tmp_path / "gateway.db"
     old = sqlite3.connect(path, isolation_level=None)
     old.execute("PRAGMA foreign_keys = ON")
-    for version, script in _migrations():
+    for version, script in migrations("sqlite"):
         if version >= 11:
             break
         old.executescript(f"BEGIN;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")

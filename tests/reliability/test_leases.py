@@ -106,7 +106,7 @@ async def test_an_alert_a_dead_process_was_sending_goes_at_once_when_the_outbox_
     async with presence.joining() as alone:
         assert alone
     assert await hold_oldest_alert(dead) == leased
-    presence.leave()  # the process is killed mid-attempt: the kernel lets go of its lock
+    await presence.leave()  # the process is killed mid-attempt: the kernel lets go of its lock
     await dead.close()
 
     db = await Database.open(settings.gateway.database)
@@ -141,7 +141,7 @@ async def test_an_alert_a_live_process_is_sending_is_left_to_it(
         outbox.stop()
         await running
         await db.close()
-        presence.leave()
+        await presence.leave()
         await alive.close()
     assert len(sink.received) == 1
     free_row, leased_row = await outbox_row(settings, free), await outbox_row(settings, leased)

@@ -19,10 +19,10 @@ pytestmark = pytest.mark.integration
 
 JOINER = """
 import asyncio, sys
-from gateway.store.db import Presence
+from gateway.store.sqlite import FilePresence
 
 async def main() -> None:
-    async with Presence(sys.argv[1]).joining() as alone:
+    async with FilePresence(sys.argv[1]).joining() as alone:
         print("alone" if alone else "not alone", flush=True)
         sys.stdin.readline()  # taking up what the dead left, until told it is done
     print("joined", flush=True)
