@@ -20,12 +20,13 @@ $(VENV)/.test: pyproject.toml constraints.txt | $(VENV)/bin/python
 run: $(VENV)/.runtime  ## the daemon on the trial configuration
 	$(VENV)/bin/gateway run --config $(CONFIG)
 
-peers:  ## the real peers the tests run: Debian's dovecot-imapd, postfix and chromium (needs root or sudo)
-	@command -v dovecot >/dev/null 2>&1 && [ -x /usr/sbin/postfix ] && [ -x /usr/bin/chromium ] || { \
+peers:  ## the real peers the tests run: Debian's dovecot-imapd, postfix, chromium and postgresql (needs root or sudo)
+	@command -v dovecot >/dev/null 2>&1 && [ -x /usr/sbin/postfix ] && [ -x /usr/bin/chromium ] && \
+	  ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 	  $$SUDO apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dovecot-imapd postfix chromium >/dev/null; }
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq dovecot-imapd postfix chromium postgresql >/dev/null; }
 
 test: $(VENV)/.test peers  ## the suite, but for the slow runs
 	$(VENV)/bin/python -m pytest -q

@@ -47,8 +47,9 @@ from tests.dovecot import Dovecot
 from tests.dovecot import available as dovecot_available
 
 # tests/web.py: the web inbox on a free port; tests/browser.py: Chromium for its tests;
-# tests/tokens.py: an OAuth 2.0 token endpoint; pytester runs a test session of its own.
-pytest_plugins = ["tests.web", "tests.browser", "tests.tokens", "pytester"]
+# tests/tokens.py: an OAuth 2.0 token endpoint; tests/postgres.py: a PostgreSQL cluster;
+# pytester runs a test session of its own.
+pytest_plugins = ["tests.web", "tests.browser", "tests.tokens", "tests.postgres", "pytester"]
 
 # CI replays the same examples every run, so a landing never hangs on a new draw; local
 # runs keep exploring (and a failure they find is kept in .hypothesis/ and replayed).
