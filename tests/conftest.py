@@ -2,8 +2,9 @@
 
 The daemon runs in a thread with its own event loop, exactly as `gateway run`
 runs it, so tests drive it with the blocking `smtplib` and read the store with
-`sqlite3`. Waiting is by polling the store for a condition (drain), never by
-sleeping a fixed time.
+blocking queries (tests/store.py: each test runs on SQLite and on PostgreSQL).
+Waiting is by polling the store for a condition (drain), never by sleeping a
+fixed time.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import shutil
 import smtplib
 import socket
-import sqlite3
 import tempfile
 import threading
 import time
@@ -45,11 +45,18 @@ from gateway.store import queries
 from gateway.store.db import Database
 from tests.dovecot import Dovecot
 from tests.dovecot import available as dovecot_available
+from tests.store import StoreReader
 
 # tests/web.py: the web inbox on a free port; tests/browser.py: Chromium for its tests;
 # tests/tokens.py: an OAuth 2.0 token endpoint; tests/postgres.py: a PostgreSQL cluster;
 # pytester runs a test session of its own.
-pytest_plugins = ["tests.web", "tests.browser", "tests.tokens", "tests.postgres", "pytester"]
+pytest_plugins = [
+    "tests.web",
+    "tests.browser",
+    "tests.tokens",
+    "tests.postgres",
+    "pytester",
+]
 
 # CI replays the same examples every run, so a landing never hangs on a new draw; local
 # runs keep exploring (and a failure they find is kept in .hypothesis/ and replayed).
@@ -118,6 +125,41 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = 
         time.sleep(0.02)
 
 
+# A test asking for `make_settings` (the daemon, the command line, a store of its own) runs
+# on each store, unless marked `sqlite_only` with why (SQLite's own faults and plans). Its
+# PostgreSQL runs are marked `postgresql`, to be run alone with `-m postgresql`.
+STORES = ("sqlite", "postgresql")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "sqlite_only(why): runs on the SQLite store alone")
+    config.addinivalue_line("markers", "postgresql: a run on the PostgreSQL store")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "make_settings" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("sqlite_only") is not None:
+        return
+    marks = {"postgresql": pytest.mark.postgresql}
+    metafunc.parametrize(
+        "store",
+        [pytest.param(kind, id=kind, marks=marks.get(kind, ())) for kind in STORES],
+        indirect=True,
+    )
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest) -> str:
+    """The database a test's configuration names: "" for the SQLite file beside it, else
+    a fresh PostgreSQL database's URL."""
+    kind = getattr(request, "param", "sqlite")
+    if kind == "sqlite":
+        return ""
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
     """In-process `gateway` commands configure logging onto a captured stderr; undo it."""
@@ -128,11 +170,14 @@ def _fresh_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path) -> Callable[..., Settings]:
-    """Write a configuration file from BASE with top-level keys replaced, and load it."""
+def make_settings(tmp_path: Path, store: str) -> Callable[..., Settings]:
+    """Write a configuration file from BASE with top-level keys replaced, and load it; its
+    database is the test's `store` (tests/store.py)."""
 
     def make(**sections: Any) -> Settings:
         data = deepcopy(BASE)
+        if store:
+            data["gateway"] = {**data["gateway"], "database": store}
         data.update(sections)
         path = tmp_path / "gateway.toml"
         path.write_text(tomli_w.dumps(data))
@@ -147,6 +192,7 @@ class RunningDaemon:
     thread: threading.Thread
     settings: Settings
     errors: list[BaseException] = field(default_factory=list)
+    reader: StoreReader | None = None
 
     @property
     def port(self) -> int:
@@ -170,10 +216,10 @@ class RunningDaemon:
         with smtplib.SMTP("127.0.0.1", self.port, timeout=30) as client:
             return client.sendmail(sender, recipients, raw)
 
-    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-        with sqlite3.connect(self.settings.gateway.database, timeout=10) as conn:
-            conn.row_factory = sqlite3.Row
-            return list(conn.execute(sql, args))
+    def query(self, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+        if self.reader is None:
+            self.reader = StoreReader(self.settings.gateway.database)
+        return self.reader.query(sql, args)
 
     def drain(self, timeout: float = 15.0) -> None:
         """Wait until intake has taken every message and no alert is due now."""
@@ -187,10 +233,10 @@ class RunningDaemon:
 
         wait_until(idle, timeout, "intake and the outbox to drain")
 
-    def conversations(self) -> list[sqlite3.Row]:
+    def conversations(self) -> list[Any]:
         return self.query("SELECT * FROM conversations ORDER BY id")
 
-    def events(self, conversation_id: int, kind: str | None = None) -> list[sqlite3.Row]:
+    def events(self, conversation_id: int, kind: str | None = None) -> list[Any]:
         sql = "SELECT * FROM events WHERE conversation_id = ?"
         args: tuple[Any, ...] = (conversation_id,)
         if kind is not None:
@@ -229,6 +275,8 @@ def start_daemon() -> Iterator[Callable[..., RunningDaemon]]:
     for handle in running:
         if handle.thread.is_alive():
             handle.stop()
+        if handle.reader is not None:
+            handle.reader.close()
 
 
 @pytest.fixture
