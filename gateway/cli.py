@@ -19,7 +19,7 @@ import aiosmtplib
 from gateway import actions, config, logs, views
 from gateway.clock import stamp, utcnow
 from gateway.config import ImapSection, NotifySection, Settings
-from gateway.errors import ConfigError, GatewayError, Refused
+from gateway.errors import ConfigError, GatewayError, Refused, StoreNotReady
 from gateway.imapsession import MailboxError, open_mailbox
 from gateway.ingress import users
 from gateway.ingress.accept import Accept
@@ -27,7 +27,7 @@ from gateway.intake.worker import rerun
 from gateway.model import STATUSES, RawMail
 from gateway.notify.transports import smarthost_client
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, shown
 from gateway.wording import describe, printable, waited, when
 
 T = TypeVar("T")
@@ -113,7 +113,7 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     target = s.notify.file_dir if s.notify.backend == "file" else s.notify.smtp_host
     notify = f"{s.notify.backend} → {target}" if s.notify.enabled else "off"
     print(f"configuration is valid: {args.config_path}")
-    print(f"  database:    {s.gateway.database}")
+    print(f"  database:    {shown(s.gateway.database)}")
     print(f"  smtp listen: {', '.join(s.smtp.listen)} (max {s.smtp.max_message_size} bytes)")
     print(f"  inboxes:     {', '.join(i.address for i in s.inboxes) or 'none'}")
     print(f"  agents:      {', '.join(a.id for a in s.agents) or 'none'}")
@@ -340,16 +340,18 @@ def cmd_route(settings: Settings, args: argparse.Namespace) -> int:
         raise Refused(f"Cannot read {args.file}: {error.strerror or error}.") from None
 
     sender = _envelope_sender(args.sender)
-    stored = Path(settings.gateway.database).exists()
 
     async def explain() -> dict[str, Any]:
-        if not stored:
+        try:
+            db = await Database.open(settings.gateway.database, create=False, readonly=True)
+        except StoreNotReady:
+            db = None
+        if db is None:
             print(
                 "(no database yet: rotations start from the top, no thread to join)",
                 file=sys.stderr,
             )
             return await views.explain_route(None, settings, raw, args.to, sender)
-        db = await Database.open(settings.gateway.database, readonly=True)
         try:
             return await views.explain_route(db, settings, raw, args.to, sender)
         finally:

@@ -95,8 +95,21 @@ _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 class GatewaySection(BaseModel):
     model_config = _STRICT
+    # A SQLite file's path (the embedded default), or a postgresql:// URL: several
+    # daemons sharing one PostgreSQL database (DESIGN §15).
     database: str = "gateway.db"
     hostname: str = "localhost"
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        if "://" in value and not value.startswith(("postgresql://", "postgres://")):
+            scheme = value.split("://", 1)[0]
+            raise ValueError(
+                f"a {scheme}:// database is not one this gateway knows: give a SQLite file's"
+                " path, or a postgresql:// URL"
+            )
+        return value
 
 
 class SmtpSection(BaseModel):

@@ -22,6 +22,10 @@ class StoreUnavailable(GatewayError):
     """The store could not commit: SMTP answers 451, ingest exits 75; the sender retries."""
 
 
+class StoreNotReady(StoreUnavailable):
+    """The store has not been prepared (migrated) by a `gateway run` yet."""
+
+
 class Refused(GatewayError):
     """A person's action that cannot be done (unknown conversation, agent...): exit 1."""
 

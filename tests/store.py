@@ -59,4 +59,3 @@ class StoreReader:
         self._thread.join(10)
         self._loop.close()
         self._loop = None
-

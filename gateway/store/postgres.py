@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from gateway.errors import StatementFailed, StoreUnavailable
+from gateway.errors import StatementFailed, StoreNotReady, StoreUnavailable
 from gateway.store import db
 from gateway.store.db import Record, migrations
 
@@ -38,8 +38,9 @@ CONNECT_TIMEOUT = 10.0
 # SQLSTATE classes that are the store's trouble, not a statement's data: connection
 # (08), resources (53), operator intervention such as a shutdown (57), the server's
 # own failure (58, XX), a transaction rolled back by a deadlock or serialization (40),
-# a lock not available (55).
-_STORE_TROUBLE = {"08", "53", "57", "58", "XX", "40", "55"}
+# a lock not available (55); and a read-only transaction (25006): a standby's answer,
+# after a failover, until the new primary is reached.
+_STORE_TROUBLE = {"08", "53", "57", "58", "XX", "40", "55", "25006"}
 
 if TYPE_CHECKING:  # generic in the stubs only
     Pooled: TypeAlias = PoolConnectionProxy[asyncpg.Record]
@@ -57,7 +58,7 @@ MIGRATION_LOCK = _key("migrations")
 
 
 @functools.lru_cache(maxsize=1024)
-def _numbered(sql: str) -> str:
+def numbered(sql: str) -> str:
     """`sql` with its `?` marks numbered as PostgreSQL's $1, $2…; none inside a quoted
     literal is a mark."""
     out: list[str] = []
@@ -76,7 +77,8 @@ def _numbered(sql: str) -> str:
 
 def _trouble(error: BaseException) -> bool:
     if isinstance(error, asyncpg.PostgresError):
-        return str(error.sqlstate or "XX")[:2] in _STORE_TROUBLE
+        state = str(error.sqlstate or "XX")
+        return state[:2] in _STORE_TROUBLE or state in _STORE_TROUBLE
     if isinstance(error, asyncpg.DataError):  # a value the driver could not send
         return False
     return isinstance(error, OSError | asyncpg.InterfaceError | asyncio.TimeoutError)
@@ -106,16 +108,16 @@ class PostgresTx(db.Tx):
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Record | None:
         with _classified():
-            row: Record | None = await self._conn.fetchrow(_numbered(sql), *args)
+            row: Record | None = await self._conn.fetchrow(numbered(sql), *args)
             return row
 
     async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Record]:
         with _classified():
-            return list(await self._conn.fetch(_numbered(sql), *args))
+            return list(await self._conn.fetch(numbered(sql), *args))
 
     async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
         with _classified():
-            status: str = await self._conn.execute(_numbered(sql), *args)
+            status: str = await self._conn.execute(numbered(sql), *args)
         # "UPDATE 3", "INSERT 0 1", "DELETE 0": the count is the last word, if any
         last = status.rsplit(" ", 1)[-1]
         return int(last) if last.isdigit() else 0
@@ -124,7 +126,7 @@ class PostgresTx(db.Tx):
         rows = list(rows)
         if rows:
             with _classified():
-                await self._conn.executemany(_numbered(sql), rows)
+                await self._conn.executemany(numbered(sql), rows)
 
     def clock(self, *, later: bool = False) -> str:
         offset = " + CAST(? AS DOUBLE PRECISION) * interval '1 second'" if later else ""
@@ -346,25 +348,34 @@ class AdvisorySole:
 
 
 async def _migrate(conn: Pooled) -> None:
-    """Every migration not applied yet, in one transaction, one process at a time."""
+    """Every migration not applied yet, in one transaction, one process at a time; nothing
+    written when there is none (a read-only standby still opens)."""
+    latest = migrations("postgresql")[-1][0]
     with _classified("cannot prepare the database"):
+        if await _version(conn) >= latest:
+            return
         async with conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
             await conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER)")
-            current = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
+            current = await _version(conn)
             for version, script in migrations("postgresql"):
                 if version > current:
                     await conn.execute(script)
                     await conn.execute("INSERT INTO schema_version VALUES ($1)", version)
 
 
+async def _version(conn: Pooled) -> int:
+    if not await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL"):
+        return 0
+    return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
+
+
 async def _check_version(conn: Pooled, shown: str) -> None:
     latest = migrations("postgresql")[-1][0]
     with _classified(f"{shown}: cannot read the database"):
-        has = await conn.fetchval("SELECT to_regclass('schema_version') IS NOT NULL")
-        current = await conn.fetchval("SELECT max(version) FROM schema_version") if has else 0
-    if (current or 0) < latest:
-        raise StoreUnavailable(
-            f"{shown}: the database is not ready (schema {current or 0}, this gateway"
+        current = await _version(conn)
+    if current < latest:
+        raise StoreNotReady(
+            f"{shown}: the database is not ready (schema {current}, this gateway"
             f" needs {latest}); start `gateway run` once to prepare it"
         )

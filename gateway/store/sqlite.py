@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 
 import aiosqlite
 
-from gateway.errors import StatementFailed, StoreUnavailable
+from gateway.errors import StatementFailed, StoreNotReady, StoreUnavailable
 from gateway.store import db
 from gateway.store.db import Record, file_mode, migrations
 
@@ -156,7 +156,7 @@ class SqliteDatabase(db.Database):
             if not os.access(path, os.F_OK):
                 os.close(_open(path, flags))
         except FileNotFoundError:
-            raise StoreUnavailable(
+            raise StoreNotReady(
                 f"{path}: no database here (has `gateway run` started yet?)"
             ) from None
         except OSError as error:
@@ -361,7 +361,7 @@ async def _check_version(conn: aiosqlite.Connection, path: str) -> None:
         row = await cursor.fetchone()
     latest = migrations("sqlite")[-1][0]
     if row is None or row[0] < latest:
-        raise StoreUnavailable(
+        raise StoreNotReady(
             f"{path}: the database is not ready (schema {row[0] if row else 0}, this gateway"
             f" needs {latest}); start `gateway run` once to prepare it"
         )

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from email.policy import SMTP
 from pathlib import Path
 
@@ -14,6 +15,8 @@ import pytest
 
 from gateway.config import Settings
 from tests.conftest import RunningDaemon, mail
+from tests.postgres import Postgres
+from tests.store import StoreReader
 
 pytestmark = pytest.mark.integration
 
@@ -123,11 +126,32 @@ def test_ingest_to_an_unknown_address_exits_67_addressee_unknown(config: Path) -
     assert b"nobody@example.com: no inbox address or alias here." in done.stderr
 
 
-def test_ingest_exits_75_when_the_store_is_unwritable_and_writes_nothing(config: Path) -> None:
-    assert ingest(config, "first") == 0
-    files = [p for p in config.parent.glob("gateway.db*")]
-    subprocess.run(["chattr", "+i", *map(str, files)], check=True)
+@contextlib.contextmanager
+def unwritable(config: Path, store: str, request: pytest.FixtureRequest) -> Iterator[None]:
+    """The store refuses writes: the SQLite file immutable, or the PostgreSQL database read
+    only (as a standby is, after a failover) for the sessions that begin meanwhile."""
+    if not store:
+        files = [str(p) for p in config.parent.glob("gateway.db*")]
+        subprocess.run(["chattr", "+i", *files], check=True)
+        try:
+            yield
+        finally:
+            subprocess.run(["chattr", "-i", *files], check=True)
+        return
+    cluster: Postgres = request.getfixturevalue("postgres")
+    name = store.rsplit("/", 1)[1]
+    cluster.psql(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
     try:
+        yield
+    finally:
+        cluster.psql(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+
+
+def test_ingest_exits_75_when_the_store_is_unwritable_and_writes_nothing(
+    config: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    assert ingest(config, "first") == 0
+    with unwritable(config, store, request):
         done = run(
             config,
             "ingest",
@@ -135,14 +159,13 @@ def test_ingest_exits_75_when_the_store_is_unwritable_and_writes_nothing(config:
             "support@example.com",
             stdin=mail("second").as_bytes(policy=SMTP),
         )
-    finally:
-        subprocess.run(["chattr", "-i", *map(str, files)], check=True)
     assert done.returncode == 75
     assert b"not stored" in done.stderr and b"Traceback" not in done.stderr
-    import sqlite3
-
-    with sqlite3.connect(config.parent / "gateway.db") as conn:
-        assert conn.execute("SELECT count(*) FROM messages").fetchone()[0] == 1
+    reader = StoreReader(store or str(config.parent / "gateway.db"))
+    try:
+        assert reader.query("SELECT count(*) FROM messages")[0][0] == 1
+    finally:
+        reader.close()
 
 
 def store_fingerprint(folder: Path) -> str:
