@@ -143,14 +143,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     marks = {"postgresql": pytest.mark.postgresql}
     metafunc.parametrize(
-        "store",
+        "store_url",
         [pytest.param(kind, id=kind, marks=marks.get(kind, ())) for kind in STORES],
         indirect=True,
     )
 
 
 @pytest.fixture
-def store(request: pytest.FixtureRequest) -> str:
+def store_url(request: pytest.FixtureRequest) -> str:
     """The database a test's configuration names: "" for the SQLite file beside it, else
     a fresh PostgreSQL database's URL."""
     kind = getattr(request, "param", "sqlite")
@@ -170,20 +170,31 @@ def _fresh_logging() -> Iterator[None]:
 
 
 @pytest.fixture
-def make_settings(tmp_path: Path, store: str) -> Callable[..., Settings]:
+def make_settings(tmp_path: Path, store_url: str) -> Callable[..., Settings]:
     """Write a configuration file from BASE with top-level keys replaced, and load it; its
-    database is the test's `store` (tests/store.py)."""
+    database is the test's `store_url`."""
 
     def make(**sections: Any) -> Settings:
         data = deepcopy(BASE)
-        if store:
-            data["gateway"] = {**data["gateway"], "database": store}
+        if store_url:
+            data["gateway"] = {**data["gateway"], "database": store_url}
         data.update(sections)
         path = tmp_path / "gateway.toml"
         path.write_text(tomli_w.dumps(data))
-        return config.load(path)
+        settings = config.load(path)
+        _CONFIG_FILES[settings.gateway.database] = path
+        return settings
 
     return make
+
+
+# Each configuration make_settings wrote, by its database (a test's own, whichever store).
+_CONFIG_FILES: dict[str, Path] = {}
+
+
+def config_file(settings: Settings) -> Path:
+    """The file `settings` were loaded from, for the `gateway` commands a test runs."""
+    return _CONFIG_FILES[settings.gateway.database]
 
 
 @dataclass

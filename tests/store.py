@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import asyncpg
 
 from gateway.store.db import is_postgres
-from gateway.store.postgres import numbered
+from gateway.store.postgres import WRITE_LOCK, numbered
 
 
 class StoreReader:
@@ -59,3 +61,25 @@ class StoreReader:
         self._thread.join(10)
         self._loop.close()
         self._loop = None
+
+
+@contextmanager
+def write_lock_held(database: str) -> Iterator[None]:
+    """Another process holds the store's write lock meanwhile: SQLite's, or the advisory
+    lock every PostgreSQL writer takes."""
+    if not is_postgres(database):
+        blocker = sqlite3.connect(database, timeout=1)
+        blocker.execute("PRAGMA busy_timeout = 0")
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            blocker.rollback()
+            blocker.close()
+        return
+    holder = StoreReader(database)
+    holder.query("SELECT pg_advisory_lock(?)", (WRITE_LOCK,))
+    try:
+        yield
+    finally:
+        holder.close()  # its session ends, and the lock with it

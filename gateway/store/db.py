@@ -22,6 +22,11 @@ from importlib import resources
 from typing import Any, Protocol
 
 
+# How long a writer waits for another's lock before the store is called unavailable
+# (SMTP 451, ingest 75, a loop's retry): SQLite's busy timeout, PostgreSQL's lock_timeout.
+LOCK_WAIT_MS = 10_000
+
+
 class Record(Protocol):
     """A row as a driver gives it, by column name or position: only queries.py reads one."""
 

@@ -201,6 +201,7 @@ class PostgresDatabase(db.Database):
                 await began.start()
             try:
                 with _classified():
+                    await conn.execute(f"SET LOCAL lock_timeout = {int(db.LOCK_WAIT_MS)}")
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
                 yield PostgresTx(conn)
             except BaseException:

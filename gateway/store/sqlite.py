@@ -28,8 +28,6 @@ from gateway.store.db import Record, file_mode, migrations
 
 T = TypeVar("T")
 
-BUSY_TIMEOUT_MS = 10_000
-
 
 # SQLite's primary result codes that say the store is in trouble (locked, busy, full,
 # read-only, failing I/O, corrupt), not the statement: retried later, never blamed on mail.
@@ -171,7 +169,7 @@ class SqliteDatabase(db.Database):
         except (OSError, sqlite3.Error) as error:
             raise StoreUnavailable(f"{path}: cannot open the database: {error}") from None
         try:
-            await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            await conn.execute(f"PRAGMA busy_timeout = {db.LOCK_WAIT_MS}")
             if readonly:
                 await _check_version(conn, path)
             else:

@@ -148,10 +148,10 @@ def unwritable(config: Path, store: str, request: pytest.FixtureRequest) -> Iter
 
 
 def test_ingest_exits_75_when_the_store_is_unwritable_and_writes_nothing(
-    config: Path, store: str, request: pytest.FixtureRequest
+    config: Path, store_url: str, request: pytest.FixtureRequest
 ) -> None:
     assert ingest(config, "first") == 0
-    with unwritable(config, store, request):
+    with unwritable(config, store_url, request):
         done = run(
             config,
             "ingest",
@@ -161,7 +161,7 @@ def test_ingest_exits_75_when_the_store_is_unwritable_and_writes_nothing(
         )
     assert done.returncode == 75
     assert b"not stored" in done.stderr and b"Traceback" not in done.stderr
-    reader = StoreReader(store or str(config.parent / "gateway.db"))
+    reader = StoreReader(store_url or str(config.parent / "gateway.db"))
     try:
         assert reader.query("SELECT count(*) FROM messages")[0][0] == 1
     finally:

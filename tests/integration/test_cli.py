@@ -17,7 +17,15 @@ from gateway.cli import main as gateway
 from gateway.config import Settings
 from gateway.store import queries
 from gateway.store.db import Database
-from tests.conftest import RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
+from tests.conftest import (
+    RunningDaemon,
+    Sink,
+    config_file,
+    free_port,
+    mail,
+    smtp_notify,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -45,7 +53,7 @@ RULES = [
 
 
 def run(running: RunningDaemon, *args: str) -> int:
-    config = str(Path(running.settings.gateway.database).with_name("gateway.toml"))
+    config = str(config_file(running.settings))
     return gateway([*args, "--config", config])
 
 
@@ -164,7 +172,7 @@ def long_queue(make_settings: Callable[..., Settings]) -> Path:
             await db.close()
 
     asyncio.run(fill())
-    return Path(settings.gateway.database).with_name("gateway.toml")
+    return config_file(settings)
 
 
 MORE_WAITING = "More conversations are waiting; showing the first {} (oldest first)."
@@ -498,7 +506,7 @@ def test_missing_database_is_one_line_and_exit_1(
 def test_config_option_goes_before_or_after_the_command(
     daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = str(Path(daemon.settings.gateway.database).with_name("gateway.toml"))
+    config = str(config_file(daemon.settings))
     assert gateway(["--config", config, "conversations"]) == 0
     assert gateway(["conversations", "--config", config]) == 0
 

@@ -7,7 +7,6 @@ speak LMTP over a plain socket, as an MTA's LMTP client does.
 from __future__ import annotations
 
 import socket
-import sqlite3
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 
 from gateway.config import Settings
 from tests.conftest import RunningDaemon, free_port, mail
+from tests.store import write_lock_held
 
 pytestmark = pytest.mark.integration
 
@@ -139,24 +139,18 @@ def test_helo_and_ehlo_are_not_lmtp(lmtp_daemon: RunningDaemon) -> None:
 @pytest.fixture
 def short_busy_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
     """Set before the daemon opens its store: a held lock fails a commit in 0.3 s."""
-    monkeypatch.setattr("gateway.store.db.BUSY_TIMEOUT_MS", 300)
+    monkeypatch.setattr("gateway.store.db.LOCK_WAIT_MS", 300)
 
 
 def test_a_store_failure_defers_each_recipient(
     short_busy_timeout: None, lmtp_daemon: RunningDaemon
 ) -> None:
-    blocker = sqlite3.connect(lmtp_daemon.settings.gateway.database, timeout=1)
-    blocker.execute("PRAGMA busy_timeout = 0")
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
+    with write_lock_held(lmtp_daemon.settings.gateway.database):
         answers = deliver(
             lmtp_daemon.daemon.lmtp_bound[0],
             ["support@example.com", "sales@example.com"],
             mail("Held").as_bytes(),
         )
-    finally:
-        blocker.rollback()
-        blocker.close()
     assert [a[:3] for a in answers] == ["451", "451"]
     assert lmtp_daemon.query("SELECT count(*) FROM messages")[0][0] == 0
 

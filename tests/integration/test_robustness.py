@@ -9,7 +9,7 @@ import pytest
 
 from gateway.cli import main as gateway
 from gateway.model import Decision
-from tests.conftest import RunningDaemon, mail, wait_until
+from tests.conftest import RunningDaemon, config_file, mail, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ MALFORMED = sorted((Path(__file__).parent.parent / "data" / "malformed").glob("*
 
 
 def config_of(running: RunningDaemon) -> str:
-    return str(Path(running.settings.gateway.database).with_name("gateway.toml"))
+    return str(config_file(running.settings))
 
 
 @pytest.mark.parametrize("sample", MALFORMED, ids=[p.stem for p in MALFORMED])

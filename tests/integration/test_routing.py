@@ -9,7 +9,7 @@ import pytest
 
 from gateway.cli import main as gateway
 from gateway.config import Settings
-from tests.conftest import RunningDaemon, mail
+from tests.conftest import RunningDaemon, config_file, mail
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def only_conversation(running: RunningDaemon) -> dict[str, object]:
 
 
 def status(running: RunningDaemon, agent: str, value: str) -> None:
-    config = str(running.settings.gateway.database).replace("gateway.db", "gateway.toml")
+    config = str(config_file(running.settings))
     assert gateway(["status", agent, value, "--config", config]) == 0
 
 

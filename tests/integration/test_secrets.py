@@ -23,6 +23,7 @@ def mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
 
 
+@pytest.mark.sqlite_only("the modes of the SQLite file and its WAL")
 def test_the_database_and_alert_files_are_readable_by_the_gateway_alone(
     daemon: RunningDaemon,
 ) -> None:
@@ -83,6 +84,7 @@ def test_a_failed_smarthost_login_logs_no_password(
     assert SECRET not in repr([dict(row) for row in running.query("SELECT * FROM outbox")])
 
 
+@pytest.mark.sqlite_only("the modes of the SQLite file made in the shared folder")
 def test_state_in_a_folder_shared_with_a_group_is_shared_with_it(
     make_settings: Callable[..., Settings],
     start_daemon: Callable[..., RunningDaemon],

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import smtplib
 import socket
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.policy import SMTP
@@ -18,6 +17,7 @@ from structlog.testing import capture_logs
 from gateway.config import Settings
 from gateway.ingress.smtp import Relay
 from tests.conftest import RunningDaemon, mail, wait_until
+from tests.store import write_lock_held
 
 pytestmark = pytest.mark.integration
 
@@ -120,19 +120,13 @@ def test_store_failure_answers_451_and_the_sender_can_retry(
     start_daemon: Callable[..., RunningDaemon],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("gateway.store.db.BUSY_TIMEOUT_MS", 300)
+    monkeypatch.setattr("gateway.store.db.LOCK_WAIT_MS", 300)
     daemon = start_daemon(make_settings())
-    # Another process holds the write lock longer than the busy timeout allows.
-    blocker = sqlite3.connect(daemon.settings.gateway.database, timeout=1)
-    blocker.execute("PRAGMA busy_timeout = 0")
-    blocker.execute("BEGIN EXCLUSIVE")
-    try:
+    # Another process holds the write lock longer than the store waits for it.
+    with write_lock_held(daemon.settings.gateway.database):
         with pytest.raises(smtplib.SMTPDataError) as refused:
             daemon.send(mail("held up"))
         assert refused.value.smtp_code == 451
-    finally:
-        blocker.rollback()
-        blocker.close()
     assert daemon.query("SELECT count(*) FROM messages")[0][0] == 0
     assert daemon.send(mail("held up")) == {}
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.config import Settings
-from tests.conftest import RunningDaemon, mail
+from tests.conftest import RunningDaemon, config_file, mail
 
 pytestmark = pytest.mark.integration
 
@@ -86,10 +86,7 @@ def test_subject_fallback_off_with_zero_days(
 
 def test_reply_to_a_closed_conversation_reopens_it(daemon: RunningDaemon) -> None:
     original, assignee = first_message(daemon)
-    import sqlite3
-
-    with sqlite3.connect(daemon.settings.gateway.database) as conn:
-        conn.execute("UPDATE conversations SET status = 'closed'")
+    daemon.query("UPDATE conversations SET status = 'closed'")
     daemon.send(mail("Re: Printer jams", In_Reply_To=original))
     daemon.drain()
     [conversation] = daemon.conversations()
@@ -99,10 +96,7 @@ def test_reply_to_a_closed_conversation_reopens_it(daemon: RunningDaemon) -> Non
 
 def test_an_auto_reply_or_an_agents_copy_does_not_reopen(daemon: RunningDaemon) -> None:
     original, _ = first_message(daemon)
-    import sqlite3
-
-    with sqlite3.connect(daemon.settings.gateway.database) as conn:
-        conn.execute("UPDATE conversations SET status = 'closed'")
+    daemon.query("UPDATE conversations SET status = 'closed'")
     daemon.send(mail("Re: Printer jams", In_Reply_To=original, Auto_Submitted="auto-replied"))
     daemon.send(mail("Re: Printer jams", sender="alice@agents.test", In_Reply_To=original))
     daemon.drain()
@@ -124,17 +118,14 @@ def test_mail_without_a_sender_joins_but_neither_reopens_nor_alerts(
     """Nobody to answer (no From, no envelope sender, as a pipe may deliver): like an
     auto-reply it is kept with its conversation, and it wakes nobody."""
     original, _ = first_message(daemon)
-    import sqlite3
     import subprocess
     import sys
     from email.policy import SMTP
-    from pathlib import Path
 
-    with sqlite3.connect(daemon.settings.gateway.database) as conn:
-        conn.execute("UPDATE conversations SET status = 'closed'")
+    daemon.query("UPDATE conversations SET status = 'closed'")
     nobody = mail("Re: Printer jams", In_Reply_To=original)
     del nobody["From"]
-    config = Path(daemon.settings.gateway.database).with_name("gateway.toml")
+    config = config_file(daemon.settings)
     command = ["ingest", "--to", "support@example.com", "--config", str(config)]
     piped = subprocess.run(
         [sys.executable, "-m", "gateway", *command], input=nobody.as_bytes(policy=SMTP)

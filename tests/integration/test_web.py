@@ -23,7 +23,15 @@ from yarl import URL
 
 from gateway.config import Settings
 from gateway.web.access import COOKIE, SECURE_COOKIE
-from tests.conftest import RunningDaemon, Sink, free_port, mail, smtp_notify, wait_until
+from tests.conftest import (
+    RunningDaemon,
+    Sink,
+    config_file,
+    free_port,
+    mail,
+    smtp_notify,
+    wait_until,
+)
 from tests.web import AGENTS, PASSWORDS, Client, WebDesk, set_passwords
 
 pytestmark = pytest.mark.integration
@@ -46,7 +54,7 @@ def arrive(desk: WebDesk, *subjects: str) -> None:
 
 
 def config_of(settings: Settings) -> Path:
-    return Path(settings.gateway.database).with_name("gateway.toml")
+    return config_file(settings)
 
 
 async def gateway(
