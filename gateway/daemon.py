@@ -142,7 +142,7 @@ class Daemon:
                 await _take(sole, db.shown)
             async with db.transaction() as conn:
                 secret = await alertmark.load_secret(conn)
-            accept = Accept(db, clock=self._clock)
+            accept = Accept(db, clock=self._clock, intake_here=True)
             outbox = Outbox(
                 db,
                 self.settings,
@@ -161,6 +161,10 @@ class Daemon:
                 parse=parser,
             )
             accept.on_stored = intake.wake
+            # Other processes' work: mail a `gateway ingest` or a dead daemon left, outbox
+            # rows any process queued (their claims are shared out: SKIP LOCKED, leases).
+            intake.listen(db, frozenset({"message"}))
+            outbox.listen(db, frozenset({"outbox"}))
             relay = Relay(self.settings, accept)
             smtp = SmtpServer(self.settings, relay)
             handover = LmtpRelay(self.settings, accept)

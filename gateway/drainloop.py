@@ -14,10 +14,14 @@ from collections.abc import Callable
 import structlog
 
 from gateway.errors import StoreUnavailable
+from gateway.store.db import Database
 
 log = structlog.get_logger("gateway.loop")
 
 POLL_SECONDS = 1.0  # also picks up what other processes queued (`gateway` commands)
+# Where the store tells of other processes' commits (PostgreSQL), a loop is woken by them
+# and looks on its own only this often: for what a process that died left behind.
+SWEEP_SECONDS = 10.0
 RETRY_SECONDS = 2.0
 # While accept is busy (a burst), a loop rests this many times as long as it worked:
 # accept first, like a mail server's queue, and the loop still never stops.
@@ -31,6 +35,13 @@ class DrainLoop:
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._accept_busy = accept_busy
+        self.poll = POLL_SECONDS  # how long to sleep when nothing more is due, unless woken
+
+    def listen(self, db: Database, kinds: frozenset[str]) -> None:
+        """Be woken by any process's commit that changed one of `kinds`, where the store
+        tells of them; then sleep up to SWEEP_SECONDS, not POLL_SECONDS, between looks."""
+        if db.subscribe(lambda told: self.wake() if told & kinds else None):
+            self.poll = SWEEP_SECONDS
 
     @property
     def accept_busy(self) -> bool:
@@ -59,7 +70,7 @@ class DrainLoop:
 
     async def idle_seconds(self) -> float:
         """How long to sleep when nothing more is due, unless woken."""
-        return POLL_SECONDS
+        return self.poll
 
     async def run(self) -> None:
         while not self._stopping:

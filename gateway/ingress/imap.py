@@ -28,6 +28,7 @@ import structlog
 from gateway.alerts import queue_keywords
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import ImapSection, Inbox
+from gateway.errors import StoreUnavailable
 from gateway.imapsession import (
     Interrupted,
     MailboxError,
@@ -40,7 +41,7 @@ from gateway.imapsession import (
 from gateway.ingress.accept import Accept, Also
 from gateway.model import RawMail
 from gateway.store import queries
-from gateway.store.db import Database, Tx
+from gateway.store.db import Database, Sole, Tx
 
 log = structlog.get_logger("gateway.imap")
 T = TypeVar("T")
@@ -55,6 +56,9 @@ IDLE_RENEW_SECONDS = 25 * 60  # servers may drop an IDLE after 30 minutes (RFC 2
 TIMEOUT_SECONDS = 30.0
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 300.0
+# How often a process without a mailbox's lease tries to take it, and the holder checks it
+# still holds it: a dead holder's mailbox is taken over within this.
+LEASE_SECONDS = 5.0
 
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
@@ -80,18 +84,63 @@ class MailboxPoller:
         self._max_size = max_size  # smtp.max_message_size: larger mail is taken by its header
         self._clock = clock
         self._jitter = jitter
-        self._stop = asyncio.Event()
+        self._stop = asyncio.Event()  # the daemon stops
+        self._halt = asyncio.Event()  # polling stops: the daemon stops, or the lease is lost
         self.name = name(inbox.imap)
         self._log = log.bind(mailbox=self.name)  # every line names the mailbox it is about
 
     def stop(self) -> None:
         self._stop.set()
+        self._halt.set()
 
     async def run(self) -> None:
+        """Poll the mailbox. Daemons sharing a store (PostgreSQL) poll each mailbox from one
+        process at a time: the one holding its lease; the others wait to take it over."""
+        if not self._db.shared:
+            return await self._poll()
+        lease = self._db.sole(f"imap {self.name}")
+        waiting = False
+        try:
+            while not self._stop.is_set():
+                try:
+                    taken = await lease.take()
+                except StoreUnavailable as error:
+                    self._log.warning("imap.lease_unavailable", error=str(error))
+                    taken = False
+                if not taken:
+                    if not waiting:
+                        self._log.info("imap.held_elsewhere", retry_every=LEASE_SECONDS)
+                    waiting = True
+                    await self._sleep(LEASE_SECONDS, self._stop)
+                    continue
+                waiting = False
+                self._log.info("imap.lease_taken")
+                self._halt = asyncio.Event()
+                if self._stop.is_set():  # stopped while the lease was taken
+                    self._halt.set()
+                keeper = asyncio.create_task(self._keep(lease))
+                try:
+                    await self._poll()
+                finally:
+                    keeper.cancel()
+                    await lease.release()
+        finally:
+            await lease.release()
+
+    async def _keep(self, lease: Sole) -> None:
+        """Look every LEASE_SECONDS that the lease is still this process's; when it is not
+        (its link to the store was lost, and another may hold it now), stop polling."""
+        while not self._halt.is_set():
+            await self._sleep(LEASE_SECONDS, self._halt)
+            if not self._halt.is_set() and not await lease.held():
+                self._log.warning("imap.lease_lost", action="polling stops; taken again later")
+                self._halt.set()
+
+    async def _poll(self) -> None:
         """Connect, take new mail, wait for more; reconnect with backoff on any failure."""
         delay = FIRST_RETRY_SECONDS
         with structlog.contextvars.bound_contextvars(inbox=self._inbox):
-            while not self._stop.is_set():
+            while not self._halt.is_set():
                 try:
                     await self._until_stopped(self._session())
                     delay = FIRST_RETRY_SECONDS
@@ -116,14 +165,14 @@ class MailboxPoller:
         checkpoint moves only with its commit, so it is fetched again next time.
         """
         try:
-            await unless(session, self._stop, "stopping")
+            await unless(session, self._halt, "stopping")
         except Interrupted:
-            if not self._stop.is_set():
+            if not self._halt.is_set():
                 raise  # the link was lost inside the session: back off and reconnect
 
-    async def _sleep(self, seconds: float) -> None:
+    async def _sleep(self, seconds: float, until: asyncio.Event | None = None) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+            await asyncio.wait_for((until or self._halt).wait(), seconds)
 
     async def _session(self) -> None:
         async with open_mailbox(self._imap) as box:
@@ -136,7 +185,7 @@ class MailboxPoller:
                 mode="idle" if idle else "poll",
                 keywords=box.keywords,
             )
-            while not self._stop.is_set() and not box.lost.is_set():
+            while not self._halt.is_set() and not box.lost.is_set():
                 cursor = await self._take_new(box.client, cursor, box.lost)
                 if idle:
                     await self._idle(box.client, box.lost)
@@ -144,7 +193,7 @@ class MailboxPoller:
                     await self._sleep(self._imap.poll_interval)
                     if not box.lost.is_set():
                         await unless_lost(box.client.noop(), box.lost)
-            if box.lost.is_set() and not self._stop.is_set():
+            if box.lost.is_set() and not self._halt.is_set():
                 raise OSError("the connection was lost")
 
     async def _cursor(self, uidvalidity: int, uidnext: int) -> queries.Cursor:
@@ -292,14 +341,14 @@ class MailboxPoller:
             unless_lost(client.idle_start(timeout=IDLE_RENEW_SECONDS), lost), TIMEOUT_SECONDS
         )
         push = asyncio.ensure_future(client.wait_server_push(timeout=IDLE_RENEW_SECONDS + 60))
-        stop = asyncio.ensure_future(self._stop.wait())
+        stop = asyncio.ensure_future(self._halt.wait())
         gone = asyncio.ensure_future(lost.wait())
         try:
             await asyncio.wait({push, stop, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in (push, stop, gone):
                 task.cancel()
-        if lost.is_set() or self._stop.is_set():
+        if lost.is_set() or self._halt.is_set():
             return  # the session ends here; closing it ends the IDLE too
         client.idle_done()
         await asyncio.wait_for(idle, TIMEOUT_SECONDS)

@@ -26,7 +26,7 @@ import structlog
 from gateway import alertmark, alerts
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import Agent, Settings
-from gateway.drainloop import POLL_SECONDS, DrainLoop
+from gateway.drainloop import DrainLoop
 from gateway.errors import StoreUnavailable
 from gateway.notify.keywords import KeywordWriter, wanted
 from gateway.notify.render import Alert, AlertInput, render
@@ -210,7 +210,7 @@ class Outbox(DrainLoop):
     async def idle_seconds(self) -> float:
         async with self._db.reading() as conn:
             due = await queries.next_due(conn)
-        wait = POLL_SECONDS
+        wait = self.poll
         if due is not None:
             ahead = (datetime.fromisoformat(due) - self._clock()).total_seconds()
             wait = min(max(ahead, 0.0), wait)

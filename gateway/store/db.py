@@ -21,10 +21,14 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib import resources
 from typing import Any, Protocol
 
-
 # How long a writer waits for another's lock before the store is called unavailable
 # (SMTP 451, ingest 75, a loop's retry): SQLite's busy timeout, PostgreSQL's lock_timeout.
 LOCK_WAIT_MS = 10_000
+
+
+# What a commit tells the other processes it changed: new mail to route, outbox rows to
+# carry out, a conversation's events, an agent's availability.
+TOLD = frozenset({"message", "outbox", "event", "status"})
 
 
 class Record(Protocol):
@@ -51,6 +55,9 @@ class Tx(ABC):
         # What this transaction wrote that a person's action reports: ("event", id) and
         # ("outbox", id), in order (queries.add_event and queries.enqueue note them).
         self.written: list[tuple[str, int]] = []
+        # What it changed that the other processes are told of when it commits (where
+        # the store tells: `Database.subscribe`): of TOLD's kinds.
+        self.told: set[str] = set()
 
     @abstractmethod
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Record | None: ...
@@ -153,6 +160,12 @@ class Database(ABC):
     @abstractmethod
     def reading(self) -> AbstractAsyncContextManager[Tx]:
         """Reads that see one snapshot, however the daemons write meanwhile."""
+
+    def subscribe(self, wake: Callable[[frozenset[str]], None]) -> bool:
+        """Have `wake` called with the kinds (TOLD) each commit of any process changed, as
+        soon as it commits; whether this store tells (else its changes are found by
+        polling). A SQLite file tells nobody: only `gateway` commands share it."""
+        return False
 
     @abstractmethod
     def presence(self, job: str) -> Presence: ...

@@ -26,14 +26,21 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
+import structlog
 from asyncpg.pool import PoolConnectionProxy
 
 from gateway.errors import StatementFailed, StoreNotReady, StoreUnavailable
 from gateway.store import db
 from gateway.store.db import Record, migrations
 
+log = structlog.get_logger("gateway.store")
+
 POOL_SIZE = 8
 CONNECT_TIMEOUT = 10.0
+CHANNEL = "gateway"  # what commits NOTIFY, and every daemon LISTENs to
+# How often the listening connection is tried (a link that died quietly is found so), and
+# how long after losing it another is tried.
+LISTEN_CHECK_SECONDS = 10.0
 
 # SQLSTATE classes that are the store's trouble, not a statement's data: connection
 # (08), resources (53), operator intervention such as a shutdown (57), the server's
@@ -160,6 +167,7 @@ class PostgresDatabase(db.Database):
         # write lock, each holding a connection meanwhile.
         self._lock = asyncio.Lock()
         self._tracer = tracer
+        self._listener: _Listener | None = None
 
     @classmethod
     async def open(  # type: ignore[override]
@@ -203,7 +211,13 @@ class PostgresDatabase(db.Database):
                 with _classified():
                     await conn.execute(f"SET LOCAL lock_timeout = {int(db.LOCK_WAIT_MS)}")
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-                yield PostgresTx(conn)
+                tx = PostgresTx(conn)
+                yield tx
+                if tx.told:  # delivered by the server at the commit, and only if it commits
+                    with _classified():
+                        await conn.execute(
+                            "SELECT pg_notify($1, $2)", CHANNEL, ",".join(sorted(tx.told))
+                        )
             except BaseException:
                 with contextlib.suppress(*_DRIVER_ERRORS):
                     await began.rollback()
@@ -233,6 +247,12 @@ class PostgresDatabase(db.Database):
             with contextlib.suppress(*_DRIVER_ERRORS):
                 await self._pool.release(conn)
 
+    def subscribe(self, wake: Callable[[frozenset[str]], None]) -> bool:
+        if self._listener is None:
+            self._listener = _Listener(self.path)
+        self._listener.wakes.append(wake)
+        return True
+
     def presence(self, job: str) -> AdvisoryPresence:
         return AdvisoryPresence(self.path, job)
 
@@ -243,6 +263,8 @@ class PostgresDatabase(db.Database):
         self._tracer.to = statements
 
     async def close(self) -> None:
+        if self._listener is not None:
+            await self._listener.close()
         with contextlib.suppress(*_DRIVER_ERRORS):
             await self._pool.close()
 
@@ -266,6 +288,47 @@ async def _close(conn: asyncpg.Connection | None) -> None:
     if conn is not None:
         with contextlib.suppress(*_DRIVER_ERRORS):
             await conn.close(timeout=CONNECT_TIMEOUT)
+
+
+class _Listener:
+    """LISTENs on a connection of its own and wakes every subscriber with the kinds each
+    commit told. While it listens no NOTIFY is missed; one made while it was not (its
+    link lost, or not yet listening) is made up for by waking everyone with every kind."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self.wakes: list[Callable[[frozenset[str]], None]] = []
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await _own_connection(self._path)
+                with _classified():
+                    await conn.add_listener(CHANNEL, self._heard)
+                self._tell(db.TOLD)
+                while True:
+                    await asyncio.sleep(LISTEN_CHECK_SECONDS)
+                    with _classified():
+                        await conn.execute("SELECT 1")
+            except StoreUnavailable as error:
+                log.warning("store.listen_lost", error=str(error), retry_in=LISTEN_CHECK_SECONDS)
+            finally:
+                await _close(conn)
+            await asyncio.sleep(LISTEN_CHECK_SECONDS)
+
+    def _heard(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
+        self._tell(frozenset(str(payload).split(",")) & db.TOLD)
+
+    def _tell(self, kinds: frozenset[str]) -> None:
+        for wake in self.wakes:
+            wake(kinds)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
 
 
 class AdvisoryPresence:

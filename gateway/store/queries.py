@@ -85,6 +85,8 @@ async def insert_messages(
         params,
     )
     new = {(row["inbox"], row["dedup_key"]): int(row["id"]) for row in rows}
+    if new:
+        tx.told.add("message")
     # RETURNING's order is not promised; a key given twice belongs to its first mail.
     ids = [new.pop((mail.inbox, key), None) for mail, key in mails]
     stored = [(pk, mail.raw) for pk, (mail, _) in zip(ids, mails, strict=True) if pk is not None]
@@ -195,6 +197,8 @@ async def unshunt(tx: Tx, message_pk: int) -> bool:
     changed = await tx.run(
         "UPDATE messages SET state = 'pending' WHERE id = ? AND state = 'shunted'", (message_pk,)
     )
+    if changed:
+        tx.told.add("message")
     return changed == 1
 
 
@@ -595,6 +599,7 @@ async def add_event(
     )
     assert row is not None
     tx.written.append(("event", int(row["id"])))
+    tx.told.add("event")
     return int(row["id"])
 
 
@@ -674,6 +679,7 @@ async def note_assigned(tx: Tx, agent: str, at: str) -> None:
 
 
 async def set_agent_status(tx: Tx, agent: str, status: str, at: str) -> None:
+    tx.told.add("status")
     await tx.run(
         "INSERT INTO agent_status (agent, status, changed_at) VALUES (?, ?, ?)"
         " ON CONFLICT (agent) DO UPDATE SET status = excluded.status,"
@@ -835,6 +841,7 @@ async def enqueue(
     )
     if row is not None:
         tx.written.append(("outbox", int(row["id"])))
+        tx.told.add("outbox")
 
 
 async def count_sender_alert(tx: Tx, sender: str, at: str, since: str) -> int:

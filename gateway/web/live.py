@@ -1,7 +1,8 @@
 """Tells open pages that what they show changed: one watcher reads the store's data
-version every half second (changes made by this process, the command line or another
-process alike), and each page's event stream says `changed` when it differs from the
-version the page was built from."""
+version (changes made by this process, the command line or another process alike), and
+each page's event stream says `changed` when it differs from the version the page was
+built from. It reads when a commit of any process tells of events or availability
+(PostgreSQL), else every half second (a SQLite file tells nobody)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,20 @@ from gateway.store.db import Database
 log = structlog.get_logger("gateway.web")
 
 INTERVAL = 0.5  # seconds between reads of the version: a change shows within a second
+SWEEP = 10.0  # where commits are told of: seconds between reads with nothing told
+SHOWN = frozenset({"event", "status"})  # what the pages show changes with
 KEEPALIVE = 20.0  # seconds of quiet before a comment line keeps proxies from closing the stream
 
 
 class Watch:
-    def __init__(self, reader: Database) -> None:
+    def __init__(self, reader: Database, db: Database) -> None:
         self._reader = reader
         self.version: str | None = None
         self._changed = asyncio.Event()
         self._stopped = False
+        self._told = asyncio.Event()
+        told = db.subscribe(lambda kinds: self._told.set() if kinds & SHOWN else None)
+        self._interval = SWEEP if told else INTERVAL
 
     async def read(self) -> str:
         """The version now. A page reads it too, so the watcher is never behind the page:
@@ -52,7 +58,9 @@ class Watch:
                 log.warning("web.version_unread", error=str(error))
             except Exception:  # whatever it is, the pages stay live once it passes
                 log.exception("web.version_failed")
-            await asyncio.sleep(INTERVAL)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._told.wait(), self._interval)
+            self._told.clear()
 
     def stop(self) -> None:
         self._stopped = True

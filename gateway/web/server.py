@@ -116,7 +116,7 @@ class WebInbox:
         if endpoint is None:
             return
         reader = await Database.open(self._db.path, readonly=True)
-        watch = Watch(reader)
+        watch = Watch(reader, self._db)
         guard = access.Guard(self._db, reader, self._clock)
         self._desk = Desk(
             self._settings, self._db, reader, guard, watch, templates(), self._clock, self._wake
