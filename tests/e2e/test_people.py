@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.config import Settings
-from tests.conftest import BASE, RunningDaemon, Sink, mail, smtp_notify, wait_until
+from tests.conftest import BASE, RunningDaemon, Sink, config_file, mail, smtp_notify, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ NO_ROTATION = {"enabled": False, "agents": []}
 def gateway(
     running: RunningDaemon, *args: str, stdin: bytes | None = None
 ) -> subprocess.CompletedProcess[str]:
-    config = Path(running.settings.gateway.database).with_name("gateway.toml")
+    config = config_file(running.settings)
     return subprocess.run(
         [sys.executable, "-m", "gateway", *args, "--config", str(config)],
         input=stdin.decode("latin-1") if stdin is not None else None,
@@ -165,7 +165,7 @@ def test_twenty_people_claiming_at_once_exactly_one_wins(
     running = start_daemon(make_settings(round_robin=NO_ROTATION, agents=agents, teams=[]))
     running.send(mail("Anyone?"))
     running.drain()
-    config = Path(running.settings.gateway.database).with_name("gateway.toml")
+    config = config_file(running.settings)
     claims = [
         subprocess.Popen(
             [sys.executable, "-m", "gateway", "claim", "1", f"a{n}", "--config", str(config)],

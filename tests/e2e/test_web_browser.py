@@ -8,13 +8,12 @@ import subprocess
 import sys
 from collections.abc import Callable
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from playwright.sync_api import BrowserContext, Page, expect
 
 from tests.browser import watch
-from tests.conftest import Sink, mail, smtp_notify, wait_until
+from tests.conftest import Sink, config_file, mail, smtp_notify, wait_until
 from tests.hostile import FOLDER as HOSTILE
 from tests.hostile import deliver
 from tests.web import PASSWORDS, WebDesk
@@ -51,7 +50,7 @@ def assignee(desk: WebDesk, conversation_id: int) -> str | None:
 
 def gateway(desk: WebDesk, *args: str) -> None:
     """A `gateway` command, as another process on the server runs it."""
-    config = Path(desk.running.settings.gateway.database).parent / "gateway.toml"
+    config = config_file(desk.running.settings)
     subprocess.run(
         [sys.executable, "-m", "gateway", *args, "--config", str(config)], check=True, timeout=60
     )
