@@ -19,8 +19,9 @@ import aiosmtplib
 from gateway import actions, config, logs, views
 from gateway.clock import stamp, utcnow
 from gateway.config import ImapSection, NotifySection, Settings
-from gateway.errors import ConfigError, GatewayError, Refused, StoreNotReady
+from gateway.errors import ConfigError, GatewayError, Refused, StoreNotReady, StoreUnavailable
 from gateway.imapsession import MailboxError, open_mailbox
+from gateway.imapsession import name as imap_name
 from gateway.ingress import users
 from gateway.ingress.accept import Accept
 from gateway.intake.worker import rerun
@@ -126,6 +127,8 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     warnings = _doubtful(s)
     for warning in warnings:
         print(f"warning: {warning}")
+    for line in asyncio.run(_running(s)):
+        print(line)
     if not args.connect:
         return 0
     mailboxes = [(inbox.address, inbox.imap) for inbox in s.mailboxes() if inbox.imap is not None]
@@ -137,6 +140,34 @@ def cmd_check(settings: Settings, args: argparse.Namespace) -> int:
     for line in results:
         print(line)
     return 0 if all(" works" in line for line in results) else 1
+
+
+async def _running(s: Settings) -> list[str]:
+    """The daemons on the store, and which of them polls each mailbox; nothing when the
+    store is not there yet, a sentence when it cannot be read."""
+    try:
+        db = await Database.open(s.gateway.database, create=False, readonly=True)
+    except StoreNotReady:
+        return ["  daemons:     none yet (the store is made by the first `gateway run`)"]
+    except StoreUnavailable as error:
+        return [f"warning: cannot tell which daemons run: {error}"]
+    try:
+        # Every daemon's outbox joins its presence for the daemon's life.
+        daemons = await db.holders("outbox", sole=False)
+        lines = [f"  daemons:     {len(daemons) or 'none'} running"]
+        lines += [f"    {d.name}" + (f" (since {d.since})" if d.since else "") for d in daemons]
+        for inbox in s.mailboxes():
+            if inbox.imap is None:
+                continue
+            mailbox = imap_name(inbox.imap)
+            polled = await db.holders(f"imap {mailbox}", sole=True) if db.shared else daemons
+            by = polled[0].name if polled else "nobody (no daemon runs)"
+            lines.append(f"  mailbox:     {mailbox} polled by {by}")
+        return lines
+    except StoreUnavailable as error:
+        return [f"warning: cannot tell which daemons run: {error}"]
+    finally:
+        await db.close()
 
 
 def _doubtful(s: Settings) -> list[str]:

@@ -126,13 +126,15 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = 
 
 
 # A test asking for `make_settings` (the daemon, the command line, a store of its own) runs
-# on each store, unless marked `sqlite_only` with why (SQLite's own faults and plans). Its
-# PostgreSQL runs are marked `postgresql`, to be run alone with `-m postgresql`.
+# on each store, unless marked `sqlite_only` with why (SQLite's own faults and plans), or
+# `postgresql_only` (several daemons sharing one store). Its PostgreSQL runs are marked
+# `postgresql`, to be run alone with `-m postgresql`.
 STORES = ("sqlite", "postgresql")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only(why): runs on the SQLite store alone")
+    config.addinivalue_line("markers", "postgresql_only: runs on the PostgreSQL store alone")
     config.addinivalue_line("markers", "postgresql: a run on the PostgreSQL store")
 
 
@@ -141,10 +143,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if metafunc.definition.get_closest_marker("sqlite_only") is not None:
         return
-    marks = {"postgresql": pytest.mark.postgresql}
+    only = metafunc.definition.get_closest_marker("postgresql_only") is not None
     metafunc.parametrize(
         "store_url",
-        [pytest.param(kind, id=kind, marks=marks.get(kind, ())) for kind in STORES],
+        [
+            pytest.param(kind, id=kind, marks=pytest.mark.postgresql if kind != "sqlite" else ())
+            for kind in STORES
+            if not (only and kind == "sqlite")
+        ],
         indirect=True,
     )
 

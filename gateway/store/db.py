@@ -18,6 +18,7 @@ import urllib.parse
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Protocol
 
@@ -127,6 +128,14 @@ class Sole(Protocol):
     async def release(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class Holder:
+    """A process holding a job's lock, as far as the store can tell."""
+
+    name: str  # as it names itself ("gateway HOST:PID"), or "a process" where unknown
+    since: str  # when it took hold (its connection began), "" where unknown
+
+
 class Database(ABC):
     """The store. `transaction()` writes; `reading()` reads one snapshot."""
 
@@ -172,6 +181,10 @@ class Database(ABC):
 
     @abstractmethod
     def sole(self, job: str) -> Sole: ...
+
+    @abstractmethod
+    async def holders(self, job: str, *, sole: bool) -> list[Holder]:
+        """The processes doing `job` now: its `sole` holder, or its `presence`'s."""
 
     @abstractmethod
     async def trace(self, statements: Callable[[str], None] | None) -> None:

@@ -259,6 +259,24 @@ class PostgresDatabase(db.Database):
     def sole(self, job: str) -> AdvisorySole:
         return AdvisorySole(self.path, job)
 
+    async def holders(self, job: str, *, sole: bool) -> list[db.Holder]:
+        """From the server's lock table: the sessions holding the job's advisory lock, named
+        as their processes named themselves."""
+        key = _key(f"{'sole' if sole else 'presence'} {job}")
+        unsigned = key % 2**64  # the lock table shows a bigint key as two unsigned halves
+        async with self.reading() as tx:
+            rows = await tx.all(
+                "SELECT a.application_name AS name, to_char(a.backend_start AT TIME ZONE 'UTC',"
+                " 'YYYY-MM-DD HH24:MI \"UTC\"') AS since FROM pg_locks l"
+                " JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1"
+                " AND l.classid = CAST(? AS OID) AND l.objid = CAST(? AS OID)"
+                " AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                " ORDER BY a.backend_start",
+                (unsigned >> 32, unsigned & 0xFFFFFFFF),
+            )
+        return [db.Holder(str(row["name"]), str(row["since"])) for row in rows]
+
     async def trace(self, statements: Callable[[str], None] | None) -> None:
         self._tracer.to = statements
 

@@ -246,6 +246,21 @@ class SqliteDatabase(db.Database):
         """The one process that may do `job` on this database (see `FileSole`)."""
         return FileSole(f"{self.path}-{job}.lock")
 
+    async def holders(self, job: str, *, sole: bool) -> list[db.Holder]:
+        """A lock file tells that a process holds it, not which: someone or nobody."""
+        path = f"{self.path}-{job}.lock"
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return []  # never made: nobody has done the job here
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return [db.Holder("a process", "")]
+        finally:
+            os.close(fd)  # closing lets go of the lock this took, if it took it
+        return []
+
     async def trace(self, statements: Callable[[str], None] | None) -> None:
         """Have every statement's text given to `statements` (None: stop), from the thread
         that runs it: for tests that show where and how often the store works."""
