@@ -79,6 +79,11 @@ class Tx(ABC):
         width); `later`: plus a `?` number of seconds. The one clock every process on the
         database shares, whatever their own say."""
 
+    def stored_text(self, value: str) -> str:
+        """`value` as the store keeps text (and gives it back): as it is, but where it must
+        differ (`PostgresTx`)."""
+        return value
+
     @contextlib.contextmanager
     def off_loop(self) -> Iterator[None]:
         """Statements that carry megabytes (raw mail): kept off the loop's thread where

@@ -83,15 +83,23 @@ def numbered(sql: str) -> str:
 
 
 def _trouble(error: BaseException) -> bool:
-    if isinstance(error, asyncpg.PostgresError):
+    if isinstance(error, asyncpg.PostgresError):  # the server's answer, by its SQLSTATE
         state = str(error.sqlstate or "XX")
         return state[:2] in _STORE_TROUBLE or state in _STORE_TROUBLE
-    if isinstance(error, asyncpg.DataError):  # a value the driver could not send
-        return False
-    return isinstance(error, OSError | asyncpg.InterfaceError | asyncio.TimeoutError)
+    if isinstance(error, asyncpg.InterfaceError):
+        # The driver's own refusals are a statement's (too many arguments, a value of the
+        # wrong type), but for using a connection that is gone.
+        return "closed" in str(error)
+    return isinstance(error, OSError | TimeoutError | asyncpg.InternalClientError)
 
 
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+_DRIVER_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+)
 
 
 @contextlib.contextmanager
@@ -105,6 +113,17 @@ def _classified(what: str = "the database is unavailable") -> Iterator[None]:
         raise StatementFailed(f"{type(error).__name__}: {error}") from None
 
 
+def _text(value: str) -> str:
+    """Text as PostgreSQL can keep it: its text cannot hold NUL, which SQLite's can and
+    hostile mail's headers do (raw mail is bytes, untouched). U+FFFD stands for it, as for
+    any character that cannot be shown."""
+    return value.replace("\0", "\ufffd") if "\0" in value else value
+
+
+def _values(args: Sequence[Any]) -> list[Any]:
+    return [_text(arg) if isinstance(arg, str) else arg for arg in args]
+
+
 class PostgresTx(db.Tx):
     for_update = " FOR UPDATE"
     skip_locked = " FOR UPDATE SKIP LOCKED"
@@ -115,16 +134,16 @@ class PostgresTx(db.Tx):
 
     async def one(self, sql: str, args: Sequence[Any] = ()) -> Record | None:
         with _classified():
-            row: Record | None = await self._conn.fetchrow(numbered(sql), *args)
+            row: Record | None = await self._conn.fetchrow(numbered(sql), *_values(args))
             return row
 
     async def all(self, sql: str, args: Sequence[Any] = ()) -> list[Record]:
         with _classified():
-            return list(await self._conn.fetch(numbered(sql), *args))
+            return list(await self._conn.fetch(numbered(sql), *_values(args)))
 
     async def run(self, sql: str, args: Sequence[Any] = ()) -> int:
         with _classified():
-            status: str = await self._conn.execute(numbered(sql), *args)
+            status: str = await self._conn.execute(numbered(sql), *_values(args))
         # "UPDATE 3", "INSERT 0 1", "DELETE 0": the count is the last word, if any
         last = status.rsplit(" ", 1)[-1]
         return int(last) if last.isdigit() else 0
@@ -133,7 +152,10 @@ class PostgresTx(db.Tx):
         rows = list(rows)
         if rows:
             with _classified():
-                await self._conn.executemany(numbered(sql), rows)
+                await self._conn.executemany(numbered(sql), [_values(row) for row in rows])
+
+    def stored_text(self, value: str) -> str:
+        return _text(value)
 
     def clock(self, *, later: bool = False) -> str:
         offset = " + CAST(? AS DOUBLE PRECISION) * interval '1 second'" if later else ""

@@ -13,8 +13,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.errors import StatementFailed
 from gateway.model import STATUSES, MailFacts, RawMail, RoutingState, Status
 from gateway.store.db import Record, Tx
+
+
+def _marks(values: Sequence[object]) -> str:
+    """The `?` marks of an IN list; an empty one matches nothing (PostgreSQL has no `IN ()`)."""
+    return ", ".join("?" * len(values)) if values else "NULL"
+
 
 # --- meta ---------------------------------------------------------------------
 
@@ -87,8 +94,12 @@ async def insert_messages(
     new = {(row["inbox"], row["dedup_key"]): int(row["id"]) for row in rows}
     if new:
         tx.told.add("message")
-    # RETURNING's order is not promised; a key given twice belongs to its first mail.
-    ids = [new.pop((mail.inbox, key), None) for mail, key in mails]
+    # RETURNING's order is not promised; a key given twice belongs to its first mail. The
+    # keys come back as the store keeps text.
+    text = tx.stored_text
+    ids = [new.pop((text(mail.inbox), text(key)), None) for mail, key in mails]
+    if new:  # a row stored that no mail claims: its raw mail would be lost, so nothing is
+        raise StatementFailed(f"stored messages matched to no mail: {sorted(new.values())}")
     stored = [(pk, mail.raw) for pk, (mail, _) in zip(ids, mails, strict=True) if pk is not None]
     if not stored:
         return ids
@@ -139,14 +150,14 @@ async def message(tx: Tx, message_pk: int) -> StoredMail | None:
 
 async def messages(tx: Tx, message_pks: Sequence[int]) -> dict[int, StoredMail]:
     """The messages of these ids that are stored, by id."""
-    marks = ", ".join("?" * len(message_pks))
+    marks = _marks(message_pks)
     rows = await tx.all(f"{_WITH_RAW} WHERE m.id IN ({marks})", message_pks)
     return {row["id"]: _stored(row) for row in rows}
 
 
 async def message_sizes(tx: Tx, message_pks: Sequence[int]) -> dict[int, int]:
     """The octets stored of each message (its raw mail's length)."""
-    marks = ", ".join("?" * len(message_pks))
+    marks = _marks(message_pks)
     rows = await tx.all(f"SELECT id, size FROM messages WHERE id IN ({marks})", message_pks)
     return {row["id"]: row["size"] for row in rows}
 
@@ -197,8 +208,8 @@ async def unshunt(tx: Tx, message_pk: int) -> bool:
     changed = await tx.run(
         "UPDATE messages SET state = 'pending' WHERE id = ? AND state = 'shunted'", (message_pk,)
     )
-    if changed:
-        tx.told.add("message")
+    # No other process is told: whoever put it back runs intake on it next (`gateway retry`),
+    # and a daemon's sweep takes it should that process die first.
     return changed == 1
 
 
@@ -224,7 +235,7 @@ async def conversation_of_message_ids(tx: Tx, inbox: str, message_ids: Sequence[
     """The conversation of the most recent stored message named in `message_ids`."""
     if not message_ids:
         return None
-    marks = ",".join("?" * len(message_ids))
+    marks = _marks(message_ids)
     row = await tx.one(
         f"SELECT conversation_id FROM messages WHERE inbox = ? AND message_id IN ({marks})"
         " AND conversation_id IS NOT NULL ORDER BY id DESC LIMIT 1",
@@ -297,7 +308,7 @@ async def heads(tx: Tx, message_pks: Sequence[int], size: int) -> dict[int, byte
     """The first `size` octets of each message's raw mail: enough to show its text."""
     if not message_pks:
         return {}
-    marks = ", ".join("?" * len(message_pks))
+    marks = _marks(message_pks)
     rows = await tx.all(
         f"SELECT message, substr(raw, 1, ?) AS head FROM raw_mail WHERE message IN ({marks})",
         (size, *message_pks),
@@ -350,7 +361,7 @@ async def conversation(tx: Tx, conversation_id: int, *, lock: bool = False) -> C
 
 async def conversations(tx: Tx, conversation_ids: Sequence[int]) -> dict[int, Conversation]:
     """The conversations of these ids that exist, by id."""
-    marks = ", ".join("?" * len(conversation_ids))
+    marks = _marks(conversation_ids)
     rows = await tx.all(f"{_CONVERSATION} WHERE id IN ({marks})", conversation_ids)
     return {row["id"]: Conversation(*row) for row in rows}
 
@@ -481,7 +492,7 @@ async def tags_of(tx: Tx, conversation_ids: Sequence[int]) -> dict[int, list[str
     found: dict[int, list[str]] = {cid: [] for cid in conversation_ids}
     for start in range(0, len(conversation_ids), TAGS_BATCH):
         batch = tuple(conversation_ids[start : start + TAGS_BATCH])
-        marks = ",".join("?" * len(batch))
+        marks = _marks(batch)
         rows = await tx.all(
             f"SELECT conversation_id, tag FROM tags WHERE conversation_id IN ({marks})"
             " ORDER BY conversation_id, rowid",
@@ -696,7 +707,7 @@ async def open_counts(tx: Tx, agents: Sequence[str]) -> dict[str, int]:
     """
     if not agents:
         return {}
-    marks = ",".join("?" * len(agents))
+    marks = _marks(agents)
     rows = await tx.all(
         f"SELECT assignee, count(*) AS n FROM conversations WHERE assignee IN ({marks})"
         " AND status = 'open' GROUP BY assignee",
@@ -904,7 +915,7 @@ def _outbox_row(row: Record) -> OutboxRow:
 
 
 def _kinds(kinds: Sequence[str]) -> str:
-    return f"kind IN ({', '.join('?' * len(kinds))})"
+    return f"kind IN ({_marks(kinds)})"
 
 
 async def claim_due(

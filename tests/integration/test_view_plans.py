@@ -22,6 +22,9 @@ import pytest
 from gateway import views
 from gateway.config import Settings
 from gateway.store.db import Database
+from gateway.store.sqlite import SqliteDatabase
+
+pytestmark = pytest.mark.sqlite_only("SQLite's own query plans (EXPLAIN QUERY PLAN)")
 
 PAGE = 50
 Statement = tuple[str, tuple[Any, ...]]
@@ -93,7 +96,7 @@ async def statements_of(path: Path, view: Callable[[Database], Any]) -> list[Sta
     conn = await aiosqlite.connect(path, isolation_level=None)
     conn.row_factory = sqlite3.Row
     recording = Recording(conn)
-    db = Database(recording, str(path))  # type: ignore[arg-type]
+    db = SqliteDatabase(recording, str(path))  # type: ignore[arg-type]
     try:
         await view(db)
     finally:
