@@ -157,7 +157,7 @@ class Database(ABC):
         if is_postgres(path):
             from gateway.store.postgres import PostgresDatabase
 
-            return await PostgresDatabase.open(path, readonly=readonly)
+            return await PostgresDatabase.open(path, create=create, readonly=readonly)
         from gateway.store.sqlite import SqliteDatabase
 
         return await SqliteDatabase.open(path, create=create, readonly=readonly)

@@ -192,9 +192,11 @@ class PostgresDatabase(db.Database):
         self._listener: _Listener | None = None
 
     @classmethod
-    async def open(  # type: ignore[override]
-        cls, path: str, *, readonly: bool = False
+    async def open(
+        cls, path: str, *, create: bool = True, readonly: bool = False
     ) -> PostgresDatabase:
+        """Open (and migrate) the store in the database `path` names, which must exist;
+        without `create`, one no daemon has prepared yet is not made."""
         settings = {"application_name": process_name()}
         if readonly:
             settings["default_transaction_read_only"] = "on"
@@ -214,8 +216,8 @@ class PostgresDatabase(db.Database):
         database = cls(pool, path, tracer)
         try:
             async with pool.acquire() as conn:
-                if readonly:
-                    await _check_version(conn, db.shown(path))
+                if readonly or not create:
+                    await _check_version(conn, db.shown(path), migrating=not readonly)
                 else:
                     await _migrate(conn)
         except BaseException:
@@ -474,12 +476,20 @@ async def _version(conn: Pooled) -> int:
     return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version"))
 
 
-async def _check_version(conn: Pooled, shown: str) -> None:
+async def _check_version(conn: Pooled, shown: str, *, migrating: bool) -> None:
+    """A store no daemon prepared yet is refused; one behind this gateway's schema is
+    migrated when `migrating`, else refused."""
     latest = migrations("postgresql")[-1][0]
     with _classified(f"{shown}: cannot read the database"):
         current = await _version(conn)
-    if current < latest:
-        raise StoreNotReady(
-            f"{shown}: the database is not ready (schema {current}, this gateway"
-            f" needs {latest}); start `gateway run` once to prepare it"
-        )
+    if current == 0:
+        raise StoreNotReady(f"{shown}: no database here (has `gateway run` started yet?)")
+    if current >= latest:
+        return
+    if migrating:
+        await _migrate(conn)
+        return
+    raise StoreNotReady(
+        f"{shown}: the database is not ready (schema {current}, this gateway"
+        f" needs {latest}); start `gateway run` once to prepare it"
+    )
