@@ -176,10 +176,10 @@ class Daemon:
             ]
             inbox = WebInbox(self.settings, db, self._clock, outbox.wake)
             self._reloadable = [intake, outbox, relay, handover, inbox]
-            self.bound = [b for b in await smtp.start() if isinstance(b, tuple)]
+            self.bound = [b for b in await smtp.start(shared=db.shared) if isinstance(b, tuple)]
             try:
-                self.lmtp_bound = await lmtp.start()
-                await inbox.start()
+                self.lmtp_bound = await lmtp.start(shared=db.shared)
+                await inbox.start(shared=db.shared)
             except GatewayError:
                 await asyncio.gather(smtp.stop(0), lmtp.stop(0))
                 raise

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import errno
 import functools
 import ipaddress
 import os
@@ -410,8 +411,10 @@ class SmtpServer:
         self._sessions.add(session)
         return session
 
-    async def start(self) -> list[tuple[str, int] | str]:
-        """Listen on every endpoint: (host, port) as bound, or a unix socket's path."""
+    async def start(self, *, shared: bool = False) -> list[tuple[str, int] | str]:
+        """Listen on every endpoint: (host, port) as bound, or a unix socket's path.
+        `shared`: daemons sharing a store share its TCP ports too (SO_REUSEPORT: the kernel
+        spreads the connections over them)."""
         loop = asyncio.get_running_loop()
         bound: list[tuple[str, int] | str] = []
         factory: Callable[[], Any] = functools.partial(self._protocol, self.options())
@@ -420,7 +423,7 @@ class SmtpServer:
                 if isinstance(endpoint, str):
                     server = await self._unix(factory, endpoint)
                 else:
-                    server = await loop.create_server(factory, *endpoint)
+                    server = await loop.create_server(factory, *endpoint, reuse_port=shared)
             except OSError as error:
                 await self.stop(0)
                 where = endpoint if isinstance(endpoint, str) else "{}:{}".format(*endpoint)
@@ -439,10 +442,13 @@ class SmtpServer:
         return bound
 
     async def _unix(self, factory: Callable[[], Any], path: str) -> asyncio.Server:
-        """A unix socket at `path` (one left by a process that died is replaced), which
-        its group may use: the MTA's user is put in the gateway's group to hand mail over."""
+        """A unix socket at `path` (one left by a process that died is replaced, one another
+        process listens on is not), which its group may use: the MTA's user is put in the
+        gateway's group to hand mail over."""
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.lstat(path).st_mode):
+                if await _listened(path):
+                    raise OSError(errno.EADDRINUSE, "another process listens on it")
                 os.unlink(path)
         server = await asyncio.get_running_loop().create_unix_server(factory, path)
         os.chmod(path, 0o660)
@@ -464,3 +470,13 @@ class SmtpServer:
         for path in self._paths:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+async def _listened(path: str) -> bool:
+    """Whether a live process accepts connections on the unix socket at `path`."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_unix_connection(path), 5)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True

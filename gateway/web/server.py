@@ -111,7 +111,9 @@ class WebInbox:
         self._watching: asyncio.Task[None] | None = None
         self.bound: tuple[str, int] | None = None
 
-    async def start(self) -> None:
+    async def start(self, *, shared: bool = False) -> None:
+        """Serve the inbox; `shared`: on a port the other daemons sharing the store share
+        (SO_REUSEPORT)."""
         endpoint = self._settings.web.endpoint()
         if endpoint is None:
             return
@@ -125,7 +127,7 @@ class WebInbox:
             application(self._desk), handle_signals=False, access_log=None, shutdown_timeout=5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, *endpoint)
+        site = web.TCPSite(self._runner, *endpoint, reuse_port=shared)
         try:
             await site.start()
         except OSError as error:

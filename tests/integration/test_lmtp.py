@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Settings
+from gateway.errors import GatewayError
 from tests.conftest import RunningDaemon, free_port, mail
 from tests.store import write_lock_held
 
@@ -163,3 +164,23 @@ def test_a_message_over_the_size_limit_is_refused_for_each_recipient(
         lmtp_daemon.daemon.lmtp_bound[0], ["support@example.com", "sales@example.com"], big
     )
     assert answers == ["552 5.3.4 Message too big for this gateway"] * 2
+
+
+def test_a_socket_another_process_listens_on_is_not_taken_from_it(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    socket_path: str,
+) -> None:
+    """Its path names one listener: a second daemon (several share a PostgreSQL store)
+    would otherwise unlink the first's socket and take its mail over unseen."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen()
+    try:
+        with pytest.raises(GatewayError) as refused:
+            start_daemon(make_settings(lmtp={"listen": [socket_path]}))
+    finally:
+        listener.close()
+    assert str(refused.value) == (
+        f"cannot listen for LMTP on {socket_path}: another process listens on it"
+    )

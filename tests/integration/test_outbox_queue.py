@@ -160,9 +160,11 @@ async def test_a_drains_alerts_are_claimed_in_one_commit_and_recorded_in_one_mor
     commits: list[str] = []
     # Each write transaction begins so: SQLite's BEGIN IMMEDIATE, PostgreSQL's write lock.
     await desk.db.trace(
-        lambda sql: commits.append(sql)
-        if sql == "BEGIN IMMEDIATE" or "pg_advisory_xact_lock" in sql
-        else None
+        lambda sql: (
+            commits.append(sql)
+            if sql == "BEGIN IMMEDIATE" or "pg_advisory_xact_lock" in sql
+            else None
+        )
     )
     sink = Sink(desk.port)
     sink.start()

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.config import Settings
-from tests.conftest import RunningDaemon, config_file, mail, wait_until
+from tests.conftest import RunningDaemon, config_file, free_port, mail, wait_until
 from tests.dovecot import Dovecot
 from tests.integration.test_imap import connected, imap_inbox, raw
 
@@ -111,3 +111,16 @@ def test_an_alert_a_command_queued_wakes_a_daemons_outbox_without_polling(
     wait_until(lambda: set(alerts.glob("*.eml")) - before, what="bob's alert written")
     [new] = set(alerts.glob("*.eml")) - before
     assert "bob@agents.test" in new.read_text()
+
+
+def test_daemons_sharing_a_store_share_its_smtp_port(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    port = free_port()
+    settings = make_settings(smtp={"listen": [f"127.0.0.1:{port}"], "max_message_size": "1MB"})
+    first, second = start_daemon(settings), start_daemon(settings)
+    assert first.port == second.port == port
+    for n in range(20):
+        assert first.send(mail(f"question {n}")) == {}
+    first.drain()
+    assert len(first.conversations()) == 20
