@@ -3,7 +3,7 @@ VENV   ?= .venv
 CONFIG ?= config.example.toml
 PYTHON ?= python3
 
-.PHONY: run test test-slow lint bench peers screenshots
+.PHONY: run test test-slow test-postgresql lint bench peers screenshots
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,9 @@ test: $(VENV)/.test peers  ## the suite, but for the slow runs
 
 test-slow: $(VENV)/.test peers  ## the slow runs alone (500 messages piped through Postfix)
 	$(VENV)/bin/python -m pytest -q -m slow
+
+test-postgresql: $(VENV)/.test peers  ## the end-to-end and integration tests again, on PostgreSQL
+	$(VENV)/bin/python -m pytest -q -m postgresql
 
 lint: $(VENV)/.test  ## ruff and mypy --strict
 	$(VENV)/bin/ruff check gateway tests bench

@@ -127,15 +127,15 @@ def wait_until(condition: Callable[[], Any], timeout: float = 15.0, what: str = 
 
 # A test asking for `make_settings` (the daemon, the command line, a store of its own) runs
 # on each store, unless marked `sqlite_only` with why (SQLite's own faults and plans), or
-# `postgresql_only` (several daemons sharing one store). Its PostgreSQL runs are marked
-# `postgresql`, to be run alone with `-m postgresql`.
-STORES = ("sqlite", "postgresql")
-
-
+# `postgresql_only` (several daemons sharing one store). The PostgreSQL runs of the tests
+# that run on both are marked `postgresql`: `make test` leaves them out for time (they
+# double it), `make test-postgresql` runs them, CI runs both.
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "sqlite_only(why): runs on the SQLite store alone")
     config.addinivalue_line("markers", "postgresql_only: runs on the PostgreSQL store alone")
-    config.addinivalue_line("markers", "postgresql: a run on the PostgreSQL store")
+    config.addinivalue_line(
+        "markers", "postgresql: the PostgreSQL run of a test run on both; `make test-postgresql`"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -146,10 +146,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     only = metafunc.definition.get_closest_marker("postgresql_only") is not None
     metafunc.parametrize(
         "store_url",
-        [
-            pytest.param(kind, id=kind, marks=pytest.mark.postgresql if kind != "sqlite" else ())
-            for kind in STORES
-            if not (only and kind == "sqlite")
+        [pytest.param("postgresql", id="postgresql")]
+        if only
+        else [
+            pytest.param("sqlite", id="sqlite"),
+            pytest.param("postgresql", id="postgresql", marks=pytest.mark.postgresql),
         ],
         indirect=True,
     )
