@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
@@ -139,13 +140,21 @@ class DaemonProcess:
             log.seek(self._log_offset)
             return b'"gateway.ready"' in log.read()
 
-    def kill(self) -> None:
+    def kill(self) -> datetime:
+        """SIGKILL; when it was sent (logged too, as `test.killed`)."""
         assert self._process is not None
         if not self.ready():
             self.killed_while_starting += 1
+        killed_at = datetime.now(UTC)
         self._process.kill()  # SIGKILL
         self._process.wait(30)
         self._process = None
+        with self.log_path.open("a") as log:
+            # On a line of its own: the killed run's last line may have been cut short.
+            # The timestamp written as the gateway's own (structlog's ISO form, UTC).
+            stamp = killed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            log.write(f'\n{{"event": "test.killed", "timestamp": "{stamp}"}}\n')
+        return killed_at
 
     def stop(self) -> int:
         """SIGTERM, as systemd stops it; the exit status."""

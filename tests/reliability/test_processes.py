@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +211,33 @@ def lease_taken(daemon: DaemonProcess) -> list[datetime]:
     return [datetime.fromisoformat(line["timestamp"]) for line in daemon.events("imap.lease_taken")]
 
 
+def outstanding(database: str, appended: set[str]) -> str:
+    """What keeps a drain from ending: what a failure shows."""
+    pending = query(database, "SELECT id, message_id FROM messages WHERE state = 'pending'")
+    outbox = query(
+        database,
+        "SELECT id, kind, attempts, due_at, last_error, leased_by, lease_until FROM outbox"
+        " WHERE state = 'pending'",
+    )
+    stored = {row[0] for row in query(database, "SELECT dedup_key FROM messages")}
+    return (
+        f"pending messages {[tuple(row) for row in pending]},"
+        f" pending outbox rows {[tuple(row) for row in outbox]},"
+        f" appended and not stored {sorted(appended - stored)}"
+    )
+
+
+def lease_history(group: Group) -> list[str]:
+    """Each process's kills and takings of the lease, in time order: what a failure shows."""
+    lines = [
+        (line["timestamp"], f"gateway{n} {line['event']}")
+        for n, daemon in enumerate(group.daemons)
+        for event in ("test.killed", "imap.lease_taken")
+        for line in daemon.events(event)
+    ]
+    return [f"{when} {what}" for when, what in sorted(lines)]
+
+
 def taken_over(
     group: Group, victim: DaemonProcess, since: dict[int, int]
 ) -> tuple[DaemonProcess, datetime] | None:
@@ -252,8 +279,8 @@ def test_one_of_three_processes_sigkilled_ten_times_loses_and_repeats_nothing_ma
         # Every other kill takes the mailbox's holder down; the rest a process at random.
         victim = holder if kill % 2 else rng.choice(group.daemons)
         since = {n: len(lease_taken(daemon)) for n, daemon in enumerate(group.daemons)}
-        pid, killed_at = victim.pid, datetime.now(UTC)
-        victim.kill()
+        pid = victim.pid
+        killed_at = victim.kill()
         # The others go on answering, but every 250 given so far was given after its commit.
         acknowledged = [m for sender in senders for m in list(sender.acknowledged)]
         stored = {row[0] for row in query(group.database, "SELECT dedup_key FROM messages")}
@@ -284,12 +311,15 @@ def test_one_of_three_processes_sigkilled_ten_times_loses_and_repeats_nothing_ma
     assert acknowledged and appended, "no mail got through: nothing was tested"
     # An alert a killed process held leased may wait out its lease (LEASE): while others
     # run, no outbox can tell a dead holder's lease from a live one's.
-    drain(
-        group.database,
-        f"{OUTSTANDING} + GREATEST(0, {len(appended)}"
-        " - (SELECT count(*) FROM messages WHERE source = 'imap'))",
-        stall=LEASE.total_seconds() + STALL_SECONDS,
-    )
+    try:
+        drain(
+            group.database,
+            f"{OUTSTANDING} + GREATEST(0, {len(appended)}"
+            " - (SELECT count(*) FROM messages WHERE source = 'imap'))",
+            stall=LEASE.total_seconds() + STALL_SECONDS,
+        )
+    except AssertionError as stuck:
+        raise AssertionError(f"{stuck}; {outstanding(group.database, appended)}") from None
     group.stop()
 
     assert_stored_once_and_routed(group.database, acknowledged, "smtp")
@@ -302,7 +332,9 @@ def test_one_of_three_processes_sigkilled_ten_times_loses_and_repeats_nothing_ma
     assert_rotation_took_every_turn_in_order(agents)
     received = assert_every_alert_sent(group.database, sink)
     # The lease moved only with a kill of its holder: one process polled at a time.
-    assert sum(len(lease_taken(daemon)) for daemon in group.daemons) == 1 + len(takeovers)
+    assert sum(len(lease_taken(daemon)) for daemon in group.daemons) == 1 + len(takeovers), (
+        lease_history(group)
+    )
     assert not any(daemon.logged("imap.lease_lost") for daemon in group.daemons)
 
     twice = sum(len(copies) > 1 for copies in received.values())
