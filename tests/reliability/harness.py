@@ -12,22 +12,26 @@ from __future__ import annotations
 import contextlib
 import functools
 import imaplib
+import json
 import os
 import random
 import smtplib
-import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.policy import SMTP as SMTP_POLICY
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+
+from tests.dovecot import Dovecot
+from tests.store import StoreReader
 
 # Not GATEWAY_*: the gateway's loader refuses a GATEWAY_ variable naming no section.
 KILLS = int(os.environ.get("CRASH_KILLS", "15"))
@@ -50,26 +54,53 @@ def write_config(folder: Path, sections: dict[str, Any]) -> Path:
     return path
 
 
-def query(database: Path, sql: str, args: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
-    with sqlite3.connect(database, timeout=10) as conn:
-        conn.row_factory = sqlite3.Row
-        return list(conn.execute(sql, args))
+def imap_inbox(dovecot: Dovecot, folder: Path) -> dict[str, Any]:
+    """support@example.com connected to Dovecot's `support` (its password in `folder`),
+    polled with IDLE."""
+    secret = folder / "support.password"
+    secret.write_text(dovecot.users["support"] + "\n")
+    return {
+        "address": "support@example.com",
+        "imap": {
+            "host": "127.0.0.1",
+            "port": dovecot.port,
+            "tls": False,
+            "username": "support",
+            "password_file": str(secret),
+            "mode": "idle",
+            # Mail appended before the first contact (killed while starting) is new too.
+            "initial_sync": "all",
+        },
+    }
 
 
-def count(database: Path, sql: str, args: tuple[Any, ...] = ()) -> int:
+def query(database: Path | str, sql: str, args: tuple[Any, ...] = ()) -> list[Any]:
+    """`sql` (with ? marks) on the SQLite file or the postgresql:// URL `database`."""
+    return _reader(str(database)).query(sql, args)
+
+
+@functools.cache
+def _reader(database: str) -> StoreReader:
+    # One per database: a PostgreSQL reader keeps its connection (the test's database is
+    # dropped WITH (FORCE) after it, which ends that session); SQLite's opens per query.
+    return StoreReader(database)
+
+
+def count(database: Path | str, sql: str, args: tuple[Any, ...] = ()) -> int:
     return int(query(database, sql, args)[0][0])
 
 
-def drain(database: Path, sql: str) -> None:
-    """Poll until `sql` counts nothing; fail if its count stops moving (stuck)."""
+def drain(database: Path | str, sql: str, stall: float = STALL_SECONDS) -> None:
+    """Poll until `sql` counts nothing; fail if its count stops moving for `stall`
+    seconds (stuck)."""
     last, moved = count(database, sql), time.monotonic()
     while last:
         time.sleep(0.05)
         now = count(database, sql)
         if now != last:
             last, moved = now, time.monotonic()
-        elif time.monotonic() - moved > STALL_SECONDS:
-            raise AssertionError(f"stuck at {now} for {STALL_SECONDS:.0f} s: {sql}")
+        elif time.monotonic() - moved > stall:
+            raise AssertionError(f"stuck at {now} for {stall:.0f} s: {sql}")
 
 
 class DaemonProcess:
@@ -109,13 +140,21 @@ class DaemonProcess:
             log.seek(self._log_offset)
             return b'"gateway.ready"' in log.read()
 
-    def kill(self) -> None:
+    def kill(self) -> datetime:
+        """SIGKILL; when it was sent (logged too, as `test.killed`)."""
         assert self._process is not None
         if not self.ready():
             self.killed_while_starting += 1
+        killed_at = datetime.now(UTC)
         self._process.kill()  # SIGKILL
         self._process.wait(30)
         self._process = None
+        with self.log_path.open("a") as log:
+            # On a line of its own: the killed run's last line may have been cut short.
+            # The timestamp written as the gateway's own (structlog's ISO form, UTC).
+            stamp = killed_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            log.write(f'\n{{"event": "test.killed", "timestamp": "{stamp}"}}\n')
+        return killed_at
 
     def stop(self) -> int:
         """SIGTERM, as systemd stops it; the exit status."""
@@ -135,6 +174,21 @@ class DaemonProcess:
     def logged(self, event: str) -> int:
         """How many times the daemon logged `event`, over all its runs."""
         return self.log_path.read_text(errors="replace").count(f'"event": "{event}"')
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def events(self, event: str) -> list[dict[str, Any]]:
+        """Each line logging `event`, over all its runs, parsed (with its `timestamp`)."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if f'"event": "{event}"' not in line:
+                continue
+            with contextlib.suppress(ValueError):  # a killed run's last line, cut short
+                found.append(json.loads(line))
+        return found
 
     def log_lines(self, level: str) -> list[str]:
         return [

@@ -44,6 +44,7 @@ from tests.reliability.harness import (
     count,
     crash_repeatedly,
     drain,
+    imap_inbox,
     message_bytes,
     query,
     write_config,
@@ -114,7 +115,7 @@ def assert_pointer_names_the_last_turn(database: Path, kill: int) -> None:
     assert row["pointer"] == row["last"], f"kill {kill}: pointer {row['pointer']}, {row['last']}"
 
 
-def assert_stored_once_and_routed(database: Path, expected: set[str], source: str) -> None:
+def assert_stored_once_and_routed(database: Path | str, expected: set[str], source: str) -> None:
     rows = query(
         database,
         "SELECT message_id, state, error, conversation_id FROM messages WHERE source = ?",
@@ -130,10 +131,12 @@ def assert_stored_once_and_routed(database: Path, expected: set[str], source: st
     # One conversation each: each message has its own customer, so none joins another.
     conversations = Counter(row["conversation_id"] for row in rows)
     assert len(conversations) == len(rows), "a conversation holds two messages"
-    assert count(database, "SELECT count(*) FROM conversations") == len(rows)
+    assert count(database, "SELECT count(*) FROM conversations") == count(
+        database, "SELECT count(*) FROM messages"
+    ), "a conversation without a message"
 
 
-def assigned_once_each(database: Path) -> list[str]:
+def assigned_once_each(database: Path | str) -> list[str]:
     """The agents assigned, in the order intake took the messages; one assignment each."""
     events = query(
         database,
@@ -243,21 +246,7 @@ def test_imap_mail_appended_through_sigkills_is_stored_once_and_routed_none_skip
     daemon: DaemonProcess,
     stop: threading.Event,
 ) -> None:
-    secret = tmp_path / "support.password"
-    secret.write_text(dovecot.users["support"] + "\n")
-    inbox = {
-        "address": "support@example.com",
-        "imap": {
-            "host": "127.0.0.1",
-            "port": dovecot.port,
-            "tls": False,
-            "username": "support",
-            "password_file": str(secret),
-            "mode": "idle",
-            # Mail appended before the first contact (killed while starting) is new too.
-            "initial_sync": "all",
-        },
-    }
+    inbox = imap_inbox(dovecot, tmp_path)
     write_config(tmp_path, settings(free_port(), inboxes=[inbox], notify={"enabled": False}))
     database = tmp_path / "gateway.db"
     appender = Appender(dovecot.port, "support", dovecot.users["support"], stop)
