@@ -11,9 +11,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -33,7 +31,7 @@ from gateway.notify.render import Alert, AlertInput, render
 from gateway.notify.transports import SmarthostDown, Transport, transport_for
 from gateway.replies import compose, token
 from gateway.store import queries
-from gateway.store.db import Database, Tx
+from gateway.store.db import Database, Tx, this_process
 
 log = structlog.get_logger("gateway.notify")
 T = TypeVar("T")
@@ -80,8 +78,10 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 LEASE = timedelta(minutes=2)  # longer than an attempt can take (the SMTP timeout is 30 s)
-# Who holds a lease, for a person reading the outbox; recovery does not depend on it.
-OWNER = f"{socket.gethostname()}:{os.getpid()}"
+# Who holds a lease: this process, as the store knows it (PostgreSQL: its sessions' name),
+# so that one sharing the store can tell a dead holder's leases from a live one's.
+OWNER = this_process()
+ORPHANS_EVERY = 5.0  # seconds between looks for leases whose holder died
 DROPPED = "the row was taken over when its lease ended, or queued again, while this attempt ran"
 
 Said = tuple[str, dict[str, Any]]  # a log line: its event and fields
@@ -171,6 +171,7 @@ class Outbox(DrainLoop):
         self._keyword_writer = KeywordWriter(settings)
         self._keywords_for = settings
         self._pruned_at: datetime | None = None
+        self._orphans_at = -ORPHANS_EVERY
 
     def reload(self, settings: Settings) -> None:
         """Agents' addresses and their `notify` from the next alert on, the mailboxes and
@@ -207,6 +208,24 @@ class Outbox(DrainLoop):
         if released:
             log.info("outbox.leases_released", rows=released, why="their process died")
 
+    async def _release_orphans(self) -> None:
+        """Rows leased by a process that died while others run are due again at once, where
+        the store can tell the dead (PostgreSQL: a holder with no session left); else they
+        wait out their lease. Looked at every ORPHANS_EVERY seconds at most."""
+        if time.monotonic() - self._orphans_at < ORPHANS_EVERY:
+            return
+        self._orphans_at = time.monotonic()
+        async with self._db.reading() as conn:
+            holders = await queries.lease_holders(conn)
+        dead = await self._db.gone({holder.split("/", 1)[0] for holder in holders})
+        if not dead:
+            return
+        orphaned = [holder for holder in holders if holder.split("/", 1)[0] in dead]
+        async with self._db.transaction() as conn:
+            released = await queries.release_held_by(conn, orphaned, stamp(self._clock()))
+        if released:
+            log.info("outbox.leases_released", rows=released, why="their process died")
+
     async def idle_seconds(self) -> float:
         async with self._db.reading() as conn:
             due = await queries.next_due(conn)
@@ -219,6 +238,7 @@ class Outbox(DrainLoop):
     async def drain(self) -> int:
         """Attempt every row that is due now; the count attempted."""
         await self._prune()
+        await self._release_orphans()
         if self._settings.notify != self._transport_notify:
             await self._close_sessions()
             self._transports = _transports(self._settings)

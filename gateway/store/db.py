@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import stat
 import urllib.parse
 from abc import ABC, abstractmethod
@@ -187,6 +188,12 @@ class Database(ABC):
     @abstractmethod
     def sole(self, job: str) -> Sole: ...
 
+    async def gone(self, processes: Iterable[str]) -> set[str]:
+        """Which of `processes` ("HOST:PID", as `process_name` names them) have no session
+        with the store now: dead, as far as it can tell. A SQLite file cannot tell
+        (`presence` does, when one process is alone)."""
+        return set()
+
     @abstractmethod
     async def holders(self, job: str, *, sole: bool) -> list[Holder]:
         """The processes doing `job` now: its `sole` holder, or its `presence`'s."""
@@ -198,6 +205,11 @@ class Database(ABC):
 
     @abstractmethod
     async def close(self) -> None: ...
+
+
+def this_process() -> str:
+    """This process as the store's users name it: "HOST:PID"."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def is_postgres(path: str) -> bool:

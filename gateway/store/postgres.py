@@ -19,8 +19,6 @@ import asyncio
 import contextlib
 import functools
 import hashlib
-import os
-import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -283,6 +281,18 @@ class PostgresDatabase(db.Database):
     def sole(self, job: str) -> AdvisorySole:
         return AdvisorySole(self.path, job)
 
+    async def gone(self, processes: Iterable[str]) -> set[str]:
+        names = {process_name(process): process for process in processes}
+        if not names:
+            return set()
+        async with self.reading() as tx:
+            rows = await tx.all(
+                f"SELECT DISTINCT application_name AS name FROM pg_stat_activity"
+                f" WHERE application_name IN ({', '.join('?' * len(names))})",
+                list(names),
+            )
+        return set(names.values()) - {names[str(row["name"])] for row in rows}
+
     async def holders(self, job: str, *, sole: bool) -> list[db.Holder]:
         """From the server's lock table: the sessions holding the job's advisory lock, named
         as their processes named themselves."""
@@ -311,10 +321,11 @@ class PostgresDatabase(db.Database):
             await self._pool.close()
 
 
-def process_name() -> str:
-    """How this process names itself to the server (pg_stat_activity's application_name):
-    `gateway check` lists the daemons by it."""
-    return f"gateway {socket.gethostname()}:{os.getpid()}"[:63]
+def process_name(process: str | None = None) -> str:
+    """How a process ("HOST:PID"; this one by default) names itself to the server, as
+    pg_stat_activity's application_name shows it (63 bytes at most): `gateway check` lists
+    the daemons by it, and an outbox tells a dead lease holder's from a live one's."""
+    return f"gateway {process or db.this_process()}"[:63]
 
 
 async def _own_connection(path: str) -> asyncpg.Connection:

@@ -985,6 +985,24 @@ async def release_leases(tx: Tx, now: str) -> int:
     return changed
 
 
+async def lease_holders(tx: Tx) -> list[str]:
+    """Who holds pending rows now (`Outbox` holders: "HOST:PID/TOKEN")."""
+    rows = await tx.all(
+        "SELECT DISTINCT leased_by FROM outbox WHERE state = 'pending' AND leased_by IS NOT NULL"
+    )
+    return [str(row["leased_by"]) for row in rows]
+
+
+async def release_held_by(tx: Tx, holders: Sequence[str], now: str) -> int:
+    """The rows `holders` lease, due at `now` and to anyone: their processes are dead."""
+    changed = await tx.run(
+        "UPDATE outbox SET due_at = ?, leased_by = NULL, lease_until = NULL"
+        f" WHERE state = 'pending' AND leased_by IN ({_marks(holders)})",
+        (now, *holders),
+    )
+    return changed
+
+
 async def outbox_done(tx: Tx, outbox_id: int, holder: str) -> bool:
     """Done, if `holder` still holds the row; whether it did (not when its lease passed to
     another attempt, or the row was queued again, while it ran)."""

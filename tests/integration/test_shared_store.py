@@ -124,3 +124,26 @@ def test_daemons_sharing_a_store_share_its_smtp_port(
         assert first.send(mail(f"question {n}")) == {}
     first.drain()
     assert len(first.conversations()) == 20
+
+
+def test_an_alert_a_dead_process_held_goes_at_once_while_others_run(
+    make_settings: Callable[..., Settings], start_daemon: Callable[..., RunningDaemon]
+) -> None:
+    """Its lease would end in two minutes: its holder has no session with the store left,
+    so the outbox of a live daemon takes it now (while others run, none is alone)."""
+    running = start_daemon(make_settings())
+    running.send(mail("who takes it?"))
+    running.drain()
+    alerts = Path(running.settings.notify.file_dir)
+    wait_until(lambda: list(alerts.glob("*.eml")), what="the first alert")
+    [sent] = alerts.glob("*.eml")
+    sent.unlink()
+    running.query(  # as a process killed mid-attempt leaves it: pending, its lease running
+        "UPDATE outbox SET state = 'pending', attempts = 0, due_at = ?,"
+        " leased_by = 'gone.example:4242/0123456789ab',"
+        " lease_until = '2999-01-01T00:00:00.000000+00:00' WHERE kind = 'alert'",
+        ("2000-01-01T00:00:00.000000+00:00",),
+    )
+    wait_until(lambda: list(alerts.glob("*.eml")), what="the alert sent again")
+    [row] = running.query("SELECT state, leased_by FROM outbox WHERE kind = 'alert'")
+    assert (row["state"], row["leased_by"]) == ("done", None)
