@@ -26,13 +26,11 @@ from typing import Any
 
 import pytest
 
-from gateway.notify.worker import LEASE
 from tests.conftest import BASE, Sink, free_port, smtp_notify, wait_until
 from tests.dovecot import Dovecot
 from tests.reliability.harness import (
     LONGEST_LIFE,
     SEED,
-    STALL_SECONDS,
     Appender,
     Client,
     DaemonProcess,
@@ -271,8 +269,7 @@ def test_one_of_three_processes_sigkilled_ten_times_loses_and_repeats_nothing_ma
         writer.start()
 
     takeovers: list[float] = []
-    # Alerts a killed process held leased: they wait out their lease, unless an outbox
-    # starts while no other runs (then it knows their holders dead and sends them at once).
+    # Alerts a killed process held leased: a live outbox releases them, their holder dead.
     left_leased = 0
     for kill in range(1, KILLS + 1):
         time.sleep(rng.uniform(0.05, LONGEST_LIFE))  # the only sleep: it picks the moment
@@ -309,14 +306,13 @@ def test_one_of_three_processes_sigkilled_ten_times_loses_and_repeats_nothing_ma
     acknowledged = {m for sender in senders for m in sender.acknowledged}
     appended = set(appender.appended)
     assert acknowledged and appended, "no mail got through: nothing was tested"
-    # An alert a killed process held leased may wait out its lease (LEASE): while others
-    # run, no outbox can tell a dead holder's lease from a live one's.
+    # An alert a killed process held leased goes at once: its holder has no session left
+    # (not after its two-minute lease), so the drain's usual stall bound holds.
     try:
         drain(
             group.database,
             f"{OUTSTANDING} + GREATEST(0, {len(appended)}"
             " - (SELECT count(*) FROM messages WHERE source = 'imap'))",
-            stall=LEASE.total_seconds() + STALL_SECONDS,
         )
     except AssertionError as stuck:
         raise AssertionError(f"{stuck}; {outstanding(group.database, appended)}") from None
