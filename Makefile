@@ -42,7 +42,7 @@ lint: $(VENV)/.test  ## ruff and mypy --strict
 	$(VENV)/bin/ruff format --check gateway tests bench
 	$(VENV)/bin/mypy gateway
 
-bench: $(VENV)/.test peers  ## every benchmark against its baseline (about 20 min); writes BENCHMARKS.md
+bench: $(VENV)/.test peers  ## every benchmark against its baseline (about 25 min); writes BENCHMARKS.md
 	$(VENV)/bin/python -m bench --write
 
 screenshots: $(VENV)/.test  ## docs/*.png: the web inbox's main pages in Debian's chromium (make peers)

@@ -14,9 +14,9 @@ processes, or with one more connection, does not rise. Then one long burst at
 32 connections: the bare server's rate, the gateway's, how long routing lags
 after it and the routed rate from first message to last. Then routing cost
 (bench.routing), alert delivery (bench.alerts), IMAP (bench.imap), the queue
-views (bench.views), the web inbox (bench.web) and where the gateway's time goes per message
-(bench.profile). `--write` puts the tables into BENCHMARKS.md between its
-figure markers.
+views (bench.views), the web inbox (bench.web), where the gateway's time goes per message
+(bench.profile) and several processes on PostgreSQL (bench.postgres). `--write` puts the
+tables into BENCHMARKS.md between its figure markers.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from bench import alerts, imap, pipeline, postfix, profile, routing, soak, views, web
+from bench import alerts, imap, pipeline, postfix, postgres, profile, routing, soak, views, web
 from bench.pipeline import message
 from bench.processes import ROOT, free_port, gateway_config, wait_port
 
@@ -316,6 +316,7 @@ def main() -> None:
             ("views", views),
             ("web", web),
             ("profile", profile),
+            ("postgres", postgres),
         )
         for name, module in parts:
             print(f"{name}...", flush=True)
@@ -354,6 +355,7 @@ TITLES = {
     "views": "Queue views",
     "web": "The web inbox: pages on 1,000,000 conversations, SMTP accept with 50 live streams",
     "profile": "Where the gateway's time goes, per message",
+    "postgres": "Several processes on PostgreSQL",
 }
 
 

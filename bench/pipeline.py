@@ -1,6 +1,7 @@
 """An SMTP load client that pipelines (RFC 2920), on raw asyncio streams, in processes of its own.
 
     .venv/bin/python -m bench.pipeline PORT [--connections 32] [--processes 1] [--seconds 3]
+        [--messages N]
 
 Each connection says EHLO once, and runs only if the server advertises PIPELINING.
 Then, per message: MAIL, RCPT and DATA in one write and their three replies, the
@@ -9,7 +10,8 @@ whatever differs from 250, 250, 354, 250 is counted by command and code and
 reported (a refused transaction is reset with RSET and the next one goes on).
 A message's latency is from the end of its data's write to its 250. N connections
 are spread over P client processes, which start sending together and stop after
-S seconds.
+S seconds, or once N messages are sent (spread over the processes as the
+connections are), whichever comes first.
 
 aiosmtplib (bench.__main__.load) waits a round trip per command, and email's generator
 takes some 0.65 ms a message: both made the client the ceiling. Here a process builds
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import multiprocessing
 import os
 import queue
@@ -80,6 +83,17 @@ class Run:
         self.cpu += other.cpu
 
 
+class Quota:
+    """The messages a client process's connections may still start, all together."""
+
+    def __init__(self, messages: float) -> None:
+        self.left = messages
+
+    def take(self) -> bool:
+        self.left -= 1
+        return self.left >= 0
+
+
 def percentile(latencies: list[float], p: float) -> float:
     """In ms."""
     ordered = sorted(latencies)
@@ -117,12 +131,13 @@ async def _send(
     writer: asyncio.StreamWriter,
     first: int,
     deadline: float,
+    quota: Quota,
     run: Run,
 ) -> None:
     messages = Messages()
     n = first
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and quota.take():
             writer.write(GROUP)
             codes = [(await _reply(reader))[0] for _ in EXPECTED]
             for (command, expected), code in zip(EXPECTED, codes, strict=True):
@@ -150,16 +165,19 @@ async def _send(
     writer.close()
 
 
-async def _client(host: str, port: int, workers: range, seconds: float, ready: Barrier) -> Run:
+async def _client(
+    host: str, port: int, workers: range, seconds: float, messages: float, ready: Barrier
+) -> Run:
     sessions = [await _open(host, port) for _ in workers]
     # Every process connected: they start together, so none measures alone.
     await asyncio.to_thread(ready.wait, 60)
     run = Run()
     started, cpu = time.monotonic(), time.process_time()
     deadline = started + seconds
+    quota = Quota(messages)
     await asyncio.gather(
         *(
-            _send(reader, writer, worker * 1_000_000, deadline, run)
+            _send(reader, writer, worker * 1_000_000, deadline, quota, run)
             for worker, (reader, writer) in zip(workers, sessions, strict=True)
         )
     )
@@ -170,30 +188,46 @@ async def _client(host: str, port: int, workers: range, seconds: float, ready: B
 
 
 def _process(
-    host: str, port: int, workers: range, seconds: float, ready: Barrier, out: Queue[Run | str]
+    host: str,
+    port: int,
+    workers: range,
+    seconds: float,
+    messages: float,
+    ready: Barrier,
+    out: Queue[Run | str],
 ) -> None:
     try:
-        out.put(asyncio.run(_client(host, port, workers, seconds, ready)))
+        out.put(asyncio.run(_client(host, port, workers, seconds, messages, ready)))
     except Exception as error:
         ready.abort()  # the others stop waiting for this one
         out.put(f"{type(error).__name__}: {error}")
 
 
-def run(port: int, connections: int, seconds: float, processes: int = 1) -> Run:
-    """`connections` sessions against 127.0.0.1:`port` for `seconds`, spread over
-    `processes` client processes; their results together."""
+def _split(total: int, parts: int) -> list[int]:
+    """`total` in `parts` as even as they go."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def run(
+    port: int, connections: int, seconds: float, processes: int = 1, messages: int | None = None
+) -> Run:
+    """`connections` sessions against 127.0.0.1:`port` for `seconds` or until `messages`
+    are sent, spread over `processes` client processes; their results together."""
     processes = min(processes, connections)
     context = multiprocessing.get_context("spawn")  # the bench may have threads: no fork
     ready = context.Barrier(processes)
     out: Queue[Run | str] = context.Queue()
-    shares = [connections // processes + (i < connections % processes) for i in range(processes)]
+    shares = _split(connections, processes)
+    quotas: list[float] = [math.inf] * processes
+    if messages is not None:
+        quotas[:] = _split(messages, processes)
     starts = [sum(shares[:i]) for i in range(processes)]
     children = [
         context.Process(
             target=_process,
-            args=("127.0.0.1", port, range(start, start + share), seconds, ready, out),
+            args=("127.0.0.1", port, range(start, start + share), seconds, quota, ready, out),
         )
-        for start, share in zip(starts, shares, strict=True)
+        for start, share, quota in zip(starts, shares, quotas, strict=True)
     ]
     for child in children:
         child.start()
@@ -237,8 +271,9 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--messages", type=int, help="at most this many (default: no limit)")
     args = parser.parse_args()
-    result = run(args.port, args.connections, args.seconds, args.processes)
+    result = run(args.port, args.connections, args.seconds, args.processes, args.messages)
     print(describe(result.rate, result.latencies, result.failures))
 
 
