@@ -83,3 +83,9 @@ def write_lock_held(database: str) -> Iterator[None]:
         yield
     finally:
         holder.close()  # its session ends, and the lock with it
+
+
+def begins_a_write(sql: str) -> bool:
+    """Whether a traced statement (`Database.trace`) begins a write transaction: SQLite's
+    BEGIN IMMEDIATE, or the write lock every PostgreSQL writer takes first."""
+    return sql == "BEGIN IMMEDIATE" or "pg_advisory_xact_lock" in sql

@@ -14,6 +14,7 @@ from gateway.intake.worker import Intake
 from gateway.model import RawMail
 from gateway.store import queries
 from gateway.store.db import Database
+from tests.store import begins_a_write
 
 INBOX = "support@example.com"
 
@@ -38,8 +39,9 @@ async def store(make_settings: Callable[..., Settings]) -> AsyncIterator[tuple[S
 
 
 async def count_commits(db: Database) -> list[str]:
+    """The write transactions `db` begins from now on (each one commit, or none)."""
     seen: list[str] = []
-    await db.trace(lambda sql: seen.append(sql) if sql.strip().upper() == "COMMIT" else None)
+    await db.trace(lambda sql: seen.append(sql) if begins_a_write(sql) else None)
     return seen
 
 

@@ -595,6 +595,7 @@ def test_an_id_too_large_for_the_store_is_misuse(daemon: RunningDaemon) -> None:
     assert exited.value.code == 2
 
 
+@pytest.mark.sqlite_only("an empty file; an empty PostgreSQL database is 'no database here'")
 def test_a_database_not_prepared_yet_is_a_sentence(
     make_settings: Callable[..., Settings], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

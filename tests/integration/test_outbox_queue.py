@@ -31,6 +31,7 @@ from gateway.notify.render import Alert, AlertInput, ProcessRenderer, render_eac
 from gateway.notify.worker import BATCH, SESSIONS, Outbox, Renderer, RetryPolicy
 from gateway.store.db import Database
 from tests.conftest import Sink, free_port, mail, smtp_notify
+from tests.store import begins_a_write
 
 pytestmark = pytest.mark.integration
 
@@ -158,14 +159,7 @@ async def test_a_drains_alerts_are_claimed_in_one_commit_and_recorded_in_one_mor
 ) -> None:
     await desk.routed([f"question {n}" for n in range(30)])
     commits: list[str] = []
-    # Each write transaction begins so: SQLite's BEGIN IMMEDIATE, PostgreSQL's write lock.
-    await desk.db.trace(
-        lambda sql: (
-            commits.append(sql)
-            if sql == "BEGIN IMMEDIATE" or "pg_advisory_xact_lock" in sql
-            else None
-        )
-    )
+    await desk.db.trace(lambda sql: commits.append(sql) if begins_a_write(sql) else None)
     sink = Sink(desk.port)
     sink.start()
     try:
