@@ -65,8 +65,8 @@ class StoreReader:
 
 @contextmanager
 def write_lock_held(database: str) -> Iterator[None]:
-    """Another process holds the store's write lock meanwhile: SQLite's, or the advisory
-    lock every PostgreSQL writer takes."""
+    """Another process holds up every writer meanwhile: SQLite's write lock; PostgreSQL's
+    write lock, and the messages table (accept's inserts take no write lock there)."""
     if not is_postgres(database):
         blocker = sqlite3.connect(database, timeout=1)
         blocker.execute("PRAGMA busy_timeout = 0")
@@ -78,11 +78,13 @@ def write_lock_held(database: str) -> Iterator[None]:
             blocker.close()
         return
     holder = StoreReader(database)
-    holder.query("SELECT pg_advisory_lock(?)", (WRITE_LOCK,))
+    holder.query("BEGIN")
+    holder.query("LOCK TABLE messages IN EXCLUSIVE MODE")
+    holder.query("SELECT pg_advisory_xact_lock(?)", (WRITE_LOCK,))
     try:
         yield
     finally:
-        holder.close()  # its session ends, and the lock with it
+        holder.close()  # its session ends, its transaction and locks with it
 
 
 def begins_a_write(sql: str) -> bool:

@@ -131,7 +131,9 @@ class Accept:
                 self.on_stored()
 
     async def _commit(self, group: list[_Unit]) -> list[list[int | None]]:
-        async with self._db.transaction() as conn:
+        # Not ordered with the writers that route: new mail's rows are its own (a message
+        # is kept once by its unique key), and no commit of mail waits on a routing one.
+        async with self._db.transaction(ordered=False) as conn:
             flat = [mail for unit in group for mail in unit.mails]
             ids = await queries.insert_messages(conn, flat, stamp(self._clock()))
             if self._intake_here:

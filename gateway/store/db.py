@@ -169,8 +169,14 @@ class Database(ABC):
         return shown(self.path)
 
     @abstractmethod
-    def transaction(self) -> AbstractAsyncContextManager[Tx]:
-        """One write transaction; StoreUnavailable when the store cannot take or commit it."""
+    def transaction(self, *, ordered: bool = True) -> AbstractAsyncContextManager[Tx]:
+        """One write transaction; StoreUnavailable when the store cannot take or commit it.
+
+        `ordered`: in one order with every other ordered writer, whichever process (the
+        store's write lock): any transaction that reads what it then changes, or writes
+        events (the web's data version reads their ids in commit order). Storing new
+        mail is neither: several may commit at once where the store allows (PostgreSQL);
+        a SQLite file orders every writer."""
 
     @abstractmethod
     def reading(self) -> AbstractAsyncContextManager[Tx]:

@@ -4,7 +4,8 @@ Each process has a pool of connections. Reads are snapshots (REPEATABLE READ, re
 only) on any of them, never waiting for a writer. A write transaction holds the
 store's write lock, a transaction-scoped advisory lock every process takes: the
 same one-writer-at-a-time order SQLite's BEGIN IMMEDIATE gives, so every
-read-modify-write written for one holds for the other. Claims of queued rows
+read-modify-write written for one holds for the other; but accept's, which only
+stores new mail (its unique key keeps a message once), commits beside them. Claims of queued rows
 (`Tx.skip_locked`) and locking reads (`Tx.for_update`) take their row locks all
 the same.
 
@@ -183,8 +184,6 @@ class PostgresDatabase(db.Database):
     def __init__(self, pool: asyncpg.Pool, path: str, tracer: _Tracer) -> None:
         super().__init__(path)
         self._pool = pool
-        # One writer at a time in this process: the others would only queue on the
-        # write lock, each holding a connection meanwhile.
         self._lock = asyncio.Lock()
         self._tracer = tracer
         self._listener: _Listener | None = None
@@ -224,15 +223,18 @@ class PostgresDatabase(db.Database):
         return database
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[db.Tx]:
-        async with self._lock, self._connection() as conn:
+    async def transaction(self, *, ordered: bool = True) -> AsyncIterator[db.Tx]:
+        # One ordered writer at a time in this process: the others would only queue on the
+        # write lock, each holding a connection meanwhile.
+        async with self._lock if ordered else contextlib.nullcontext(), self._connection() as conn:
             with _classified():
                 began = conn.transaction()
                 await began.start()
             try:
                 with _classified():
                     await conn.execute(f"SET LOCAL lock_timeout = {int(db.LOCK_WAIT_MS)}")
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
+                    if ordered:
+                        await conn.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
                 tx = PostgresTx(conn)
                 yield tx
                 if tx.told:  # delivered by the server at the commit, and only if it commits

@@ -186,8 +186,9 @@ class SqliteDatabase(db.Database):
         return cls(conn, path)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[db.Tx]:
-        """One write transaction (BEGIN IMMEDIATE: one writer at a time, whichever process).
+    async def transaction(self, *, ordered: bool = True) -> AsyncIterator[db.Tx]:
+        """One write transaction (BEGIN IMMEDIATE: one writer at a time, whichever process,
+        `ordered` or not).
 
         Its statements run on the loop's thread (see `_Connection`), but for those
         in a `Tx.off_loop()` block.
