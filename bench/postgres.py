@@ -17,7 +17,7 @@ kernel's clocks (/proc/PID/stat), from the load's start until every message is
 routed and its alert written: the CPU of the gateway processes (each with its
 worker processes) and of PostgreSQL's server processes (the postmaster and all it
 started, the bench's own connection left out), per message. And the store's write
-lock, the advisory lock every write transaction holds to its commit (the store's
+lock, the advisory lock every write transaction but accept's holds to its commit (the store's
 docstring): the share of that time some transaction held it and how many writers
 waited for it, sampled from pg_locks every 20 ms. Time under that lock is the part
 of a message's work no number of processes or cores runs side by side; the WAL's
