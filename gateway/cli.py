@@ -155,13 +155,15 @@ async def _running(s: Settings) -> list[str]:
         # Every daemon's outbox joins its presence for the daemon's life.
         daemons = await db.holders("outbox", sole=False)
         lines = [f"  daemons:     {len(daemons) or 'none'} running"]
-        lines += [f"    {d.name}" + (f" (since {d.since})" if d.since else "") for d in daemons]
+        lines += [
+            f"    {d.name}" + (f" (since {d.since})" if d.since else "") for d in daemons if d.name
+        ]
         for inbox in s.mailboxes():
             if inbox.imap is None:
                 continue
             mailbox = imap_name(inbox.imap)
             polled = await db.holders(f"imap {mailbox}", sole=True) if db.shared else daemons
-            by = polled[0].name if polled else "nobody (no daemon runs)"
+            by = (polled[0].name or "the daemon") if polled else "nobody (no daemon runs)"
             lines.append(f"  mailbox:     {mailbox} polled by {by}")
         return lines
     except StoreUnavailable as error:

@@ -138,7 +138,7 @@ class Sole(Protocol):
 class Holder:
     """A process holding a job's lock, as far as the store can tell."""
 
-    name: str  # as it names itself ("gateway HOST:PID"), or "a process" where unknown
+    name: str  # as it names itself ("gateway HOST:PID"), "" where unknown
     since: str  # when it took hold (its connection began), "" where unknown
 
 

@@ -257,7 +257,7 @@ class SqliteDatabase(db.Database):
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            return [db.Holder("a process", "")]
+            return [db.Holder("", "")]
         finally:
             os.close(fd)  # closing lets go of the lock this took, if it took it
         return []

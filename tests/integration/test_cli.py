@@ -716,3 +716,25 @@ def test_show_lists_each_attachment_with_its_name_and_size_past_the_text_it_read
         {"filename": "big.pdf", "size": 300_000},
         {"filename": "note.txt", "size": 4},
     ]
+
+
+def test_check_says_which_daemons_run_on_the_store(
+    daemon: RunningDaemon, capsys: pytest.CaptureFixture[str], store_url: str
+) -> None:
+    capsys.readouterr()  # the daemon's start, not check's
+    assert run(daemon, "check") == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = lines.index("  daemons:     1 running")
+    if store_url:  # PostgreSQL names each process as its sessions say
+        assert lines[at + 1].startswith("    gateway ") and "(since " in lines[at + 1]
+    else:  # a lock file says that one holds it, not who
+        assert at == len(lines) - 1
+
+
+def test_check_says_no_daemon_runs_after_it_stopped(
+    daemon: RunningDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    daemon.stop()
+    capsys.readouterr()
+    assert run(daemon, "check") == 0
+    assert "  daemons:     none running" in capsys.readouterr().out.splitlines()
