@@ -158,6 +158,9 @@ async def _running(s: Settings) -> list[str]:
         lines += [
             f"    {d.name}" + (f" (since {d.since})" if d.since else "") for d in daemons if d.name
         ]
+        if db.shared:  # one of them routes at a time
+            routing = await db.holders("intake", sole=True)
+            lines.append(f"  routing:     by {routing[0].name if routing else 'nobody now'}")
         for inbox in s.mailboxes():
             if inbox.imap is None:
                 continue

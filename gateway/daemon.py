@@ -142,7 +142,7 @@ class Daemon:
                 await _take(sole, db.shown)
             async with db.transaction() as conn:
                 secret = await alertmark.load_secret(conn)
-            accept = Accept(db, clock=self._clock, intake_here=True)
+            accept = Accept(db, clock=self._clock)
             outbox = Outbox(
                 db,
                 self.settings,
@@ -161,8 +161,8 @@ class Daemon:
                 parse=parser,
             )
             accept.on_stored = intake.wake
-            # Other processes' work: mail a `gateway ingest` or a dead daemon left, outbox
-            # rows any process queued (their claims are shared out: SKIP LOCKED, leases).
+            # Other processes' work: mail any of them stored (`gateway ingest`, the other
+            # daemons), outbox rows any queued (their claims shared out: SKIP LOCKED, leases).
             intake.listen(db, frozenset({"message"}))
             outbox.listen(db, frozenset({"outbox"}))
             relay = Relay(self.settings, accept)
@@ -193,7 +193,9 @@ class Daemon:
             if ready is not None:
                 ready(self)
             async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(intake.run())
+                tasks.create_task(
+                    intake.run_leading(db.sole("intake")) if db.shared else intake.run()
+                )
                 tasks.create_task(outbox.run())
                 for poller in pollers:
                     tasks.create_task(poller.run())

@@ -14,7 +14,8 @@ from collections.abc import Callable
 import structlog
 
 from gateway.errors import StoreUnavailable
-from gateway.store.db import Database
+from gateway.leading import while_leading
+from gateway.store.db import Database, Sole
 
 log = structlog.get_logger("gateway.loop")
 
@@ -34,6 +35,8 @@ class DrainLoop:
     def __init__(self, accept_busy: Callable[[], bool] = lambda: False) -> None:
         self._wakeup = asyncio.Event()
         self._stopping = False
+        self._stopped = asyncio.Event()
+        self._lost = asyncio.Event()  # the lease `run_leading` runs under is lost
         self._accept_busy = accept_busy
         self.poll = POLL_SECONDS  # how long to sleep when nothing more is due, unless woken
 
@@ -58,11 +61,13 @@ class DrainLoop:
     def stop(self) -> None:
         """Finish the item in hand, then return from `run`."""
         self._stopping = True
+        self._stopped.set()
         self._wakeup.set()
 
     @property
     def stopping(self) -> bool:
-        return self._stopping
+        """Stopping, or no longer the one process that may do the job."""
+        return self._stopping or self._lost.is_set()
 
     async def drain(self) -> int:
         """Handle everything due now; the count handled."""
@@ -72,8 +77,22 @@ class DrainLoop:
         """How long to sleep when nothing more is due, unless woken."""
         return self.poll
 
+    async def run_leading(self, lease: Sole) -> None:
+        """`run` while this process holds `lease`: on a store several daemons share, the
+        job is one process's at a time (`gateway.leading`)."""
+        await while_leading(lease, self._stopped, self._run_while, log, self.name)
+
+    async def _run_while(self, lost: asyncio.Event) -> None:
+        self._lost = lost
+        waker = asyncio.ensure_future(lost.wait())
+        waker.add_done_callback(lambda _: self.wake())
+        try:
+            await self.run()
+        finally:
+            waker.cancel()
+
     async def run(self) -> None:
-        while not self._stopping:
+        while not self.stopping:
             self._wakeup.clear()
             try:
                 await self.drain()

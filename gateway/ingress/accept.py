@@ -51,19 +51,11 @@ class _Unit:
 
 class Accept:
     def __init__(
-        self,
-        db: Database,
-        *,
-        clock: Clock = utcnow,
-        on_stored: Callable[[], None] = lambda: None,
-        intake_here: bool = False,
+        self, db: Database, *, clock: Clock = utcnow, on_stored: Callable[[], None] = lambda: None
     ) -> None:
         self._db = db
         self._clock = clock
         self.on_stored = on_stored
-        # A daemon's own intake takes what it accepts, woken by `on_stored`: other daemons
-        # are not told of it, or each would wake to race for the same mail.
-        self._intake_here = intake_here
         self._waiting: deque[_Unit] = deque()
         self._writer: asyncio.Task[None] | None = None
 
@@ -136,8 +128,6 @@ class Accept:
         async with self._db.transaction(ordered=False) as conn:
             flat = [mail for unit in group for mail in unit.mails]
             ids = await queries.insert_messages(conn, flat, stamp(self._clock()))
-            if self._intake_here:
-                conn.told.discard("message")
             results = []
             for unit in group:
                 results.append(ids[: len(unit.mails)])

@@ -28,7 +28,6 @@ import structlog
 from gateway.alerts import queue_keywords
 from gateway.clock import Clock, stamp, utcnow
 from gateway.config import ImapSection, Inbox
-from gateway.errors import StoreUnavailable
 from gateway.imapsession import (
     Interrupted,
     MailboxError,
@@ -39,9 +38,10 @@ from gateway.imapsession import (
     unless_lost,
 )
 from gateway.ingress.accept import Accept, Also
+from gateway.leading import while_leading
 from gateway.model import RawMail
 from gateway.store import queries
-from gateway.store.db import Database, Sole, Tx
+from gateway.store.db import Database, Tx
 
 log = structlog.get_logger("gateway.imap")
 T = TypeVar("T")
@@ -56,9 +56,6 @@ IDLE_RENEW_SECONDS = 25 * 60  # servers may drop an IDLE after 30 minutes (RFC 2
 TIMEOUT_SECONDS = 30.0
 FIRST_RETRY_SECONDS = 1.0
 MAX_RETRY_SECONDS = 300.0
-# How often a process without a mailbox's lease tries to take it, and the holder checks it
-# still holds it: a dead holder's mailbox is taken over within this.
-LEASE_SECONDS = 5.0
 
 _UID = re.compile(rb"\bUID (\d+)")
 _SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
@@ -99,42 +96,14 @@ class MailboxPoller:
         if not self._db.shared:
             return await self._poll()
         lease = self._db.sole(f"imap {self.name}")
-        waiting = False
-        try:
-            while not self._stop.is_set():
-                try:
-                    taken = await lease.take()
-                except StoreUnavailable as error:
-                    self._log.warning("imap.lease_unavailable", error=str(error))
-                    taken = False
-                if not taken:
-                    if not waiting:
-                        self._log.info("imap.held_elsewhere", retry_every=LEASE_SECONDS)
-                    waiting = True
-                    await self._sleep(LEASE_SECONDS, self._stop)
-                    continue
-                waiting = False
-                self._log.info("imap.lease_taken")
-                self._halt = asyncio.Event()
-                if self._stop.is_set():  # stopped while the lease was taken
-                    self._halt.set()
-                keeper = asyncio.create_task(self._keep(lease))
-                try:
-                    await self._poll()
-                finally:
-                    keeper.cancel()
-                    await lease.release()
-        finally:
-            await lease.release()
+        await while_leading(lease, self._stop, self._poll_while, self._log, "imap")
 
-    async def _keep(self, lease: Sole) -> None:
-        """Look every LEASE_SECONDS that the lease is still this process's; when it is not
-        (its link to the store was lost, and another may hold it now), stop polling."""
-        while not self._halt.is_set():
-            await self._sleep(LEASE_SECONDS, self._halt)
-            if not self._halt.is_set() and not await lease.held():
-                self._log.warning("imap.lease_lost", action="polling stops; taken again later")
-                self._halt.set()
+    async def _poll_while(self, lost: asyncio.Event) -> None:
+        """Poll until the lease is `lost` (or the daemon stops)."""
+        self._halt = lost
+        if self._stop.is_set():
+            lost.set()
+        await self._poll()
 
     async def _poll(self) -> None:
         """Connect, take new mail, wait for more; reconnect with backoff on any failure."""
@@ -170,9 +139,9 @@ class MailboxPoller:
             if not self._halt.is_set():
                 raise  # the link was lost inside the session: back off and reconnect
 
-    async def _sleep(self, seconds: float, until: asyncio.Event | None = None) -> None:
+    async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for((until or self._halt).wait(), seconds)
+            await asyncio.wait_for(self._halt.wait(), seconds)
 
     async def _session(self) -> None:
         async with open_mailbox(self._imap) as box:

@@ -60,6 +60,7 @@ def test_a_mailbox_is_polled_by_one_daemon_and_check_says_which(
     wait_until(lambda: first.conversations(), what="the appended message routed")
     said = gateway(mailbox_settings, "check")
     assert "daemons:     2 running" in said
+    assert "  routing:     by gateway " in said
     [line] = [line for line in said.splitlines() if line.strip().startswith("mailbox:")]
     assert "polled by gateway " in line
 
@@ -70,7 +71,7 @@ def test_another_daemon_takes_a_mailbox_over_when_its_poller_stops(
     dovecot: Dovecot,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("gateway.ingress.imap.LEASE_SECONDS", 0.2)
+    monkeypatch.setattr("gateway.leading.LEASE_SECONDS", 0.2)
     with capture_logs() as logs:
         holder = start_daemon(mailbox_settings)
         connected(holder)
@@ -147,3 +148,26 @@ def test_an_alert_a_dead_process_held_goes_at_once_while_others_run(
     wait_until(lambda: list(alerts.glob("*.eml")), what="the alert sent again")
     [row] = running.query("SELECT state, leased_by FROM outbox WHERE kind = 'alert'")
     assert (row["state"], row["leased_by"]) == ("done", None)
+
+
+def test_one_daemon_routes_every_daemons_mail_and_another_takes_over_when_it_stops(
+    make_settings: Callable[..., Settings],
+    start_daemon: Callable[..., RunningDaemon],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Routing is one process's at a time (the rotation and threads are one order anyway):
+    the others accept, and their mail wakes the one that routes."""
+    monkeypatch.setattr("gateway.leading.LEASE_SECONDS", 0.2)
+    settings = make_settings()
+    with capture_logs() as logs:
+        routing = start_daemon(settings)
+        wait_until(lambda: events(logs, "intake.lease_taken"), what="the first to route")
+        accepting = start_daemon(settings)
+        wait_until(lambda: events(logs, "intake.held_elsewhere"), what="the second to wait")
+        assert accepting.send(mail("to the one that does not route")) == {}
+        wait_until(lambda: accepting.conversations(), what="that mail routed")
+        routing.stop()
+        wait_until(lambda: len(events(logs, "intake.lease_taken")) == 2, what="the takeover")
+        assert accepting.send(mail("after the takeover")) == {}
+        wait_until(lambda: len(accepting.conversations()) == 2, what="routed after it")
+    assert [c["assignee"] for c in accepting.conversations()] == ["alice", "bob"]
