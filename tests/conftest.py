@@ -42,7 +42,7 @@ from gateway.config import Settings
 from gateway.daemon import Daemon
 from gateway.notify.worker import RetryPolicy
 from gateway.store import queries
-from gateway.store.db import Database
+from gateway.store.db import Database, this_process
 from tests.dovecot import Dovecot
 from tests.dovecot import available as dovecot_available
 from tests.store import StoreReader
@@ -362,11 +362,12 @@ def sink() -> Iterator[Sink]:
 
 
 async def hold_oldest_alert(db: Database, seconds: float = 120) -> int:
-    """Lease the oldest alert due to another attempt, as a process in the middle of sending
-    it holds it; its outbox id."""
+    """Lease the oldest alert due to another attempt, as a live process in the middle of
+    sending it holds it (this one, which has sessions with the store: one that has none is
+    known dead on PostgreSQL); its outbox id."""
     async with db.transaction() as tx:
         [row] = await queries.claim_due(
-            tx, stamp(utcnow()), ("alert",), "another:1/held", seconds, limit=1
+            tx, stamp(utcnow()), ("alert",), f"{this_process()}/held", seconds, limit=1
         )
     return row.id
 
