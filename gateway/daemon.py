@@ -193,6 +193,8 @@ class Daemon:
             if ready is not None:
                 ready(self)
             async with asyncio.TaskGroup() as tasks:
+                # Where daemons share the store, one routes at a time (intake's lease), woken
+                # by every process's accepts through the store.
                 tasks.create_task(
                     intake.run_leading(db.sole("intake")) if db.shared else intake.run()
                 )
