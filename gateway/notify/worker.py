@@ -212,7 +212,7 @@ class Outbox(DrainLoop):
         """Rows leased by a process that died while others run are due again at once, where
         the store can tell the dead (PostgreSQL: a holder with no session left); else they
         wait out their lease. Looked at every ORPHANS_EVERY seconds at most."""
-        if time.monotonic() - self._orphans_at < ORPHANS_EVERY:
+        if not self._db.shared or time.monotonic() - self._orphans_at < ORPHANS_EVERY:
             return
         self._orphans_at = time.monotonic()
         async with self._db.reading() as conn:
