@@ -120,8 +120,6 @@ class Sole(Protocol):
     """A job one process at a time may do on a database; let go when that process ends,
     however it ends."""
 
-    name: str  # what to call it in a message
-
     async def take(self) -> bool:
         """Hold it, unless another process does (False)."""
         ...

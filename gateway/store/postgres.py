@@ -433,7 +433,6 @@ class AdvisorySole:
 
     def __init__(self, path: str, job: str) -> None:
         self._path = path
-        self.name = job
         self._key = _key(f"sole {job}")
         self._conn: asyncpg.Connection | None = None
 

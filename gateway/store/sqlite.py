@@ -348,18 +348,19 @@ class FileSole:
     ends, SIGKILL included."""
 
     def __init__(self, path: str) -> None:
-        self.name = path
+        self._path = path
         self._fd: int | None = None
 
     async def take(self) -> bool:
         """Hold it, unless another process does (False); StoreUnavailable if the lock file
         cannot be opened."""
         try:
-            self._fd = _lock(self.name, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._fd = _lock(self._path, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
         except OSError as error:
-            raise StoreUnavailable(f"{self.name}: cannot take the lock: {error.strerror}") from None
+            why = error.strerror
+            raise StoreUnavailable(f"{self._path}: cannot take the lock: {why}") from None
         return True
 
     async def held(self) -> bool:
